@@ -1,0 +1,28 @@
+//! The `#[recurrent]` attribute: a recurrent cell's equations, as a paper writes them,
+//! compiled into a struct with fused forward and analytic backward code.
+//!
+//! Use it through `rnn_runtime`, which re-exports it and documents the language. The
+//! compiler runs in pipeline order: [`parse`] → [`validate`] → [`ir`] → [`shape`] →
+//! [`optimize`] → [`autodiff`] → [`schedule`] → [`expand`].
+
+mod autodiff;
+mod compile;
+mod ctxt;
+mod expand;
+mod func;
+mod interp;
+mod ir;
+mod optimize;
+mod parse;
+mod schedule;
+mod shape;
+mod size;
+#[cfg(test)]
+mod test_util;
+mod validate;
+
+/// Declares a recurrent cell from its equations; see `rnn_runtime` for the language.
+#[proc_macro_attribute]
+pub fn recurrent(attr: proc_macro::TokenStream, item: proc_macro::TokenStream) -> proc_macro::TokenStream {
+    compile::compile(attr.into(), item.into()).into()
+}

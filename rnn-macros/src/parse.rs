@@ -1,0 +1,470 @@
+//! Stage 1: from syn's syntax tree to the cell's own AST, rejecting Rust that is not
+//! part of the equation language with an error at its span.
+
+use proc_macro2::{Span, TokenStream};
+use syn::parse::Parser;
+use syn::spanned::Spanned;
+use syn::{Attribute, Expr as SynExpr, FnArg, Ident, Pat, Stmt as SynStmt, Type, Visibility};
+
+use crate::ctxt::Ctxt;
+
+/// A cell as written: `fn name(args) { statements }` plus the attribute's options.
+pub struct CellAst {
+    pub name: Ident,
+    pub vis: Visibility,
+    /// The user's own attributes (doc comments, `#[allow]`s) kept for the struct.
+    pub attrs: Vec<Attribute>,
+    pub args: Vec<Arg>,
+    pub stmts: Vec<Stmt>,
+    /// `#[recurrent(output = name)]`
+    pub output: Option<Ident>,
+}
+
+/// `x: Input`, `h: State<P>`.
+pub struct Arg {
+    pub name: Ident,
+    pub kind: ArgKind,
+    /// The annotated size symbol, `P` in `State<P>`.
+    pub size: Option<Ident>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum ArgKind {
+    Input,
+    State,
+}
+
+pub enum Stmt {
+    /// `let i = expr;`
+    Let { name: Ident, value: Expr },
+    /// `c = expr;`
+    Assign { name: Ident, value: Expr },
+}
+
+/// An expression of the equation language.
+#[derive(Clone, Debug)]
+pub enum Expr {
+    /// `x`, `W_ii`, `i`: an argument, a local or a parameter.
+    Ident(Ident),
+    /// `1.0`, `2`
+    Lit(f64, Span),
+    /// `-a`
+    Neg(Box<Expr>, Span),
+    /// `a + b`, `a - b`, `a * b`
+    Binary(BinOp, Box<Expr>, Box<Expr>, Span),
+    /// `sigmoid(a)`
+    Call(Ident, Vec<Expr>, Span),
+    /// `[h, x]`
+    Concat(Vec<Expr>, Span),
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub enum BinOp {
+    Add,
+    Sub,
+    Mul,
+}
+
+impl BinOp {
+    pub fn symbol(self) -> &'static str {
+        match self {
+            BinOp::Add => "+",
+            BinOp::Sub => "-",
+            BinOp::Mul => "*",
+        }
+    }
+}
+
+impl Expr {
+    pub fn span(&self) -> Span {
+        match self {
+            Expr::Ident(ident) => ident.span(),
+            Expr::Lit(_, span)
+            | Expr::Neg(_, span)
+            | Expr::Binary(_, _, _, span)
+            | Expr::Call(_, _, span)
+            | Expr::Concat(_, span) => *span,
+        }
+    }
+
+    /// The expression as a paper would print it, with only the parentheses it needs.
+    pub fn to_text(&self) -> String {
+        self.text_at(0)
+    }
+
+    fn text_at(&self, parent_precedence: u8) -> String {
+        let (text, precedence) = match self {
+            Expr::Ident(ident) => (ident.to_string(), 3),
+            Expr::Lit(value, _) => (format_literal(*value), 3),
+            Expr::Neg(inner, _) => (format!("-{}", inner.text_at(3)), 2),
+            Expr::Binary(op, lhs, rhs, _) => {
+                let precedence = if *op == BinOp::Mul { 1 } else { 0 };
+                // Left-associative: the right operand needs parentheses at equal precedence.
+                let text = format!(
+                    "{} {} {}",
+                    lhs.text_at(precedence),
+                    op.symbol(),
+                    rhs.text_at(precedence + 1)
+                );
+                (text, precedence)
+            }
+            Expr::Call(func, args, _) => {
+                let args: Vec<String> = args.iter().map(Expr::to_text).collect();
+                (format!("{func}({})", args.join(", ")), 3)
+            }
+            Expr::Concat(parts, _) => {
+                let parts: Vec<String> = parts.iter().map(Expr::to_text).collect();
+                (format!("[{}]", parts.join(", ")), 3)
+            }
+        };
+        if precedence < parent_precedence {
+            format!("({text})")
+        } else {
+            text
+        }
+    }
+}
+
+/// Shortest text that reads back as the same literal (`1.0`, `0.5`).
+pub fn format_literal(value: f64) -> String {
+    if value.fract() == 0.0 && value.abs() < 1e15 {
+        format!("{value:.1}")
+    } else {
+        format!("{value}")
+    }
+}
+
+impl Stmt {
+    pub fn name(&self) -> &Ident {
+        match self {
+            Stmt::Let { name, .. } | Stmt::Assign { name, .. } => name,
+        }
+    }
+
+    pub fn value(&self) -> &Expr {
+        match self {
+            Stmt::Let { value, .. } | Stmt::Assign { value, .. } => value,
+        }
+    }
+
+    /// `i = sigmoid(...)` as the rustdoc shows it.
+    pub fn to_text(&self) -> String {
+        format!("{} = {}", self.name(), self.value().to_text())
+    }
+}
+
+/// Parses `#[recurrent(...)]`'s options and the item. Returns `None` only when the item is
+/// not a fn at all (there is then no cell to speak of); other mistakes are recorded in
+/// `cx` and parsing continues, so all of them are reported together.
+pub fn parse(cx: &Ctxt, attr: TokenStream, item: TokenStream) -> Option<CellAst> {
+    let output = parse_options(cx, attr);
+    let item_fn = match syn::parse2::<syn::ItemFn>(item.clone()) {
+        Ok(item_fn) => item_fn,
+        Err(_) => {
+            let span = item.clone().into_iter().next().map_or(Span::call_site(), |t| t.span());
+            cx.error_at(span, "`#[recurrent]` applies to a `fn` that states a cell's equations");
+            return None;
+        }
+    };
+    check_signature(cx, &item_fn.sig);
+    let args = item_fn.sig.inputs.iter().filter_map(|arg| parse_arg(cx, arg)).collect();
+    let stmts = item_fn.block.stmts.iter().filter_map(|stmt| parse_stmt(cx, stmt)).collect();
+    Some(CellAst {
+        name: item_fn.sig.ident.clone(),
+        vis: item_fn.vis.clone(),
+        attrs: item_fn.attrs.clone(),
+        args,
+        stmts,
+        output,
+    })
+}
+
+fn parse_options(cx: &Ctxt, attr: TokenStream) -> Option<Ident> {
+    let mut output = None;
+    let parser = syn::meta::parser(|meta| {
+        if meta.path.is_ident("output") {
+            let value = meta.value()?;
+            let name: Ident = value.parse().map_err(|error| {
+                syn::Error::new(error.span(), "malformed `output`: expected `output = <state name>`")
+            })?;
+            if output.is_some() {
+                return Err(meta.error("`output` is given twice"));
+            }
+            output = Some(name);
+            Ok(())
+        } else {
+            let name = meta.path.get_ident().map_or_else(|| "?".to_string(), |i| i.to_string());
+            Err(meta.error(format!("unknown option `{name}`; expected `output = <state name>`")))
+        }
+    });
+    if let Err(error) = parser.parse2(attr) {
+        cx.push(error);
+    }
+    output
+}
+
+fn check_signature(cx: &Ctxt, sig: &syn::Signature) {
+    if let Some(token) = &sig.constness {
+        cx.error_spanned_by(token, "a cell cannot be a `const fn`");
+    }
+    if let Some(token) = &sig.asyncness {
+        cx.error_spanned_by(token, "a cell cannot be an `async fn`");
+    }
+    if let Some(token) = &sig.unsafety {
+        cx.error_spanned_by(token, "a cell cannot be an `unsafe fn`");
+    }
+    if let Some(abi) = &sig.abi {
+        cx.error_spanned_by(abi, "a cell cannot have an `extern` ABI");
+    }
+    if !sig.generics.params.is_empty() || sig.generics.where_clause.is_some() {
+        cx.error_spanned_by(&sig.generics, "a cell cannot be generic; sizes are inferred or written as `State<P>`");
+    }
+    if let Some(variadic) = &sig.variadic {
+        cx.error_spanned_by(variadic, "a cell cannot be variadic");
+    }
+    if let syn::ReturnType::Type(_, ty) = &sig.output {
+        cx.error_spanned_by(ty, "a cell has no return type; its states are its results");
+    }
+}
+
+fn parse_arg(cx: &Ctxt, arg: &FnArg) -> Option<Arg> {
+    let typed = match arg {
+        FnArg::Typed(typed) => typed,
+        FnArg::Receiver(receiver) => {
+            cx.error_spanned_by(receiver, "a cell takes no `self`");
+            return None;
+        }
+    };
+    let name = match &*typed.pat {
+        Pat::Ident(pat) if pat.by_ref.is_none() && pat.subpat.is_none() => {
+            if let Some(token) = &pat.mutability {
+                cx.error_spanned_by(token, "cell arguments are not `mut`; a state is assigned as `h = ...`");
+            }
+            pat.ident.clone()
+        }
+        other => {
+            cx.error_spanned_by(other, "a cell argument is a plain name, as in `x: Input`");
+            return None;
+        }
+    };
+    let (kind, size) = parse_arg_type(cx, &typed.ty)?;
+    Some(Arg { name, kind, size })
+}
+
+fn parse_arg_type(cx: &Ctxt, ty: &Type) -> Option<(ArgKind, Option<Ident>)> {
+    const EXPECTED: &str = "expected `Input`, `Input<E>`, `State` or `State<P>`";
+    let Type::Path(path) = ty else {
+        cx.error_spanned_by(ty, format!("unknown kind of argument; {EXPECTED}"));
+        return None;
+    };
+    let segment = match (path.qself.as_ref(), path.path.segments.len()) {
+        (None, 1) => &path.path.segments[0],
+        _ => {
+            cx.error_spanned_by(ty, format!("unknown kind of argument; {EXPECTED}"));
+            return None;
+        }
+    };
+    let kind = match segment.ident.to_string().as_str() {
+        "Input" => ArgKind::Input,
+        "State" => ArgKind::State,
+        other => {
+            cx.error_spanned_by(&segment.ident, format!("unknown kind of argument `{other}`; {EXPECTED}"));
+            return None;
+        }
+    };
+    let size = match &segment.arguments {
+        syn::PathArguments::None => None,
+        syn::PathArguments::AngleBracketed(generic) if generic.args.len() == 1 => {
+            match &generic.args[0] {
+                syn::GenericArgument::Type(Type::Path(size))
+                    if size.qself.is_none() && size.path.get_ident().is_some() =>
+                {
+                    size.path.get_ident().cloned()
+                }
+                other => {
+                    cx.error_spanned_by(other, "a size is a single name, as in `State<P>`");
+                    return None;
+                }
+            }
+        }
+        other => {
+            cx.error_spanned_by(other, "a size is a single name, as in `State<P>`");
+            return None;
+        }
+    };
+    Some((kind, size))
+}
+
+fn parse_stmt(cx: &Ctxt, stmt: &SynStmt) -> Option<Stmt> {
+    match stmt {
+        SynStmt::Local(local) => {
+            let name = match &local.pat {
+                Pat::Ident(pat) if pat.by_ref.is_none() && pat.subpat.is_none() && pat.mutability.is_none() => {
+                    pat.ident.clone()
+                }
+                Pat::Type(typed) => {
+                    cx.error_spanned_by(&typed.ty, "a gate needs no type; its size is inferred");
+                    return None;
+                }
+                other => {
+                    cx.error_spanned_by(other, "a gate is bound to a plain name, as in `let i = ...`");
+                    return None;
+                }
+            };
+            let Some(init) = &local.init else {
+                cx.error_spanned_by(local, format!("`let {name}` needs a value"));
+                return None;
+            };
+            if let Some((_, diverge)) = &init.diverge {
+                cx.error_spanned_by(diverge, "`let ... else` is not part of the equation language");
+                return None;
+            }
+            let value = parse_expr(cx, &init.expr)?;
+            Some(Stmt::Let { name, value })
+        }
+        SynStmt::Expr(SynExpr::Assign(assign), _) => {
+            let name = match &*assign.left {
+                SynExpr::Path(path) if path.qself.is_none() && path.path.get_ident().is_some() => {
+                    path.path.get_ident().cloned().expect("checked to be an ident")
+                }
+                other => {
+                    cx.error_spanned_by(other, "only a state can be assigned, as in `h = ...`");
+                    return None;
+                }
+            };
+            let value = parse_expr(cx, &assign.right)?;
+            Some(Stmt::Assign { name, value })
+        }
+        SynStmt::Expr(SynExpr::Return(ret), _) => {
+            cx.error_spanned_by(ret, "a cell does not `return`; assign its states instead");
+            None
+        }
+        SynStmt::Expr(expr, _) => {
+            cx.error_spanned_by(expr, "a statement is `let name = ...;` or `state = ...;`");
+            None
+        }
+        SynStmt::Item(item) => {
+            cx.error_spanned_by(item, "items are not allowed inside a cell");
+            None
+        }
+        SynStmt::Macro(mac) => {
+            cx.error_spanned_by(mac, "macros are not allowed inside a cell");
+            None
+        }
+    }
+}
+
+/// Parses one expression; unsupported syntax is reported and yields `None`.
+pub fn parse_expr(cx: &Ctxt, expr: &SynExpr) -> Option<Expr> {
+    let span = expr.span();
+    match expr {
+        SynExpr::Path(path) => match path.path.get_ident() {
+            Some(ident) if path.qself.is_none() => Some(Expr::Ident(ident.clone())),
+            _ => {
+                cx.error_spanned_by(path, "paths are not allowed; name a variable or a parameter");
+                None
+            }
+        },
+        SynExpr::Lit(lit) => match &lit.lit {
+            syn::Lit::Float(float) => match float.base10_parse::<f64>() {
+                Ok(value) => Some(Expr::Lit(value, span)),
+                Err(error) => {
+                    cx.push(error);
+                    None
+                }
+            },
+            syn::Lit::Int(int) => match int.base10_parse::<u64>() {
+                Ok(value) => Some(Expr::Lit(value as f64, span)),
+                Err(error) => {
+                    cx.push(error);
+                    None
+                }
+            },
+            other => {
+                cx.error_spanned_by(other, "only number literals are allowed");
+                None
+            }
+        },
+        SynExpr::Paren(paren) => parse_expr(cx, &paren.expr),
+        SynExpr::Group(group) => parse_expr(cx, &group.expr),
+        SynExpr::Unary(unary) => match unary.op {
+            syn::UnOp::Neg(_) => Some(Expr::Neg(Box::new(parse_expr(cx, &unary.expr)?), span)),
+            syn::UnOp::Deref(_) => {
+                cx.error_spanned_by(unary, "dereference is not allowed in a cell");
+                None
+            }
+            _ => {
+                cx.error_spanned_by(unary, "unsupported operator; expected `+`, `-`, `*` or unary `-`");
+                None
+            }
+        },
+        SynExpr::Binary(binary) => {
+            let op = match binary.op {
+                syn::BinOp::Add(_) => BinOp::Add,
+                syn::BinOp::Sub(_) => BinOp::Sub,
+                syn::BinOp::Mul(_) => BinOp::Mul,
+                other => {
+                    let symbol = quote::quote!(#other).to_string();
+                    cx.error_spanned_by(
+                        other,
+                        format!("unsupported operator `{symbol}`; expected `+`, `-`, `*` or unary `-`"),
+                    );
+                    return None;
+                }
+            };
+            let lhs = parse_expr(cx, &binary.left);
+            let rhs = parse_expr(cx, &binary.right);
+            Some(Expr::Binary(op, Box::new(lhs?), Box::new(rhs?), span))
+        }
+        SynExpr::Call(call) => {
+            let func = match &*call.func {
+                SynExpr::Path(path) if path.qself.is_none() && path.path.get_ident().is_some() => {
+                    path.path.get_ident().cloned().expect("checked to be an ident")
+                }
+                other => {
+                    cx.error_spanned_by(other, "a function is called by its name, as in `sigmoid(a)`");
+                    return None;
+                }
+            };
+            let args: Vec<Option<Expr>> = call.args.iter().map(|arg| parse_expr(cx, arg)).collect();
+            Some(Expr::Call(func, args.into_iter().collect::<Option<_>>()?, span))
+        }
+        SynExpr::Array(array) => {
+            if array.elems.is_empty() {
+                cx.error_spanned_by(array, "an empty concatenation `[]` has no value");
+                return None;
+            }
+            let parts: Vec<Option<Expr>> = array.elems.iter().map(|part| parse_expr(cx, part)).collect();
+            Some(Expr::Concat(parts.into_iter().collect::<Option<_>>()?, span))
+        }
+        other => {
+            cx.error_spanned_by(other, format!("{} not allowed in a cell", describe(other)));
+            None
+        }
+    }
+}
+
+/// Names the Rust construct that the equation language does not have.
+fn describe(expr: &SynExpr) -> &'static str {
+    match expr {
+        SynExpr::MethodCall(_) => "method calls are",
+        SynExpr::If(_) => "`if` is",
+        SynExpr::Match(_) => "`match` is",
+        SynExpr::ForLoop(_) | SynExpr::While(_) | SynExpr::Loop(_) => "loops are",
+        SynExpr::Closure(_) => "closures are",
+        SynExpr::Index(_) => "indexing is",
+        SynExpr::Macro(_) => "macros are",
+        SynExpr::Reference(_) => "references are",
+        SynExpr::Return(_) => "`return` is",
+        SynExpr::Field(_) => "field access is",
+        SynExpr::Tuple(_) => "tuples are",
+        SynExpr::Block(_) | SynExpr::Unsafe(_) => "blocks are",
+        SynExpr::Cast(_) => "casts are",
+        SynExpr::Assign(_) => "assignment inside an expression is",
+        SynExpr::Range(_) => "ranges are",
+        SynExpr::Struct(_) => "struct literals are",
+        SynExpr::Await(_) => "`.await` is",
+        SynExpr::Try(_) => "`?` is",
+        _ => "this expression is",
+    }
+}
