@@ -14,8 +14,6 @@ use crate::size::Size;
 pub struct Backward {
     /// Nodes from here on belong to the backward pass.
     pub first: NodeId,
-    /// `AdjState(k)`: the gradient arriving at state k's new value.
-    pub adj_states: Vec<NodeId>,
     /// The gradient of each state's previous value (`None`: it does not depend on it).
     pub d_states: Vec<Option<NodeId>>,
     /// The gradient of each input.
@@ -49,7 +47,6 @@ pub fn differentiate(ir: &mut CellIr, shapes: &mut Shapes) -> Backward {
     }
     let mut backward = Backward {
         first,
-        adj_states,
         d_states: vec![None; ad.ir.states.len()],
         d_inputs: vec![None; ad.ir.inputs.len()],
         vec_grads: Vec::new(),

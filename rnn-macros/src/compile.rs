@@ -49,3 +49,15 @@ pub fn analyse(cx: &Ctxt, ast: &CellAst) -> Option<Compiled> {
     let backward = autodiff::differentiate(&mut ir, &mut shapes);
     Some(Compiled { ir, shapes, backward })
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn dump() {
+        let item: proc_macro2::TokenStream = "fn c1(x: Input, h: State) { h = tanh(W * x); }".parse().unwrap();
+        let out = super::compile(quote::quote!(), item);
+        let file = syn::parse2::<syn::File>(out.clone()).map(|f| format!("{f:#?}")).unwrap_or_default();
+        let _ = file;
+        println!("{}", out.to_string().replace(" ; ", ";\n").replace("{ ", "{\n"));
+    }
+}

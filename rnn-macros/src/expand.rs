@@ -1,3 +1,516 @@
-use proc_macro2::TokenStream;
-pub fn expand(_a: &crate::parse::CellAst, _c: &crate::compile::Compiled, _p: &()) -> TokenStream { TokenStream::new() }
-pub fn fallback(_a: &crate::parse::CellAst) -> TokenStream { TokenStream::new() }
+//! Stage 8: the generated code. The struct and its gradients type with a `pub` field per
+//! parameter, a constructor, and the runtime's `Cell` trait, whose four methods are the
+//! plan's four programs: stacked GEMMs through the tape, and each kernel a fused loop.
+
+use proc_macro2::{Ident, Literal, TokenStream};
+use quote::{format_ident, quote};
+
+use crate::compile::Compiled;
+use crate::func::Func;
+use crate::ir::CellIr;
+use crate::parse::{BinOp, CellAst};
+use crate::schedule::{Cols, KOp, KStmt, Kernel, Loc, Operand, Plan, Program, Stage};
+use crate::size::Size;
+
+/// `lstm_cell` → `LstmCell`.
+pub fn camel_case(name: &str) -> String {
+    name.split('_')
+        .filter(|part| !part.is_empty())
+        .map(|part| {
+            let mut chars = part.chars();
+            let first = chars.next().expect("non-empty").to_uppercase();
+            first.chain(chars).collect::<String>()
+        })
+        .collect()
+}
+
+fn type_names(ast: &CellAst) -> (Ident, Ident) {
+    let name = format_ident!("{}", camel_case(&ast.name.to_string()), span = ast.name.span());
+    let grads = format_ident!("{}Grads", name, span = ast.name.span());
+    (name, grads)
+}
+
+/// On error: the type still exists, so that uses of it elsewhere do not add errors.
+pub fn fallback(ast: &CellAst) -> TokenStream {
+    let (name, grads) = type_names(ast);
+    let vis = &ast.vis;
+    quote! {
+        #vis struct #name<T = f32>(::core::marker::PhantomData<T>);
+        #vis struct #grads<T = f32>(::core::marker::PhantomData<T>);
+        ::rnn_runtime::__fallback_cell!(#name, #grads);
+    }
+}
+
+pub fn expand(ast: &CellAst, c: &Compiled, plan: &Plan) -> TokenStream {
+    let ir = &c.ir;
+    let (name, grads) = type_names(ast);
+    let vis = &ast.vis;
+    let attrs = &ast.attrs;
+    let syms = &ir.syms;
+    let params: Vec<Ident> = ir.params.iter().map(|p| format_ident!("{}", p.name, span = p.span)).collect();
+    let param_types: Vec<TokenStream> = ir
+        .params
+        .iter()
+        .map(|p| if p.is_matrix { quote!(::rnn_runtime::nalgebra::DMatrix<T>) } else { quote!(::rnn_runtime::nalgebra::DVector<T>) })
+        .collect();
+    let param_docs: Vec<String> = ir
+        .params
+        .iter()
+        .zip(&c.shapes.params)
+        .map(|(p, (rows, cols))| match cols {
+            Some(cols) => format!("`{}`: a matrix of ({}, {})", p.name, rows.display(syms), cols.display(syms)),
+            None => format!("`{}`: a vector of {}", p.name, rows.display(syms)),
+        })
+        .collect();
+    let struct_doc = struct_doc(ir, &param_docs);
+    let grads_doc = format!("The gradients of a [`{name}`]'s parameters, field for field.");
+    let dims = dims_prelude(syms);
+    let extra_sizes: Vec<Ident> = syms[2..].iter().map(|s| format_ident!("{}", s.to_lowercase())).collect();
+    let extra_docs = if extra_sizes.is_empty() {
+        String::new()
+    } else {
+        format!(" and the sizes {}", syms[2..].iter().map(|s| format!("`{s}`")).collect::<Vec<_>>().join(", "))
+    };
+    let new_doc = format!(
+        "Creates the cell for inputs of size `input_size` (I), states of size `hidden_size` (H){extra_docs}, every parameter drawn from U(-1/√H, 1/√H) as PyTorch initialises its recurrent layers."
+    );
+    let shapes_of: Vec<TokenStream> = c.shapes.params.iter().map(|(rows, cols)| {
+        let rows = rows.tokens(syms);
+        let cols = cols.as_ref().map_or(quote!(1usize), |c| c.tokens(syms));
+        quote!((#rows, #cols))
+    }).collect();
+    let alloc: Vec<TokenStream> = ir
+        .params
+        .iter()
+        .zip(&shapes_of)
+        .map(|(p, shape)| {
+            let ty = if p.is_matrix { quote!(DMatrix) } else { quote!(DVector) };
+            let ctor = if p.is_matrix { quote!(from_fn(__rows, __cols, |_, _| __init.draw(__rng))) } else { quote!(from_fn(__rows, |_, _| __init.draw(__rng))) };
+            quote!({ let (__rows, __cols) = #shape; let _ = __cols; ::rnn_runtime::nalgebra::#ty::#ctor })
+        })
+        .collect();
+    let zeros: Vec<TokenStream> = ir
+        .params
+        .iter()
+        .zip(&shapes_of)
+        .map(|(p, shape)| {
+            let ty = if p.is_matrix { quote!(DMatrix) } else { quote!(DVector) };
+            let ctor = if p.is_matrix { quote!(zeros(__rows, __cols)) } else { quote!(zeros(__rows)) };
+            quote!({ let (__rows, __cols) = #shape; let _ = __cols; ::rnn_runtime::nalgebra::#ty::#ctor })
+        })
+        .collect();
+    let spec = spec(ast, c, plan, &name);
+    let buffers = plan.buffers.iter().map(|b| {
+        let rows = b.rows.tokens(syms);
+        let cols = match &b.cols {
+            Cols::Steps => quote!(::rnn_runtime::BufferCols::Steps),
+            Cols::Batch => quote!(::rnn_runtime::BufferCols::Batch),
+            Cols::Fixed(cols) => {
+                let cols = cols.tokens(syms);
+                quote!(::rnn_runtime::BufferCols::Fixed(#cols))
+            }
+        };
+        let what = &b.what;
+        quote!(::rnn_runtime::BufferSpec { rows: #rows, cols: #cols, what: #what })
+    });
+    let stacking = plan.stacks.iter().flat_map(|stack| {
+        let mut row = Size::zero();
+        let buf = stack.buf;
+        stack
+            .blocks
+            .iter()
+            .map(|block| {
+                let field = &params[block.mat];
+                let (rows, cols) = &c.shapes.params[block.mat];
+                let col_start = block.cols.as_ref().map_or(Size::zero(), |(s, _)| s.clone()).tokens(syms);
+                let row_tokens = row.tokens(syms);
+                let param_rows = rows.tokens(syms);
+                let _ = cols;
+                row = row.plus(rows);
+                quote!(__tape.load_block(#buf, #row_tokens, self.#field.as_slice(), #param_rows, #col_start);)
+            })
+            .collect::<Vec<_>>()
+    });
+    let prepare = program(c, plan, Program::Prepare, &params);
+    let step_forward = program(c, plan, Program::StepForward, &params);
+    let step_backward = program(c, plan, Program::StepBackward, &params);
+    let finish = program(c, plan, Program::Finish, &params);
+    let weight_grads = plan.weight_grads.iter().map(|w| {
+        let field = &params[w.param];
+        let param_rows = c.shapes.params[w.param].0.tokens(syms);
+        let col_start = w.col_start.tokens(syms);
+        let cols = w.cols.tokens(syms);
+        let (dz_buf, dz_row) = (w.dz.buf, w.dz.row.tokens(syms));
+        let (v_buf, v_row) = (w.v.buf, w.v.row.tokens(syms));
+        let rows = w.rows.tokens(syms);
+        quote!(__tape.weight_grad(__grads.#field.as_mut_slice(), #param_rows, #col_start, (#dz_buf, #dz_row), #rows, (#v_buf, #v_row), #cols);)
+    });
+    let names: Vec<String> = ir.params.iter().map(|p| p.name.clone()).collect();
+    let shape_locals: Vec<Ident> = (0..names.len()).map(|i| format_ident!("__shape{}", i)).collect();
+    let n_syms = syms.len();
+
+    quote! {
+        #(#attrs)*
+        #[doc = #struct_doc]
+        #[allow(non_snake_case)]
+        #[derive(Clone, Debug, PartialEq)]
+        #vis struct #name<T = f32> {
+            #(#[doc = #param_docs] pub #params: #param_types,)*
+            __dims: [usize; #n_syms],
+        }
+
+        #[doc = #grads_doc]
+        #[allow(non_snake_case)]
+        #[derive(Clone, Debug, PartialEq)]
+        #vis struct #grads<T = f32> {
+            #(#[doc = #param_docs] pub #params: #param_types,)*
+        }
+
+        impl<T: ::rnn_runtime::Scalar> #name<T> {
+            #[doc = #new_doc]
+            pub fn new(input_size: usize, hidden_size: usize, #(#extra_sizes: usize,)* rng: &mut ::rnn_runtime::Rng) -> Self {
+                let __dims = [input_size, hidden_size, #(#extra_sizes),*];
+                let __init = ::rnn_runtime::Init::pytorch_default(hidden_size);
+                Self::with_init(__dims, &__init, rng)
+            }
+
+            /// Creates the cell with the given sizes (in the order of
+            /// [`CellSpec::size_symbols`](::rnn_runtime::CellSpec)) and initialisation.
+            pub fn with_init(dims: [usize; #n_syms], init: &::rnn_runtime::Init, rng: &mut ::rnn_runtime::Rng) -> Self {
+                let (__init, __rng) = (init, rng);
+                let __dims = dims;
+                #dims
+                Self { #(#params: #alloc,)* __dims }
+            }
+        }
+
+        const _: () = {
+            impl<T: ::rnn_runtime::Scalar> ::rnn_runtime::Parameters<T> for #name<T> {
+                fn parameters(&self) -> ::std::vec::Vec<::rnn_runtime::ParamRef<'_, T>> {
+                    vec![#(::rnn_runtime::ParamRef::new(#names, self.#params.as_slice(), self.#params.shape()),)*]
+                }
+                fn parameters_mut(&mut self) -> ::std::vec::Vec<::rnn_runtime::ParamMut<'_, T>> {
+                    #(let #shape_locals = self.#params.shape();)*
+                    vec![#(::rnn_runtime::ParamMut::new(#names, self.#params.as_mut_slice(), #shape_locals),)*]
+                }
+            }
+
+            impl<T: ::rnn_runtime::Scalar> ::rnn_runtime::Parameters<T> for #grads<T> {
+                fn parameters(&self) -> ::std::vec::Vec<::rnn_runtime::ParamRef<'_, T>> {
+                    vec![#(::rnn_runtime::ParamRef::new(#names, self.#params.as_slice(), self.#params.shape()),)*]
+                }
+                fn parameters_mut(&mut self) -> ::std::vec::Vec<::rnn_runtime::ParamMut<'_, T>> {
+                    #(let #shape_locals = self.#params.shape();)*
+                    vec![#(::rnn_runtime::ParamMut::new(#names, self.#params.as_mut_slice(), #shape_locals),)*]
+                }
+            }
+
+            #[allow(unused_variables, unused_mut, clippy::all)]
+            impl<T: ::rnn_runtime::Scalar> ::rnn_runtime::Cell<T> for #name<T> {
+                type Grads = #grads<T>;
+
+                const SPEC: &'static ::rnn_runtime::CellSpec = &#spec;
+
+                fn dims(&self) -> &[usize] {
+                    &self.__dims
+                }
+
+                fn with_dims(dims: &[usize], init: &::rnn_runtime::Init, rng: &mut ::rnn_runtime::Rng) -> ::core::result::Result<Self, ::rnn_runtime::Error> {
+                    let dims: [usize; #n_syms] = dims.try_into().map_err(|_| ::rnn_runtime::Error::new(format!(
+                        "`{}` has {} sizes ({}) but {} were given", stringify!(#name), #n_syms,
+                        <Self as ::rnn_runtime::Cell<T>>::SPEC.size_symbols.join(", "), dims.len())))?;
+                    Ok(Self::with_init(dims, init, rng))
+                }
+
+                fn zero_grads(&self) -> #grads<T> {
+                    let __dims = self.__dims;
+                    #dims
+                    #grads { #(#params: #zeros,)* }
+                }
+
+                fn tape_buffers(&self) -> ::std::vec::Vec<::rnn_runtime::BufferSpec> {
+                    let __dims = self.__dims;
+                    #dims
+                    vec![#(#buffers),*]
+                }
+
+                fn prepare(&self, __tape: &mut ::rnn_runtime::Tape<T>) {
+                    let __dims = self.__dims;
+                    #dims
+                    #(#stacking)*
+                    let (__off, __n) = (0usize, __tape.columns());
+                    #prepare
+                }
+
+                fn step_forward(&self, __tape: &mut ::rnn_runtime::Tape<T>, __off: usize, __n: usize) {
+                    let __dims = self.__dims;
+                    #dims
+                    #step_forward
+                }
+
+                fn step_backward(&self, __tape: &mut ::rnn_runtime::Tape<T>, __off: usize, __n: usize, __grads: &mut #grads<T>) {
+                    let __dims = self.__dims;
+                    #dims
+                    #step_backward
+                }
+
+                fn finish_backward(&self, __tape: &mut ::rnn_runtime::Tape<T>, __grads: &mut #grads<T>) {
+                    let __dims = self.__dims;
+                    #dims
+                    let (__off, __n) = (0usize, __tape.columns());
+                    #finish
+                    #(#weight_grads)*
+                }
+            }
+        };
+    }
+}
+
+fn dims_prelude(syms: &[String]) -> TokenStream {
+    let locals = syms.iter().enumerate().map(|(i, s)| {
+        let local = format_ident!("__dim_{}", s);
+        quote!(let #local: usize = __dims[#i];)
+    });
+    quote!(#(#locals)*)
+}
+
+fn struct_doc(ir: &CellIr, param_docs: &[String]) -> String {
+    let mut doc = String::new();
+    doc.push_str("\n\nA recurrent cell declared with `#[recurrent]` from the equations\n\n```text\n");
+    for eq in &ir.equations {
+        doc.push_str(eq);
+        doc.push('\n');
+    }
+    doc.push_str("```\n\n");
+    let vars = |vars: &[crate::ir::Var]| {
+        vars.iter().map(|v| format!("`{}` ({})", v.name, ir.syms[v.sym])).collect::<Vec<_>>().join(", ")
+    };
+    doc.push_str(&format!("Inputs: {}. States: {}; the output is `{}`.\n\n", vars(&ir.inputs), vars(&ir.states), ir.states[ir.output].name));
+    doc.push_str("Parameters:\n");
+    for p in param_docs {
+        doc.push_str(&format!("- {p}\n"));
+    }
+    doc
+}
+
+fn spec(ast: &CellAst, c: &Compiled, plan: &Plan, name: &Ident) -> TokenStream {
+    let ir = &c.ir;
+    let name = name.to_string();
+    let syms = &ir.syms;
+    let var = |v: &crate::ir::Var| {
+        let (n, sym) = (&v.name, v.sym);
+        quote!(::rnn_runtime::VarSpec { name: #n, size: #sym })
+    };
+    let inputs = ir.inputs.iter().map(var);
+    let states = ir.states.iter().map(var);
+    let size_spec = |s: &Size| {
+        let terms = s.terms().map(|(sym, coef)| quote!((#sym, #coef)));
+        quote!(::rnn_runtime::SizeSpec(&[#(#terms),*]))
+    };
+    let params = ir.params.iter().zip(&c.shapes.params).map(|(p, (rows, cols))| {
+        let n = &p.name;
+        let rows = size_spec(rows);
+        let cols = match cols {
+            Some(cols) => {
+                let cols = size_spec(cols);
+                quote!(::core::option::Option::Some(#cols))
+            }
+            None => quote!(::core::option::Option::None),
+        };
+        quote!(::rnn_runtime::ParamSpec { name: #n, rows: #rows, cols: #cols })
+    });
+    let output = ir.output;
+    let equations = &ir.equations;
+    let roles = &plan.roles;
+    let (inp, d_inp, prev, state, d_state, d_prev) =
+        (&roles.inputs, &roles.d_inputs, &roles.prev, &roles.state, &roles.d_state, &roles.d_prev);
+    let _ = ast;
+    quote! {
+        ::rnn_runtime::CellSpec {
+            name: #name,
+            size_symbols: &[#(#syms),*],
+            inputs: &[#(#inputs),*],
+            states: &[#(#states),*],
+            output: #output,
+            params: &[#(#params),*],
+            equations: &[#(#equations),*],
+            roles: ::rnn_runtime::TapeRoles {
+                inputs: &[#(#inp),*],
+                d_inputs: &[#(#d_inp),*],
+                prev: &[#(#prev),*],
+                state: &[#(#state),*],
+                d_state: &[#(#d_state),*],
+                d_prev: &[#(#d_prev),*],
+            },
+        }
+    }
+}
+
+/// The stages of one program, in order.
+fn program(c: &Compiled, plan: &Plan, which: Program, params: &[Ident]) -> TokenStream {
+    let stages = match which {
+        Program::Prepare => &plan.prepare,
+        Program::StepForward => &plan.step_forward,
+        Program::StepBackward => &plan.step_backward,
+        Program::Finish => &plan.finish,
+    };
+    let syms = &c.ir.syms;
+    let loc = |l: &Loc| {
+        let buf = l.buf;
+        let row = l.row.tokens(syms);
+        let col0 = col0(plan, l.buf, which);
+        quote!((#buf, #row, #col0))
+    };
+    let code = stages.iter().map(|stage| match stage {
+        Stage::Gemm { stack, transpose, src, dst } => {
+            let stack_buf = plan.stacks[*stack].buf;
+            let (src, dst) = (loc(src), loc(dst));
+            quote!(__tape.gemm(#stack_buf, #transpose, #src, #dst, __n);)
+        }
+        Stage::Copy { src, dst, rows } => {
+            let (src, dst, rows) = (loc(src), loc(dst), rows.tokens(syms));
+            quote!(__tape.copy(#src, #dst, #rows, __n);)
+        }
+        Stage::Zero { dst, rows } => {
+            let (dst, rows) = (loc(dst), rows.tokens(syms));
+            quote!(__tape.zero(#dst, #rows, __n);)
+        }
+        Stage::Kernel(kernel) => fused_loop(c, plan, which, kernel, params),
+    });
+    quote!(#(#code)*)
+}
+
+/// The first column a program addresses in a buffer: the step's offset for buffers
+/// that hold every step, 0 for those that hold the current step only.
+fn col0(plan: &Plan, buf: usize, which: Program) -> TokenStream {
+    match plan.buffers[buf].cols {
+        Cols::Steps if which.is_step() => quote!(__off),
+        _ => quote!(0usize),
+    }
+}
+
+/// One kernel as a loop over columns and rows, with every value a local.
+fn fused_loop(c: &Compiled, plan: &Plan, which: Program, kernel: &Kernel, params: &[Ident]) -> TokenStream {
+    let syms = &c.ir.syms;
+    let mut bufs: Vec<usize> = Vec::new();
+    let mut vec_params: Vec<usize> = Vec::new();
+    let mut grad_params: Vec<usize> = Vec::new();
+    let mut note = |operand: &Operand, bufs: &mut Vec<usize>| match operand {
+        Operand::Load(l) if !bufs.contains(&l.buf) => bufs.push(l.buf),
+        Operand::Param(p) if !vec_params.contains(p) => vec_params.push(*p),
+        _ => {}
+    };
+    for stmt in &kernel.body {
+        match stmt {
+            KStmt::Let { op, .. } => match op {
+                KOp::Call(_, a) | KOp::Deriv(_, a) | KOp::Neg(a) => note(a, &mut bufs),
+                KOp::Bin(_, a, b) => {
+                    note(a, &mut bufs);
+                    note(b, &mut bufs);
+                }
+            },
+            KStmt::Store { value, dst } => {
+                note(value, &mut bufs);
+                if !bufs.contains(&dst.buf) {
+                    bufs.push(dst.buf);
+                }
+            }
+            KStmt::Accumulate { param, value } => {
+                note(value, &mut bufs);
+                if !grad_params.contains(param) {
+                    grad_params.push(*param);
+                }
+            }
+        }
+    }
+    let buf_vars: Vec<Ident> = bufs.iter().map(|b| format_ident!("__buf{}", b)).collect();
+    let col_vars: Vec<Ident> = bufs.iter().map(|b| format_ident!("__col{}", b)).collect();
+    let col_bases = bufs.iter().map(|&b| {
+        let ld = plan.buffers[b].rows.tokens(syms);
+        let col0 = col0(plan, b, which);
+        quote!((#col0 + __c) * #ld)
+    });
+    let param_bindings = vec_params.iter().map(|p| {
+        let (local, field) = (format_ident!("__param{}", p), &params[*p]);
+        quote!(let #local = self.#field.as_slice();)
+    });
+    let grad_bindings = grad_params.iter().map(|p| {
+        let (local, field) = (format_ident!("__grad{}", p), &params[*p]);
+        quote!(let #local = __grads.#field.as_mut_slice();)
+    });
+    let value = |operand: &Operand| -> TokenStream {
+        match operand {
+            Operand::Local(id) => {
+                let local = format_ident!("__v{}", id);
+                quote!(#local)
+            }
+            Operand::Load(l) => {
+                let (buf, col) = (format_ident!("__buf{}", l.buf), format_ident!("__col{}", l.buf));
+                let row = l.row.tokens(syms);
+                quote!(#buf[#col + #row + __j])
+            }
+            Operand::Param(p) => {
+                let local = format_ident!("__param{}", p);
+                quote!(#local[__j])
+            }
+            Operand::Lit(v) => {
+                let lit = Literal::f64_suffixed(*v);
+                quote!(<T as ::rnn_runtime::Scalar>::of(#lit))
+            }
+        }
+    };
+    let body = kernel.body.iter().map(|stmt| match stmt {
+        KStmt::Let { id, op } => {
+            let local = format_ident!("__v{}", id);
+            let expr = match op {
+                KOp::Call(f, a) => call(*f, false, value(a)),
+                KOp::Deriv(f, a) => call(*f, true, value(a)),
+                KOp::Neg(a) => {
+                    let a = value(a);
+                    quote!(-#a)
+                }
+                KOp::Bin(op, a, b) => {
+                    let (a, b) = (value(a), value(b));
+                    match op {
+                        BinOp::Add => quote!(#a + #b),
+                        BinOp::Sub => quote!(#a - #b),
+                        BinOp::Mul => quote!(#a * #b),
+                    }
+                }
+            };
+            quote!(let #local: T = #expr;)
+        }
+        KStmt::Store { value: v, dst } => {
+            let (buf, col) = (format_ident!("__buf{}", dst.buf), format_ident!("__col{}", dst.buf));
+            let row = dst.row.tokens(syms);
+            let v = value(v);
+            quote!(#buf[#col + #row + __j] = #v;)
+        }
+        KStmt::Accumulate { param, value: v } => {
+            let local = format_ident!("__grad{}", param);
+            let v = value(v);
+            quote!(#local[__j] += #v;)
+        }
+    });
+    let rows = kernel.rows.tokens(syms);
+    quote! {
+        {
+            #(#param_bindings)*
+            #(#grad_bindings)*
+            let __rows: usize = #rows;
+            let [#(#buf_vars),*] = __tape.buffers_mut([#(#bufs),*]);
+            for __c in 0..__n {
+                #(let #col_vars = #col_bases;)*
+                for __j in 0..__rows {
+                    #(#body)*
+                }
+            }
+        }
+    }
+}
+
+fn call(f: Func, deriv: bool, arg: TokenStream) -> TokenStream {
+    let (forward, derivative) = f.runtime_names();
+    let name = format_ident!("{}", if deriv { derivative } else { forward });
+    quote!(::rnn_runtime::math::#name(#arg))
+}

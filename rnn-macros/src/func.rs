@@ -40,14 +40,6 @@ impl Func {
         }
     }
 
-    /// The name as rustdoc shows it in the equations.
-    pub fn display(self) -> &'static str {
-        match self {
-            Func::Sigmoid => "σ",
-            other => other.name(),
-        }
-    }
-
     pub fn deriv_from(self) -> DerivFrom {
         match self {
             Func::Softplus => DerivFrom::Input,
@@ -69,6 +61,7 @@ impl Func {
     }
 
     /// f'(x) from the value `deriv_from` names, in f64, for the interpreter.
+    #[cfg(test)]
     pub fn eval_deriv(self, v: f64) -> f64 {
         match self {
             Func::Sigmoid => v * (1.0 - v),

@@ -10,6 +10,7 @@ mod compile;
 mod ctxt;
 mod expand;
 mod func;
+#[cfg(test)]
 mod interp;
 mod ir;
 mod optimize;

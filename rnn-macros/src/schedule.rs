@@ -1,1 +1,639 @@
-pub fn schedule(_c: &crate::compile::Compiled) -> () {}
+//! Stage 7: from the differentiated graph to an execution plan.
+//!
+//! Every node runs in one of four programs: `Prepare` (once per sequence, before the
+//! time loop: the hoisted input projections), `StepForward` and `StepBackward` (once per
+//! step), and `Finish` (once, after the backward loop: the hoisted values' backward and
+//! every weight gradient, each one GEMM over all steps). A program is a list of stages:
+//! GEMMs on stacked weights, copies, and fused kernels in which every elementwise node of
+//! one size and one level is a local of a single loop. Values cross a kernel boundary
+//! through tape buffers; only those that another stage, program or the backward pass
+//! reads are stored ("keep only what backward reads").
+
+use crate::compile::Compiled;
+use crate::func::Func;
+use crate::ir::{Block, NodeId, Op};
+use crate::optimize::dynamic_nodes;
+use crate::parse::BinOp;
+use crate::size::Size;
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Program {
+    Prepare,
+    StepForward,
+    StepBackward,
+    Finish,
+}
+
+impl Program {
+    pub fn is_step(self) -> bool {
+        matches!(self, Program::StepForward | Program::StepBackward)
+    }
+}
+
+/// The columns of a tape buffer.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub enum Cols {
+    /// One column per (step, sequence): indexed by the step's column offset.
+    Steps,
+    /// One column per sequence of the batch: the current step's values only.
+    Batch,
+    /// A stacked weight matrix.
+    Fixed(Size),
+}
+
+#[derive(Clone, Debug)]
+pub struct Buffer {
+    pub rows: Size,
+    pub cols: Cols,
+    /// What it holds, for the generated code's comments and for debugging.
+    pub what: String,
+}
+
+/// Rows `row..` of a buffer.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct Loc {
+    pub buf: usize,
+    pub row: Size,
+}
+
+impl Loc {
+    fn at(buf: usize) -> Loc {
+        Loc { buf, row: Size::zero() }
+    }
+
+    fn offset(&self, by: &Size) -> Loc {
+        Loc { buf: self.buf, row: self.row.plus(by) }
+    }
+}
+
+/// Matrix blocks stacked by rows into one buffer, built from the parameters before the
+/// time loop, so that all gates' products with one vector are one GEMM.
+#[derive(Clone, Debug)]
+pub struct Stack {
+    pub blocks: Vec<Block>,
+    pub buf: usize,
+}
+
+#[derive(Clone, Debug)]
+pub enum Stage {
+    /// `dst = stack * src`, or `stackᵀ * src`.
+    Gemm { stack: usize, transpose: bool, src: Loc, dst: Loc },
+    Copy { src: Loc, dst: Loc, rows: Size },
+    Zero { dst: Loc, rows: Size },
+    Kernel(Kernel),
+}
+
+/// One fused loop over `rows` × the program's columns.
+#[derive(Clone, Debug)]
+pub struct Kernel {
+    pub rows: Size,
+    pub body: Vec<KStmt>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Operand {
+    /// A value computed earlier in the same loop iteration.
+    Local(NodeId),
+    Load(Loc),
+    /// A vector parameter, indexed by row.
+    Param(usize),
+    Lit(f64),
+}
+
+#[derive(Clone, Debug)]
+pub enum KOp {
+    Call(Func, Operand),
+    Deriv(Func, Operand),
+    Neg(Operand),
+    Bin(BinOp, Operand, Operand),
+}
+
+#[derive(Clone, Debug)]
+pub enum KStmt {
+    Let { id: NodeId, op: KOp },
+    Store { value: Operand, dst: Loc },
+    /// The gradient of vector parameter `param` gains the value (summed over columns).
+    Accumulate { param: usize, value: Operand },
+}
+
+/// After the loop: the gradient of parameter `param` (its column block `cols`) gains
+/// `dz · vᵀ` over all steps.
+#[derive(Clone, Debug)]
+pub struct WeightGrad {
+    pub param: usize,
+    pub col_start: Size,
+    pub rows: Size,
+    pub cols: Size,
+    pub dz: Loc,
+    pub v: Loc,
+}
+
+/// The tape buffers that the runtime fills and reads, per input and per state.
+#[derive(Clone, Debug, Default)]
+pub struct Roles {
+    pub inputs: Vec<usize>,
+    pub d_inputs: Vec<usize>,
+    pub prev: Vec<usize>,
+    pub state: Vec<usize>,
+    pub d_state: Vec<usize>,
+    pub d_prev: Vec<usize>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Plan {
+    pub buffers: Vec<Buffer>,
+    pub stacks: Vec<Stack>,
+    pub roles: Roles,
+    pub prepare: Vec<Stage>,
+    pub step_forward: Vec<Stage>,
+    pub step_backward: Vec<Stage>,
+    pub finish: Vec<Stage>,
+    pub weight_grads: Vec<WeightGrad>,
+}
+
+/// A value that a program must deliver somewhere other than its own buffer.
+#[derive(Clone, Debug)]
+enum Target {
+    Loc(Loc),
+    /// Wherever that node is placed (a bridge, placed after roots are collected).
+    LocOf(NodeId),
+    Grad(usize),
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Role {
+    /// Parameters, literals, zeros: read where used, no program computes them.
+    Free,
+    /// Inputs, previous states, arriving gradients, bridges: already in a buffer.
+    Leaf,
+    /// Elementwise: a local of a fused loop.
+    Kernel,
+    /// GEMMs and concatenations: run between loops, into their own buffer.
+    Between,
+    /// A view of rows of another node's buffer.
+    View,
+}
+
+pub fn schedule(compiled: &Compiled) -> Plan {
+    Scheduler::new(compiled).run()
+}
+
+struct Scheduler<'a> {
+    c: &'a Compiled,
+    role: Vec<Role>,
+    program: Vec<Option<Program>>,
+    level: Vec<usize>,
+    users: Vec<Vec<NodeId>>,
+    roots: Vec<(Program, NodeId, Target)>,
+    post_loop: Vec<bool>,
+    loc: Vec<Option<Loc>>,
+    buffers: Vec<Buffer>,
+    stacks: Vec<Stack>,
+    roles: Roles,
+}
+
+impl<'a> Scheduler<'a> {
+    fn new(c: &'a Compiled) -> Self {
+        let graph = &c.ir.graph;
+        let dynamic = dynamic_nodes(graph);
+        let role: Vec<Role> = graph
+            .nodes
+            .iter()
+            .map(|node| match node.op {
+                Op::Param(_) | Op::Lit(_) | Op::Zeros(_) => Role::Free,
+                Op::Input(_) | Op::State(_) | Op::AdjState(_) | Op::Bridge(_) => Role::Leaf,
+                Op::Call(..) | Op::Neg(_) | Op::Bin(..) | Op::Deriv(..) => Role::Kernel,
+                Op::Gemm { .. } | Op::GemmT { .. } | Op::Concat(_) => Role::Between,
+                Op::Slice { .. } => Role::View,
+            })
+            .collect();
+        let program = (0..graph.len())
+            .map(|id| {
+                (role[id] != Role::Free).then(|| match (id < c.backward.first, dynamic[id]) {
+                    (true, false) => Program::Prepare,
+                    (true, true) => Program::StepForward,
+                    (false, true) => Program::StepBackward,
+                    (false, false) => Program::Finish,
+                })
+            })
+            .collect();
+        let mut users = vec![Vec::new(); graph.len()];
+        for (id, node) in graph.nodes.iter().enumerate() {
+            // A bridge is filled by a store of the loop, not read as an operand.
+            if matches!(node.op, Op::Bridge(_)) {
+                continue;
+            }
+            for operand in node.op.operands() {
+                users[operand].push(id);
+            }
+        }
+        let mut scheduler = Scheduler {
+            c,
+            role,
+            program,
+            level: vec![0; graph.len()],
+            users,
+            roots: Vec::new(),
+            post_loop: vec![false; graph.len()],
+            loc: vec![None; graph.len()],
+            buffers: Vec::new(),
+            stacks: Vec::new(),
+            roles: Roles::default(),
+        };
+        scheduler.assign_levels();
+        scheduler
+    }
+
+    fn run(mut self) -> Plan {
+        self.place_leaves();
+        self.collect_roots();
+        self.place_concat_parts();
+        self.place_values();
+        let weight_grads = self.weight_grads();
+        let prepare = self.stages(Program::Prepare);
+        let step_forward = self.stages(Program::StepForward);
+        let mut step_backward = self.stages(Program::StepBackward);
+        // A state whose previous value does not matter passes back no gradient.
+        for (k, d) in self.c.backward.d_states.iter().enumerate() {
+            if d.is_none() {
+                let rows = Size::symbol(self.c.ir.states[k].sym);
+                step_backward.insert(0, Stage::Zero { dst: Loc::at(self.roles.d_prev[k]), rows });
+            }
+        }
+        let finish = self.stages(Program::Finish);
+        Plan {
+            buffers: self.buffers,
+            stacks: self.stacks,
+            roles: self.roles,
+            prepare,
+            step_forward,
+            step_backward,
+            finish,
+            weight_grads,
+        }
+    }
+
+    fn op(&self, id: NodeId) -> &Op {
+        self.c.ir.graph.op(id)
+    }
+
+    fn size(&self, id: NodeId) -> &Size {
+        self.c.shapes.size(id)
+    }
+
+    fn same_program(&self, a: NodeId, b: NodeId) -> bool {
+        self.program[a].is_some() && self.program[a] == self.program[b]
+    }
+
+    /// The level at which `o`'s value is available to a kernel of `user`'s program.
+    fn ready_for_kernel(&self, o: NodeId, user: NodeId) -> usize {
+        if self.same_program(o, user) && self.role[o] != Role::Leaf {
+            self.level[o]
+        } else {
+            0
+        }
+    }
+
+    /// The level at which `o`'s value is available to a GEMM or copy of `user`'s program:
+    /// a kernel's output only after that kernel has run.
+    fn ready_between(&self, o: NodeId, user: NodeId) -> usize {
+        match self.role[o] {
+            Role::Kernel if self.same_program(o, user) => self.level[o] + 1,
+            _ => self.ready_for_kernel(o, user),
+        }
+    }
+
+    fn assign_levels(&mut self) {
+        for id in 0..self.c.ir.graph.len() {
+            let operands = self.op(id).operands();
+            self.level[id] = match self.role[id] {
+                Role::Free | Role::Leaf => 0,
+                // Rows of another value: complete only once whatever computes it has run.
+                Role::View => self.ready_between(operands[0], id),
+                Role::Kernel => operands.iter().map(|&o| self.ready_for_kernel(o, id)).max().unwrap_or(0),
+                Role::Between => operands.iter().map(|&o| self.ready_between(o, id)).max().unwrap_or(0),
+            };
+        }
+    }
+
+    fn new_buffer(&mut self, rows: Size, cols: Cols, what: impl Into<String>) -> usize {
+        self.buffers.push(Buffer { rows, cols, what: what.into() });
+        self.buffers.len() - 1
+    }
+
+    fn place_leaves(&mut self) {
+        let ir = &self.c.ir;
+        for (k, input) in ir.inputs.iter().enumerate() {
+            let rows = Size::symbol(input.sym);
+            let buf = self.new_buffer(rows.clone(), Cols::Steps, format!("input `{}`", input.name));
+            self.roles.inputs.push(buf);
+            let d = self.new_buffer(rows, Cols::Steps, format!("gradient of input `{}`", input.name));
+            self.roles.d_inputs.push(d);
+            let _ = k;
+        }
+        for state in &ir.states {
+            let rows = Size::symbol(state.sym);
+            let name = &state.name;
+            let prev = self.new_buffer(rows.clone(), Cols::Steps, format!("`{name}` before each step"));
+            let cur = self.new_buffer(rows.clone(), Cols::Batch, format!("`{name}` now"));
+            let d = self.new_buffer(rows.clone(), Cols::Batch, format!("gradient of `{name}` now"));
+            let d_prev = self.new_buffer(rows, Cols::Batch, format!("gradient of `{name}` before the step"));
+            self.roles.prev.push(prev);
+            self.roles.state.push(cur);
+            self.roles.d_state.push(d);
+            self.roles.d_prev.push(d_prev);
+        }
+        for id in 0..self.c.ir.graph.len() {
+            self.loc[id] = match *self.op(id) {
+                Op::Input(k) => Some(Loc::at(self.roles.inputs[k])),
+                Op::State(k) => Some(Loc::at(self.roles.prev[k])),
+                Op::AdjState(k) => Some(Loc::at(self.roles.d_state[k])),
+                _ => None,
+            };
+        }
+    }
+
+    fn collect_roots(&mut self) {
+        let (ir, backward) = (&self.c.ir, &self.c.backward);
+        for (k, &new) in ir.new_states.iter().enumerate() {
+            self.roots.push((Program::StepForward, new, Target::Loc(Loc::at(self.roles.state[k]))));
+        }
+        for (k, d) in backward.d_states.iter().enumerate() {
+            if let Some(d) = *d {
+                self.roots.push((Program::StepBackward, d, Target::Loc(Loc::at(self.roles.d_prev[k]))));
+            }
+        }
+        for (k, d) in backward.d_inputs.iter().enumerate() {
+            if let Some(d) = *d {
+                self.roots.push((Program::Finish, d, Target::Loc(Loc::at(self.roles.d_inputs[k]))));
+            }
+        }
+        for (id, node) in ir.graph.nodes.iter().enumerate() {
+            if let Op::Bridge(src) = node.op {
+                self.roots.push((Program::StepBackward, src, Target::LocOf(id)));
+            }
+        }
+        for &(p, value) in &backward.vec_grads {
+            let program = self.program[value].expect("a gradient is computed");
+            self.roots.push((program, value, Target::Grad(p)));
+        }
+        for &(gemm, dz) in &backward.mat_grads {
+            let Op::Gemm { vec, .. } = *self.op(gemm) else { unreachable!("weight gradient of a GEMM") };
+            self.post_loop[dz] = true;
+            self.post_loop[vec] = true;
+        }
+    }
+
+    /// Whether `id`'s value is read outside its program: by another program, or after
+    /// the loop.
+    fn crosses(&self, id: NodeId) -> bool {
+        let program = self.program[id];
+        self.post_loop[id]
+            || self.users[id].iter().any(|&u| self.program[u] != program)
+            || self.roots.iter().any(|(p, v, _)| *v == id && Some(*p) != program)
+    }
+
+    /// Whether `id`'s buffer must hold every step: its program runs over all steps at
+    /// once, or another program reads it.
+    fn needs_steps(&self, id: NodeId) -> bool {
+        matches!(self.program[id], Some(Program::Prepare | Program::Finish)) || self.crosses(id)
+    }
+
+    /// Whether a kernel node must be stored at all (rather than stay a loop local).
+    fn needs_store(&self, id: NodeId) -> bool {
+        self.crosses(id)
+            || self.users[id].iter().any(|&u| {
+                !matches!(self.role[u], Role::Kernel) || self.level[u] != self.level[id] || !self.same_program(u, id)
+            })
+    }
+
+    /// A concatenation's parts are written straight into its buffer where they can be.
+    fn place_concat_parts(&mut self) {
+        for id in 0..self.c.ir.graph.len() {
+            let Op::Concat(parts) = self.op(id).clone() else { continue };
+            let cols = if self.needs_steps(id) || parts.iter().any(|&p| self.placeable(p, id) && self.needs_steps(p)) {
+                Cols::Steps
+            } else {
+                Cols::Batch
+            };
+            let text = self.c.ir.graph.nodes[id].text.clone();
+            let buf = self.new_buffer(self.size(id).clone(), cols, text);
+            self.loc[id] = Some(Loc::at(buf));
+            let mut row = Size::zero();
+            for part in parts {
+                if self.placeable(part, id) {
+                    self.loc[part] = Some(Loc { buf, row: row.clone() });
+                }
+                row = row.plus(self.size(part));
+            }
+        }
+    }
+
+    fn placeable(&self, part: NodeId, concat: NodeId) -> bool {
+        let fits = match self.role[part] {
+            Role::Kernel => self.same_program(part, concat),
+            Role::Leaf => matches!(self.op(part), Op::Bridge(_)),
+            _ => false,
+        };
+        fits && self.loc[part].is_none()
+    }
+
+    fn place_values(&mut self) {
+        for id in 0..self.c.ir.graph.len() {
+            if self.loc[id].is_some() {
+                continue;
+            }
+            let text = self.c.ir.graph.nodes[id].text.clone();
+            let cols = if self.needs_steps(id) { Cols::Steps } else { Cols::Batch };
+            match self.role[id] {
+                Role::Free => {}
+                Role::View => {
+                    let Op::Slice { of, start, .. } = self.op(id).clone() else { unreachable!() };
+                    let base = self.loc[of].clone().unwrap_or_else(|| {
+                        // Rows of a loop local: it is stored for the view's sake.
+                        let buf = self.new_buffer(self.size(of).clone(), Cols::Steps, text.clone());
+                        self.loc[of] = Some(Loc::at(buf));
+                        Loc::at(buf)
+                    });
+                    self.loc[id] = Some(base.offset(&start));
+                }
+                Role::Leaf | Role::Between => {
+                    let buf = self.new_buffer(self.size(id).clone(), cols, text);
+                    self.loc[id] = Some(Loc::at(buf));
+                }
+                Role::Kernel if self.needs_store(id) => {
+                    let buf = self.new_buffer(self.size(id).clone(), cols, text);
+                    self.loc[id] = Some(Loc::at(buf));
+                }
+                Role::Kernel => {}
+            }
+        }
+    }
+
+    fn stack_for(&mut self, blocks: &[Block], vec_size: &Size) -> usize {
+        if let Some(s) = self.stacks.iter().position(|s| s.blocks == blocks) {
+            return s;
+        }
+        let rows = blocks.iter().fold(Size::zero(), |acc, b| acc.plus(&self.c.shapes.params[b.mat].0));
+        let names: Vec<&str> = blocks.iter().map(|b| self.c.ir.params[b.mat].name.as_str()).collect();
+        let buf = self.new_buffer(rows, Cols::Fixed(vec_size.clone()), format!("[{}] stacked", names.join("; ")));
+        self.stacks.push(Stack { blocks: blocks.to_vec(), buf });
+        self.stacks.len() - 1
+    }
+
+    fn weight_grads(&mut self) -> Vec<WeightGrad> {
+        let mut grads = Vec::new();
+        for &(gemm, dz) in &self.c.backward.mat_grads.clone() {
+            let Op::Gemm { blocks, vec } = self.op(gemm).clone() else { unreachable!() };
+            let dz_loc = self.steps_loc(dz);
+            let v_loc = self.steps_loc(vec);
+            let mut row = Size::zero();
+            for block in blocks {
+                let (rows, cols) = self.c.shapes.params[block.mat].clone();
+                let (col_start, cols) = block.cols.clone().unwrap_or((Size::zero(), cols.expect("a matrix")));
+                grads.push(WeightGrad {
+                    param: block.mat,
+                    col_start,
+                    rows: rows.clone(),
+                    cols,
+                    dz: dz_loc.offset(&row),
+                    v: v_loc.clone(),
+                });
+                row = row.plus(&rows);
+            }
+        }
+        grads
+    }
+
+    /// Where `id` is kept for all steps; a value that only lives for the current step
+    /// (a gradient arriving from the next step) is copied out at every step.
+    fn steps_loc(&mut self, id: NodeId) -> Loc {
+        let loc = self.loc[id].clone().expect("a stored value");
+        if self.buffers[loc.buf].cols == Cols::Steps {
+            return loc;
+        }
+        let text = format!("{} at every step", self.c.ir.graph.nodes[id].text);
+        let buf = self.new_buffer(self.size(id).clone(), Cols::Steps, text);
+        let program = self.program[id].expect("a computed value");
+        self.roots.push((program, id, Target::Loc(Loc::at(buf))));
+        Loc::at(buf)
+    }
+
+    fn stages(&mut self, program: Program) -> Vec<Stage> {
+        let graph_len = self.c.ir.graph.len();
+        let in_program: Vec<NodeId> = (0..graph_len).filter(|&id| self.program[id] == Some(program)).collect();
+        let roots: Vec<(NodeId, Target, usize)> = self
+            .roots
+            .iter()
+            .filter(|(p, ..)| *p == program)
+            .map(|(_, value, target)| {
+                let level = if self.program[*value] == Some(program) { self.level[*value] } else { 0 };
+                (*value, target.clone(), level)
+            })
+            .collect();
+        let max_level = in_program.iter().map(|&id| self.level[id]).chain(roots.iter().map(|r| r.2)).max().unwrap_or(0);
+        let mut stages = Vec::new();
+        for level in 0..=max_level {
+            let between: Vec<NodeId> =
+                in_program.iter().copied().filter(|&id| self.level[id] == level && self.role[id] == Role::Between).collect();
+            for id in between {
+                self.between_stage(id, &mut stages);
+            }
+            // One fused loop per size.
+            let mut sizes: Vec<Size> = Vec::new();
+            for &id in &in_program {
+                if self.level[id] == level && self.role[id] == Role::Kernel && !sizes.contains(self.size(id)) {
+                    sizes.push(self.size(id).clone());
+                }
+            }
+            for (value, _, root_level) in &roots {
+                if *root_level == level && !sizes.contains(self.size(*value)) {
+                    sizes.push(self.size(*value).clone());
+                }
+            }
+            for rows in sizes {
+                let members: Vec<NodeId> = in_program
+                    .iter()
+                    .copied()
+                    .filter(|&id| self.level[id] == level && self.role[id] == Role::Kernel && *self.size(id) == rows)
+                    .collect();
+                let these_roots: Vec<(NodeId, Target)> = roots
+                    .iter()
+                    .filter(|(v, _, l)| *l == level && *self.size(*v) == rows)
+                    .map(|(v, t, _)| (*v, t.clone()))
+                    .collect();
+                stages.push(Stage::Kernel(self.kernel(rows, &members, &these_roots)));
+            }
+        }
+        stages
+    }
+
+    fn between_stage(&mut self, id: NodeId, stages: &mut Vec<Stage>) {
+        let dst = self.loc[id].clone().expect("between ops own a buffer");
+        match self.op(id).clone() {
+            Op::Gemm { blocks, vec } => {
+                let stack = self.stack_for(&blocks, &self.size(vec).clone());
+                let src = self.loc[vec].clone().expect("a GEMM's vector is stored");
+                stages.push(Stage::Gemm { stack, transpose: false, src, dst });
+            }
+            Op::GemmT { blocks, vec } => {
+                let cols = self.size(id).clone();
+                let stack = self.stack_for(&blocks, &cols);
+                let src = self.loc[vec].clone().expect("a GEMM's vector is stored");
+                stages.push(Stage::Gemm { stack, transpose: true, src, dst });
+            }
+            Op::Concat(parts) => {
+                let mut row = Size::zero();
+                for part in parts {
+                    let rows = self.size(part).clone();
+                    let at = dst.offset(&row);
+                    match self.loc[part].clone() {
+                        Some(loc) if loc == at => {}
+                        Some(src) => stages.push(Stage::Copy { src, dst: at, rows: rows.clone() }),
+                        None if matches!(self.op(part), Op::Zeros(_)) => stages.push(Stage::Zero { dst: at, rows: rows.clone() }),
+                        None => unreachable!("a concatenated value is stored or placed"),
+                    }
+                    row = row.plus(&rows);
+                }
+            }
+            other => unreachable!("{other:?} is not run between loops"),
+        }
+    }
+
+    fn kernel(&self, rows: Size, members: &[NodeId], roots: &[(NodeId, Target)]) -> Kernel {
+        let operand = |o: NodeId| -> Operand {
+            match self.op(o) {
+                Op::Lit(bits) => Operand::Lit(f64::from_bits(*bits)),
+                Op::Param(p) => Operand::Param(*p),
+                Op::Zeros(_) => Operand::Lit(0.0),
+                _ if members.contains(&o) => Operand::Local(o),
+                _ => Operand::Load(self.loc[o].clone().unwrap_or_else(|| panic!("node {o} is neither local nor stored"))),
+            }
+        };
+        let mut body = Vec::new();
+        for &id in members {
+            let op = match self.op(id) {
+                Op::Call(f, a) => KOp::Call(*f, operand(*a)),
+                Op::Deriv(f, a) => KOp::Deriv(*f, operand(*a)),
+                Op::Neg(a) => KOp::Neg(operand(*a)),
+                Op::Bin(op, a, b) => KOp::Bin(*op, operand(*a), operand(*b)),
+                other => unreachable!("{other:?} in a kernel"),
+            };
+            body.push(KStmt::Let { id, op });
+            if let Some(dst) = &self.loc[id] {
+                body.push(KStmt::Store { value: Operand::Local(id), dst: dst.clone() });
+            }
+        }
+        for (value, target) in roots {
+            let value = operand(*value);
+            body.push(match target {
+                Target::Loc(dst) => KStmt::Store { value, dst: dst.clone() },
+                Target::LocOf(node) => {
+                    KStmt::Store { value, dst: self.loc[*node].clone().expect("a bridge is placed") }
+                }
+                Target::Grad(p) => KStmt::Accumulate { param: *p, value },
+            });
+        }
+        Kernel { rows, body }
+    }
+}

@@ -42,11 +42,17 @@ impl Size {
         Some(Size(diff))
     }
 
+    /// (symbol, coefficient) pairs, symbols in order.
+    pub fn terms(&self) -> impl Iterator<Item = (usize, usize)> + '_ {
+        self.0.iter().map(|(sym, coef)| (*sym, *coef as usize))
+    }
+
     pub fn is_zero(&self) -> bool {
         self.0.is_empty()
     }
 
     /// The value for concrete symbol values.
+    #[cfg(test)]
     pub fn eval(&self, dims: &[usize]) -> usize {
         self.0.iter().map(|(sym, coef)| dims[*sym] * *coef as usize).sum()
     }

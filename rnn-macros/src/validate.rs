@@ -14,7 +14,6 @@ use crate::parse::{ArgKind, BinOp, CellAst, Expr, Stmt};
 pub enum Binding {
     Input(usize),
     State(usize),
-    Local,
 }
 
 /// A parameter's kind follows the case of its first letter, as papers write them.

@@ -1,0 +1,81 @@
+//! Parameters visited by name: how optimizers, gradient clipping and checkpoints reach
+//! every parameter of a cell or a model, and its gradient of the same name.
+
+/// A parameter's values (column-major) under its name.
+pub struct ParamRef<'a, T> {
+    pub name: String,
+    pub values: &'a [T],
+    /// (rows, cols); a vector is (len, 1).
+    pub shape: (usize, usize),
+}
+
+/// A parameter's values, to be changed.
+pub struct ParamMut<'a, T> {
+    pub name: String,
+    pub values: &'a mut [T],
+    pub shape: (usize, usize),
+}
+
+impl<'a, T> ParamRef<'a, T> {
+    pub fn new(name: impl Into<String>, values: &'a [T], shape: (usize, usize)) -> Self {
+        ParamRef { name: name.into(), values, shape }
+    }
+}
+
+impl<'a, T> ParamMut<'a, T> {
+    pub fn new(name: impl Into<String>, values: &'a mut [T], shape: (usize, usize)) -> Self {
+        ParamMut { name: name.into(), values, shape }
+    }
+}
+
+/// Anything with named parameters: a cell, its gradients, a model made of both.
+///
+/// A model composed of parts lists its parts' parameters with a prefix each (see
+/// [`prefixed`]), so names stay unique: `encoder.W_ii`, `decoder.weight`.
+pub trait Parameters<T> {
+    fn parameters(&self) -> Vec<ParamRef<'_, T>>;
+    fn parameters_mut(&mut self) -> Vec<ParamMut<'_, T>>;
+
+    /// The number of scalars in all parameters.
+    fn num_parameters(&self) -> usize {
+        self.parameters().iter().map(|p| p.values.len()).sum()
+    }
+}
+
+/// A part's parameters renamed `prefix.name`.
+pub fn prefixed<'a, T>(prefix: &str, params: Vec<ParamRef<'a, T>>) -> Vec<ParamRef<'a, T>> {
+    params.into_iter().map(|p| ParamRef { name: format!("{prefix}.{}", p.name), ..p }).collect()
+}
+
+/// A part's parameters renamed `prefix.name`, to be changed.
+pub fn prefixed_mut<'a, T>(prefix: &str, params: Vec<ParamMut<'a, T>>) -> Vec<ParamMut<'a, T>> {
+    params.into_iter().map(|p| ParamMut { name: format!("{prefix}.{}", p.name), ..p }).collect()
+}
+
+/// Each parameter with its gradient, paired by name; an error if the two sets differ
+/// in names or shapes.
+pub fn pair_with_grads<'p, 'g, T>(
+    params: Vec<ParamMut<'p, T>>,
+    grads: Vec<ParamRef<'g, T>>,
+) -> crate::Result<Vec<(ParamMut<'p, T>, &'g [T])>> {
+    let mut grads: std::collections::HashMap<String, ParamRef<'g, T>> =
+        grads.into_iter().map(|g| (g.name.clone(), g)).collect();
+    let mut pairs = Vec::with_capacity(params.len());
+    for param in params {
+        let Some(grad) = grads.remove(&param.name) else {
+            return Err(crate::Error::new(format!("no gradient for parameter `{}`", param.name)));
+        };
+        crate::ensure!(
+            grad.shape == param.shape,
+            "gradient of `{}` has shape {:?} but the parameter has shape {:?}",
+            param.name,
+            grad.shape,
+            param.shape
+        );
+        pairs.push((param, grad.values));
+    }
+    if let Some(extra) = grads.keys().next() {
+        return Err(crate::Error::new(format!("gradient `{extra}` belongs to no parameter")));
+    }
+    Ok(pairs)
+}
