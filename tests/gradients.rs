@@ -1,0 +1,106 @@
+//! Law: every cell's analytic gradients (parameters, inputs, initial states) agree with
+//! central finite differences in f64, to a relative error of 1e-6, at any sizes, batch,
+//! length and direction: the built-ins, and cells that use every feature of the
+//! equation language, compiled through the generated code.
+
+use proptest::prelude::*;
+use rnn_runtime::gradcheck::gradcheck_steps;
+use rnn_runtime::prelude::*;
+
+/// LSTM with peephole connections (Gers & Schmidhuber): elementwise vector parameters.
+#[recurrent]
+fn peephole_lstm(x: Input, h: State, c: State) {
+    let i = sigmoid(W_i * x + U_i * h + p_i * c + b_i);
+    let f = sigmoid(W_f * x + U_f * h + p_f * c + b_f);
+    c = f * c + i * tanh(W_c * x + U_c * h + b_c);
+    let o = sigmoid(W_o * x + U_o * h + p_o * c + b_o);
+    h = o * tanh(c);
+}
+
+/// Colah's form: gates over the concatenation [h, x].
+#[recurrent]
+fn colah_lstm(x: Input, h: State, c: State) {
+    let f = sigmoid(W_f * [h, x] + b_f);
+    let i = sigmoid(W_i * [h, x] + b_i);
+    let g = tanh(W_c * [h, x] + b_c);
+    c = f * c + i * g;
+    let o = sigmoid(W_o * [h, x] + b_o);
+    h = o * tanh(c);
+}
+
+/// A projected LSTM state of its own size P, with the cell state as the output.
+#[recurrent(output = c)]
+fn projected(x: Input, h: State<P>, c: State) {
+    let i = sigmoid(W_i * x + U_i * h + b_i);
+    let f = sigmoid(W_f * x + U_f * h + b_f);
+    c = f * c + i * tanh(W_g * x + U_g * h);
+    h = W_hr * (sigmoid(W_o * x + U_o * h) * tanh(c));
+}
+
+/// Two inputs of different sizes, literals, unary minus, every function.
+#[recurrent]
+fn kitchen_sink(x: Input, e: Input<E>, h: State) {
+    let a = softplus(W_a * x + V_a * e) - 0.5 * exp(-relu(U_a * h));
+    let z = sigmoid(identity(W_z * [x, e, h]) + b_z);
+    h = (1.0 - z) * tanh(a) + z * h;
+}
+
+/// Minimal gated unit (Zhou et al.): the forget gate resets the state inside a product.
+#[recurrent]
+fn mgu(x: Input, h: State) {
+    let f = sigmoid(W_f * x + U_f * h + b_f);
+    h = (1.0 - f) * h + f * tanh(W_h * x + U_h * (f * h) + b_h);
+}
+
+/// Sizes, a batch layout (lengths sorted longest first, possibly unequal) and a direction.
+fn layout() -> impl Strategy<Value = (usize, usize, Vec<usize>, bool, u64)> {
+    (1usize..=8, 1usize..=8, proptest::collection::vec(1usize..=6, 1..=4), any::<bool>(), any::<u64>()).prop_map(
+        |(input, hidden, mut lengths, reverse, seed)| {
+            lengths.sort_unstable_by(|a, b| b.cmp(a));
+            (input, hidden, lengths, reverse, seed)
+        },
+    )
+}
+
+fn check<C: Cell<f64>>(dims: &[usize], lengths: &[usize], reverse: bool, seed: u64) -> Result<(), TestCaseError> {
+    let steps = Steps::from_sorted_lengths(lengths).unwrap();
+    let direction = if reverse { Direction::Reverse } else { Direction::Forward };
+    let error = gradcheck_steps::<C>(dims, &steps, direction, seed).unwrap();
+    prop_assert!(error <= 1e-6, "{}: relative error {error:e} at dims {dims:?}, lengths {lengths:?}, {direction:?}", C::SPEC.name);
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    #[test]
+    fn rnn_tanh((i, h, lengths, reverse, seed) in layout()) { check::<RnnTanhCell<f64>>(&[i, h], &lengths, reverse, seed)?; }
+
+    #[test]
+    fn rnn_relu((i, h, lengths, reverse, seed) in layout()) { check::<RnnReluCell<f64>>(&[i, h], &lengths, reverse, seed)?; }
+
+    #[test]
+    fn lstm((i, h, lengths, reverse, seed) in layout()) { check::<LstmCell<f64>>(&[i, h], &lengths, reverse, seed)?; }
+
+    #[test]
+    fn gru((i, h, lengths, reverse, seed) in layout()) { check::<GruCell<f64>>(&[i, h], &lengths, reverse, seed)?; }
+
+    #[test]
+    fn peephole((i, h, lengths, reverse, seed) in layout()) { check::<PeepholeLstm<f64>>(&[i, h], &lengths, reverse, seed)?; }
+
+    #[test]
+    fn colah((i, h, lengths, reverse, seed) in layout()) { check::<ColahLstm<f64>>(&[i, h], &lengths, reverse, seed)?; }
+
+    #[test]
+    fn projected_state((i, h, lengths, reverse, seed) in layout(), p in 1usize..=5) {
+        check::<Projected<f64>>(&[i, h, p], &lengths, reverse, seed)?;
+    }
+
+    #[test]
+    fn kitchen((i, h, lengths, reverse, seed) in layout(), e in 1usize..=5) {
+        check::<KitchenSink<f64>>(&[i, h, e], &lengths, reverse, seed)?;
+    }
+
+    #[test]
+    fn minimal_gated_unit((i, h, lengths, reverse, seed) in layout()) { check::<Mgu<f64>>(&[i, h], &lengths, reverse, seed)?; }
+}
