@@ -32,25 +32,41 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (start, end) = (symbols - 2, symbols - 1);
     let mut ids = vec![start];
     for ch in TEXT.chars() {
-        ids.push(alphabet.iter().position(|&a| a == ch).ok_or_else(|| format!("`{ch}` is not in the alphabet"))?);
+        ids.push(
+            alphabet
+                .iter()
+                .position(|&a| a == ch)
+                .ok_or_else(|| format!("`{ch}` is not in the alphabet"))?,
+        );
     }
     ids.push(end);
 
     // One sequence: the inputs are every symbol but the last, the targets every one but
     // the first. One column per step.
     let steps = Steps::full(ids.len() - 1, 1)?;
-    let one_hot = |ids: &[usize]| DMatrix::from_fn(symbols, ids.len(), |i, j| if ids[j] == i { 1.0f32 } else { 0.0 });
+    let one_hot = |ids: &[usize]| {
+        DMatrix::from_fn(
+            symbols,
+            ids.len(),
+            |i, j| if ids[j] == i { 1.0f32 } else { 0.0 },
+        )
+    };
     let inputs = one_hot(&ids[..ids.len() - 1]);
     let targets = one_hot(&ids[1..]);
 
     let mut rng = Rng::seed(SEED);
     let mut cell: Lstm = Lstm::new(symbols, symbols, &mut rng);
     let mut adam = Adam::new(0.01);
-    println!("{} parameters; {} steps of one-hot inputs over {symbols} symbols", cell.num_parameters(), steps.len());
+    println!(
+        "{} parameters; {} steps of one-hot inputs over {symbols} symbols",
+        cell.num_parameters(),
+        steps.len()
+    );
 
     let began = Instant::now();
     for epoch in 0..EPOCHS {
-        let mut run: Trajectory<f32> = forward(&cell, &steps, &[&inputs], None, Direction::Forward)?;
+        let mut run: Trajectory<f32> =
+            forward(&cell, &steps, &[&inputs], None, Direction::Forward)?;
         // The notebook sums one MSE (mean over the symbols) per step.
         let loss = mse_loss(&run.output, &targets, Reduction::Sum)?;
         let scale = 1.0 / symbols as f32;
@@ -61,12 +77,24 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     let elapsed = began.elapsed();
-    println!("trained {EPOCHS} epochs in {:.2} s ({:.2} ms per epoch)", elapsed.as_secs_f64(), elapsed.as_secs_f64() * 1e3 / EPOCHS as f64);
+    println!(
+        "trained {EPOCHS} epochs in {:.2} s ({:.2} ms per epoch)",
+        elapsed.as_secs_f64(),
+        elapsed.as_secs_f64() * 1e3 / EPOCHS as f64
+    );
 
     // Greedy decoding: the most likely symbol at each step, reading the true sentence.
     let run = forward(&cell, &steps, &[&inputs], None, Direction::Forward)?;
-    let predicted: Vec<usize> = run.output.column_iter().map(|column| column.argmax().0).collect();
-    let decoded: String = predicted.iter().take_while(|&&id| id != end).map(|&id| alphabet[id]).collect();
+    let predicted: Vec<usize> = run
+        .output
+        .column_iter()
+        .map(|column| column.argmax().0)
+        .collect();
+    let decoded: String = predicted
+        .iter()
+        .take_while(|&&id| id != end)
+        .map(|&id| alphabet[id])
+        .collect();
     println!("decoded: {decoded}");
     if decoded != TEXT || predicted.last() != Some(&end) {
         eprintln!("error: the decoded text differs from the original:\n  expected: {TEXT}\n  decoded:  {decoded}");

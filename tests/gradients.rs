@@ -54,19 +54,37 @@ fn mgu(x: Input, h: State) {
 
 /// Sizes, a batch layout (lengths sorted longest first, possibly unequal) and a direction.
 fn layout() -> impl Strategy<Value = (usize, usize, Vec<usize>, bool, u64)> {
-    (1usize..=8, 1usize..=8, proptest::collection::vec(1usize..=6, 1..=4), any::<bool>(), any::<u64>()).prop_map(
-        |(input, hidden, mut lengths, reverse, seed)| {
+    (
+        1usize..=8,
+        1usize..=8,
+        proptest::collection::vec(1usize..=6, 1..=4),
+        any::<bool>(),
+        any::<u64>(),
+    )
+        .prop_map(|(input, hidden, mut lengths, reverse, seed)| {
             lengths.sort_unstable_by(|a, b| b.cmp(a));
             (input, hidden, lengths, reverse, seed)
-        },
-    )
+        })
 }
 
-fn check<C: Cell<f64>>(dims: &[usize], lengths: &[usize], reverse: bool, seed: u64) -> Result<(), TestCaseError> {
+fn check<C: Cell<f64>>(
+    dims: &[usize],
+    lengths: &[usize],
+    reverse: bool,
+    seed: u64,
+) -> Result<(), TestCaseError> {
     let steps = Steps::from_sorted_lengths(lengths).unwrap();
-    let direction = if reverse { Direction::Reverse } else { Direction::Forward };
+    let direction = if reverse {
+        Direction::Reverse
+    } else {
+        Direction::Forward
+    };
     let error = gradcheck_steps::<C>(dims, &steps, direction, seed).unwrap();
-    prop_assert!(error <= 1e-6, "{}: relative error {error:e} at dims {dims:?}, lengths {lengths:?}, {direction:?}", C::SPEC.name);
+    prop_assert!(
+        error <= 1e-6,
+        "{}: relative error {error:e} at dims {dims:?}, lengths {lengths:?}, {direction:?}",
+        C::SPEC.name
+    );
     Ok(())
 }
 

@@ -11,7 +11,12 @@ use rnn_runtime::sequence::Trajectory;
 /// Which of our parameters hold the row blocks (gates) of each PyTorch tensor.
 type Layout = &'static [(&'static str, &'static [&'static str])];
 
-const RNN: Layout = &[("weight_ih_l0", &["W_ih"]), ("weight_hh_l0", &["W_hh"]), ("bias_ih_l0", &["b_ih"]), ("bias_hh_l0", &["b_hh"])];
+const RNN: Layout = &[
+    ("weight_ih_l0", &["W_ih"]),
+    ("weight_hh_l0", &["W_hh"]),
+    ("bias_ih_l0", &["b_ih"]),
+    ("bias_hh_l0", &["b_hh"]),
+];
 const LSTM: Layout = &[
     ("weight_ih_l0", &["W_ii", "W_if", "W_ig", "W_io"]),
     ("weight_hh_l0", &["W_hi", "W_hf", "W_hg", "W_ho"]),
@@ -36,7 +41,10 @@ fn back<T: Scalar>(values: &[T]) -> Vec<f64> {
 /// Our parameters (or gradients) in the row-major layout of PyTorch's tensor `key`.
 fn pytorch_layout<T: Scalar>(params: &dyn Parameters<T>, gates: &[&str]) -> Vec<f64> {
     let all = params.parameters();
-    let blocks: Vec<_> = gates.iter().map(|g| all.iter().find(|p| p.name == *g).expect("parameter")).collect();
+    let blocks: Vec<_> = gates
+        .iter()
+        .map(|g| all.iter().find(|p| p.name == *g).expect("parameter"))
+        .collect();
     let mut out = Vec::new();
     for block in blocks {
         let (rows, cols) = block.shape;
@@ -53,13 +61,21 @@ fn check<T: Scalar, C: Cell<T>>(name: &str, layout: Layout, tolerance: f64) {
     let fx = Fixture::load(name);
     let (input_size, hidden) = (fx.meta_usize("input_size"), fx.meta_usize("hidden_size"));
     let (seq_len, batch) = (fx.meta_usize("seq_len"), fx.meta_usize("batch"));
-    let mut cell = C::with_dims(&[input_size, hidden], &Init::Constant(0.0), &mut Rng::seed(0)).unwrap();
+    let mut cell = C::with_dims(
+        &[input_size, hidden],
+        &Init::Constant(0.0),
+        &mut Rng::seed(0),
+    )
+    .unwrap();
     for (key, gates) in layout {
         let tensor = fx.values(&format!("param.{key}"));
         let mut at = 0;
         for gate in gates.iter() {
             let mut params = cell.parameters_mut();
-            let param = params.iter_mut().find(|p| p.name == *gate).expect("parameter");
+            let param = params
+                .iter_mut()
+                .find(|p| p.name == *gate)
+                .expect("parameter");
             let (rows, cols) = param.shape;
             for r in 0..rows {
                 for c in 0..cols {
@@ -68,7 +84,13 @@ fn check<T: Scalar, C: Cell<T>>(name: &str, layout: Layout, tolerance: f64) {
             }
             at += rows * cols;
         }
-        assert_eq!(at, tensor.len(), "{name}: {key} has {} values, the gates {} ", tensor.len(), at);
+        assert_eq!(
+            at,
+            tensor.len(),
+            "{name}: {key} has {} values, the gates {} ",
+            tensor.len(),
+            at
+        );
     }
     let steps = Steps::full(seq_len, batch).unwrap();
     let input = cast::<T>(&fx.features("input"));
@@ -76,32 +98,65 @@ fn check<T: Scalar, C: Cell<T>>(name: &str, layout: Layout, tolerance: f64) {
     if fx.has("c0") {
         initial.push(cast::<T>(&fx.features("c0")));
     }
-    let mut run: Trajectory<T> = forward(&cell, &steps, &[&input], Some(&initial), Direction::Forward).unwrap();
+    let mut run: Trajectory<T> =
+        forward(&cell, &steps, &[&input], Some(&initial), Direction::Forward).unwrap();
     let mut worst: Vec<(String, f64)> = Vec::new();
-    let mut compare = |what: &str, actual: Vec<f64>, expected: &[f64]| worst.push((what.to_string(), relative_error(&actual, expected)));
+    let mut compare = |what: &str, actual: Vec<f64>, expected: &[f64]| {
+        worst.push((what.to_string(), relative_error(&actual, expected)))
+    };
     compare("output", back(run.output.as_slice()), fx.values("output"));
-    compare("h_n", back(run.final_states[0].as_slice()), fx.values("h_n"));
+    compare(
+        "h_n",
+        back(run.final_states[0].as_slice()),
+        fx.values("h_n"),
+    );
     if fx.has("c_n") {
-        compare("c_n", back(run.final_states[1].as_slice()), fx.values("c_n"));
+        compare(
+            "c_n",
+            back(run.final_states[1].as_slice()),
+            fx.values("c_n"),
+        );
     }
     let d_output = cast::<T>(&fx.features("wout.output"));
     let d_h = cast::<T>(&fx.features("wout.h_n"));
-    let d_c = fx.has("wout.c_n").then(|| cast::<T>(&fx.features("wout.c_n")));
+    let d_c = fx
+        .has("wout.c_n")
+        .then(|| cast::<T>(&fx.features("wout.c_n")));
     let mut d_final = vec![Some(&d_h)];
     if let Some(d_c) = &d_c {
         d_final.push(Some(d_c));
     }
     let grads = run.backward(&cell, Some(&d_output), &d_final).unwrap();
     for (key, gates) in layout {
-        compare(&format!("grad.{key}"), pytorch_layout(&grads.params, gates), fx.values(&format!("grad.{key}")));
+        compare(
+            &format!("grad.{key}"),
+            pytorch_layout(&grads.params, gates),
+            fx.values(&format!("grad.{key}")),
+        );
     }
-    compare("grad.input", back(grads.inputs[0].as_slice()), fx.values("grad.input"));
-    compare("grad.h0", back(grads.initial_states[0].as_slice()), fx.values("grad.h0"));
+    compare(
+        "grad.input",
+        back(grads.inputs[0].as_slice()),
+        fx.values("grad.input"),
+    );
+    compare(
+        "grad.h0",
+        back(grads.initial_states[0].as_slice()),
+        fx.values("grad.h0"),
+    );
     if fx.has("grad.c0") {
-        compare("grad.c0", back(grads.initial_states[1].as_slice()), fx.values("grad.c0"));
+        compare(
+            "grad.c0",
+            back(grads.initial_states[1].as_slice()),
+            fx.values("grad.c0"),
+        );
     }
     for (what, error) in &worst {
-        assert!(*error <= tolerance, "{name} ({}): {what} differs from PyTorch by {error:e} (tolerance {tolerance:e})", std::any::type_name::<T>());
+        assert!(
+            *error <= tolerance,
+            "{name} ({}): {what} differs from PyTorch by {error:e} (tolerance {tolerance:e})",
+            std::any::type_name::<T>()
+        );
     }
 }
 
@@ -141,5 +196,8 @@ fn a_wrong_weight_is_caught() {
         ];
         check::<f64, LstmCell<f64>>("lstm_1layer", SWAPPED, 1e-9);
     });
-    assert!(result.is_err(), "swapping two gates' weights went unnoticed");
+    assert!(
+        result.is_err(),
+        "swapping two gates' weights went unnoticed"
+    );
 }

@@ -33,7 +33,11 @@ enum Contribution {
 
 pub fn differentiate(ir: &mut CellIr, shapes: &mut Shapes) -> Backward {
     let first = ir.graph.len();
-    let mut ad = Ad { ir, shapes, contributions: (0..first).map(|_| Vec::new()).collect() };
+    let mut ad = Ad {
+        ir,
+        shapes,
+        contributions: (0..first).map(|_| Vec::new()).collect(),
+    };
     let adj_states: Vec<NodeId> = (0..ad.ir.states.len())
         .map(|k| {
             let span = ad.ir.states[k].span;
@@ -117,12 +121,21 @@ pub fn differentiate(ir: &mut CellIr, shapes: &mut Shapes) -> Backward {
                 let mut start = Size::zero();
                 for part in parts {
                     let len = ad.shapes.size(part).clone();
-                    let grad = ad.add(Op::Slice { of: adj, start: start.clone(), len: len.clone() }, v);
+                    let grad = ad.add(
+                        Op::Slice {
+                            of: adj,
+                            start: start.clone(),
+                            len: len.clone(),
+                        },
+                        v,
+                    );
                     ad.push(part, grad);
                     start = start.plus(&len);
                 }
             }
-            Op::Slice { of, start, .. } => ad.contributions[of].push(Contribution::Rows(start, adj)),
+            Op::Slice { of, start, .. } => {
+                ad.contributions[of].push(Contribution::Rows(start, adj))
+            }
             other => unreachable!("backward op {other:?} in the forward graph"),
         }
     }
@@ -154,7 +167,10 @@ impl Ad<'_> {
 
     fn sum(&mut self, terms: &[NodeId], like: NodeId) -> Option<NodeId> {
         let (&first, rest) = terms.split_first()?;
-        Some(rest.iter().fold(first, |acc, &t| self.add(Op::Bin(BinOp::Add, acc, t), like)))
+        Some(
+            rest.iter()
+                .fold(first, |acc, &t| self.add(Op::Bin(BinOp::Add, acc, t), like)),
+        )
     }
 
     /// The contributions summed separately by phase: the ones computed at each step, and
@@ -165,18 +181,27 @@ impl Ad<'_> {
             .into_iter()
             .map(|c| match c {
                 Contribution::Whole(id) => id,
-                Contribution::Rows(..) => unreachable!("only stacked products have row contributions"),
+                Contribution::Rows(..) => {
+                    unreachable!("only stacked products have row contributions")
+                }
             })
             .collect();
-        let (changing, fixed): (Vec<NodeId>, Vec<NodeId>) = whole.into_iter().partition(|id| dynamic[*id]);
-        [self.sum(&changing, v), self.sum(&fixed, v)].into_iter().flatten().collect()
+        let (changing, fixed): (Vec<NodeId>, Vec<NodeId>) =
+            whole.into_iter().partition(|id| dynamic[*id]);
+        [self.sum(&changing, v), self.sum(&fixed, v)]
+            .into_iter()
+            .flatten()
+            .collect()
     }
 
     /// The gradient of node `v`. A hoisted value whose gradient comes (partly) from the
     /// time loop gets a `Bridge`: the loop stores its part for every step, and the rest
     /// of its backward runs once, after the loop, over all steps.
     fn gather(&mut self, v: NodeId, contributions: Vec<Contribution>) -> NodeId {
-        if contributions.iter().any(|c| matches!(c, Contribution::Rows(..))) {
+        if contributions
+            .iter()
+            .any(|c| matches!(c, Contribution::Rows(..)))
+        {
             return self.stack_rows(v, contributions);
         }
         let parts = self.split_by_phase(v, contributions);
@@ -185,14 +210,18 @@ impl Ad<'_> {
             return self.sum(&parts, v).expect("at least one contribution");
         }
         let bridge = self.add(Op::Bridge(parts[0]), v);
-        let rest: Vec<NodeId> = std::iter::once(bridge).chain(parts[1..].iter().copied()).collect();
+        let rest: Vec<NodeId> = std::iter::once(bridge)
+            .chain(parts[1..].iter().copied())
+            .collect();
         self.sum(&rest, v).expect("at least one contribution")
     }
 
     /// The gradient of a stacked product: its members' gradients stacked in row order,
     /// zeros for a member that receives none.
     fn stack_rows(&mut self, v: NodeId, contributions: Vec<Contribution>) -> NodeId {
-        let Op::Gemm { blocks, .. } = self.ir.graph.op(v).clone() else { unreachable!("rows of a stacked product") };
+        let Op::Gemm { blocks, .. } = self.ir.graph.op(v).clone() else {
+            unreachable!("rows of a stacked product")
+        };
         let mut parts = Vec::new();
         let mut start = Size::zero();
         for block in &blocks {
@@ -238,7 +267,9 @@ mod tests {
         leaves.extend_from_slice(locals);
         let leaf = proptest::sample::select(leaves).prop_map(str::to_string);
         leaf.prop_recursive(4, 24, 2, |inner| {
-            let func = proptest::sample::select(vec!["sigmoid", "tanh", "relu", "exp", "softplus", "identity"]);
+            let func = proptest::sample::select(vec![
+                "sigmoid", "tanh", "relu", "exp", "softplus", "identity",
+            ]);
             prop_oneof![
                 (inner.clone(), inner.clone()).prop_map(|(a, b)| format!("({a} + {b})")),
                 (inner.clone(), inner.clone()).prop_map(|(a, b)| format!("({a} - {b})")),
@@ -258,21 +289,33 @@ mod tests {
     fn random_values(len: usize, seed: &mut u64) -> Vec<f64> {
         (0..len)
             .map(|_| {
-                *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                *seed = seed
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
                 ((*seed >> 11) as f64 / (1u64 << 53) as f64 - 0.5) * 1.2
             })
             .collect()
     }
 
     fn loss(compiled: &Compiled, env: &Env) -> f64 {
-        let forward_only = CellIr { graph: truncated(compiled), ..compiled.ir.clone() };
+        let forward_only = CellIr {
+            graph: truncated(compiled),
+            ..compiled.ir.clone()
+        };
         let values = eval(&forward_only, &compiled.shapes, env);
         compiled
             .ir
             .new_states
             .iter()
             .zip(&env.adj_states)
-            .map(|(&s, a)| values[s].vector().iter().zip(a).map(|(v, a)| v * a).sum::<f64>())
+            .map(|(&s, a)| {
+                values[s]
+                    .vector()
+                    .iter()
+                    .zip(a)
+                    .map(|(v, a)| v * a)
+                    .sum::<f64>()
+            })
             .sum()
     }
 
@@ -320,7 +363,9 @@ mod tests {
             }
         }
         for (gemm, dz) in &backward.mat_grads {
-            let Op::Gemm { blocks, vec } = ir.graph.op(*gemm) else { panic!("not a gemm") };
+            let Op::Gemm { blocks, vec } = ir.graph.op(*gemm) else {
+                panic!("not a gemm")
+            };
             let (v, dz) = (values[*vec].vector(), values[*dz].vector());
             let mut row0 = 0;
             for block in blocks {
@@ -353,18 +398,24 @@ mod tests {
         };
         for (k, d) in d_inputs.iter().enumerate() {
             for (i, a) in d.iter().enumerate() {
-                compare(&format!("input {k}[{i}]"), *a, &mut |env, e| env.inputs[k][i] += e)?;
+                compare(&format!("input {k}[{i}]"), *a, &mut |env, e| {
+                    env.inputs[k][i] += e
+                })?;
             }
         }
         for (k, d) in d_states.iter().enumerate() {
             for (i, a) in d.iter().enumerate() {
-                compare(&format!("state {k}[{i}]"), *a, &mut |env, e| env.states[k][i] += e)?;
+                compare(&format!("state {k}[{i}]"), *a, &mut |env, e| {
+                    env.states[k][i] += e
+                })?;
             }
         }
         for (p, d) in d_params.iter().enumerate() {
             let name = ir.params[p].name.clone();
             for (i, a) in d.iter().enumerate() {
-                compare(&format!("{name}[{i}]"), *a, &mut |env, e| env.params[p][i] += e)?;
+                compare(&format!("{name}[{i}]"), *a, &mut |env, e| {
+                    env.params[p][i] += e
+                })?;
             }
         }
         Ok(())

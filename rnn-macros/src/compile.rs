@@ -21,7 +21,10 @@ pub struct Compiled {
 pub fn compile(attr: TokenStream, item: TokenStream) -> TokenStream {
     let cx = Ctxt::new();
     let Some(ast) = parse::parse(&cx, attr, item) else {
-        return cx.check().expect_err("parse reported why it returned nothing").to_compile_error();
+        return cx
+            .check()
+            .expect_err("parse reported why it returned nothing")
+            .to_compile_error();
     };
     match analyse(&cx, &ast) {
         Some(compiled) if !cx.has_errors() => {
@@ -30,7 +33,10 @@ pub fn compile(attr: TokenStream, item: TokenStream) -> TokenStream {
             expand::expand(&ast, &compiled, &plan)
         }
         _ => {
-            let errors = cx.check().expect_err("analysis failed with errors").to_compile_error();
+            let errors = cx
+                .check()
+                .expect_err("analysis failed with errors")
+                .to_compile_error();
             let fallback = expand::fallback(&ast);
             quote::quote!(#fallback #errors)
         }
@@ -47,17 +53,9 @@ pub fn analyse(cx: &Ctxt, ast: &CellAst) -> Option<Compiled> {
     let shapes = shape::infer(cx, &ir)?;
     let (mut ir, mut shapes) = optimize::run(ir, shapes);
     let backward = autodiff::differentiate(&mut ir, &mut shapes);
-    Some(Compiled { ir, shapes, backward })
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn dump() {
-        let item: proc_macro2::TokenStream = "fn c1(x: Input, h: State) { h = tanh(W * x); }".parse().unwrap();
-        let out = super::compile(quote::quote!(), item);
-        let file = syn::parse2::<syn::File>(out.clone()).map(|f| format!("{f:#?}")).unwrap_or_default();
-        let _ = file;
-        println!("{}", out.to_string().replace(" ; ", ";\n").replace("{ ", "{\n"));
-    }
+    Some(Compiled {
+        ir,
+        shapes,
+        backward,
+    })
 }

@@ -14,7 +14,9 @@ pub struct Ctxt {
 
 impl Ctxt {
     pub fn new() -> Self {
-        Ctxt { errors: RefCell::new(Some(Vec::new())) }
+        Ctxt {
+            errors: RefCell::new(Some(Vec::new())),
+        }
     }
 
     /// Records an error at the span of `tokens`.
@@ -28,18 +30,27 @@ impl Ctxt {
     }
 
     pub fn push(&self, error: syn::Error) {
-        self.errors.borrow_mut().as_mut().expect("Ctxt used after check").push(error);
+        self.errors
+            .borrow_mut()
+            .as_mut()
+            .expect("Ctxt used after check")
+            .push(error);
     }
 
     pub fn has_errors(&self) -> bool {
-        self.errors.borrow().as_ref().is_some_and(|errors| !errors.is_empty())
+        self.errors
+            .borrow()
+            .as_ref()
+            .is_some_and(|errors| !errors.is_empty())
     }
 
     /// Consumes the context: all recorded errors combined into one, if any.
     pub fn check(self) -> syn::Result<()> {
         let errors = self.errors.borrow_mut().take().expect("Ctxt checked twice");
         let mut iter = errors.into_iter();
-        let Some(mut combined) = iter.next() else { return Ok(()) };
+        let Some(mut combined) = iter.next() else {
+            return Ok(());
+        };
         for rest in iter {
             combined.combine(rest);
         }

@@ -25,7 +25,11 @@ pub fn camel_case(name: &str) -> String {
 }
 
 fn type_names(ast: &CellAst) -> (Ident, Ident) {
-    let name = format_ident!("{}", camel_case(&ast.name.to_string()), span = ast.name.span());
+    let name = format_ident!(
+        "{}",
+        camel_case(&ast.name.to_string()),
+        span = ast.name.span()
+    );
     let grads = format_ident!("{}Grads", name, span = ast.name.span());
     (name, grads)
 }
@@ -47,38 +51,68 @@ pub fn expand(ast: &CellAst, c: &Compiled, plan: &Plan) -> TokenStream {
     let vis = &ast.vis;
     let attrs = &ast.attrs;
     let syms = &ir.syms;
-    let params: Vec<Ident> = ir.params.iter().map(|p| format_ident!("{}", p.name, span = p.span)).collect();
+    let params: Vec<Ident> = ir
+        .params
+        .iter()
+        .map(|p| format_ident!("{}", p.name, span = p.span))
+        .collect();
     let param_types: Vec<TokenStream> = ir
         .params
         .iter()
-        .map(|p| if p.is_matrix { quote!(::rnn_runtime::nalgebra::DMatrix<T>) } else { quote!(::rnn_runtime::nalgebra::DVector<T>) })
+        .map(|p| {
+            if p.is_matrix {
+                quote!(::rnn_runtime::nalgebra::DMatrix<T>)
+            } else {
+                quote!(::rnn_runtime::nalgebra::DVector<T>)
+            }
+        })
         .collect();
     let param_docs: Vec<String> = ir
         .params
         .iter()
         .zip(&c.shapes.params)
         .map(|(p, (rows, cols))| match cols {
-            Some(cols) => format!("`{}`: a matrix of ({}, {})", p.name, rows.display(syms), cols.display(syms)),
+            Some(cols) => format!(
+                "`{}`: a matrix of ({}, {})",
+                p.name,
+                rows.display(syms),
+                cols.display(syms)
+            ),
             None => format!("`{}`: a vector of {}", p.name, rows.display(syms)),
         })
         .collect();
     let struct_doc = struct_doc(ir, &param_docs);
     let grads_doc = format!("The gradients of a [`{name}`]'s parameters, field for field.");
     let dims = dims_prelude(syms);
-    let extra_sizes: Vec<Ident> = syms[2..].iter().map(|s| format_ident!("{}", s.to_lowercase())).collect();
+    let extra_sizes: Vec<Ident> = syms[2..]
+        .iter()
+        .map(|s| format_ident!("{}", s.to_lowercase()))
+        .collect();
     let extra_docs = if extra_sizes.is_empty() {
         String::new()
     } else {
-        format!(" and the sizes {}", syms[2..].iter().map(|s| format!("`{s}`")).collect::<Vec<_>>().join(", "))
+        format!(
+            " and the sizes {}",
+            syms[2..]
+                .iter()
+                .map(|s| format!("`{s}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
     };
     let new_doc = format!(
         "Creates the cell for inputs of size `input_size` (I), states of size `hidden_size` (H){extra_docs}, every parameter drawn from U(-1/√H, 1/√H) as PyTorch initialises its recurrent layers."
     );
-    let shapes_of: Vec<TokenStream> = c.shapes.params.iter().map(|(rows, cols)| {
-        let rows = rows.tokens(syms);
-        let cols = cols.as_ref().map_or(quote!(1usize), |c| c.tokens(syms));
-        quote!((#rows, #cols))
-    }).collect();
+    let shapes_of: Vec<TokenStream> = c
+        .shapes
+        .params
+        .iter()
+        .map(|(rows, cols)| {
+            let rows = rows.tokens(syms);
+            let cols = cols.as_ref().map_or(quote!(1usize), |c| c.tokens(syms));
+            quote!((#rows, #cols))
+        })
+        .collect();
     let alloc: Vec<TokenStream> = ir
         .params
         .iter()
@@ -146,7 +180,9 @@ pub fn expand(ast: &CellAst, c: &Compiled, plan: &Plan) -> TokenStream {
         quote!(__tape.weight_grad(__grads.#field.as_mut_slice(), #param_rows, #col_start, (#dz_buf, #dz_row), #rows, (#v_buf, #v_row), #cols);)
     });
     let names: Vec<String> = ir.params.iter().map(|p| p.name.clone()).collect();
-    let shape_locals: Vec<Ident> = (0..names.len()).map(|i| format_ident!("__shape{}", i)).collect();
+    let shape_locals: Vec<Ident> = (0..names.len())
+        .map(|i| format_ident!("__shape{}", i))
+        .collect();
     let n_syms = syms.len();
 
     quote! {
@@ -276,16 +312,26 @@ fn dims_prelude(syms: &[String]) -> TokenStream {
 
 fn struct_doc(ir: &CellIr, param_docs: &[String]) -> String {
     let mut doc = String::new();
-    doc.push_str("\n\nA recurrent cell declared with `#[recurrent]` from the equations\n\n```text\n");
+    doc.push_str(
+        "\n\nA recurrent cell declared with `#[recurrent]` from the equations\n\n```text\n",
+    );
     for eq in &ir.equations {
         doc.push_str(eq);
         doc.push('\n');
     }
     doc.push_str("```\n\n");
     let vars = |vars: &[crate::ir::Var]| {
-        vars.iter().map(|v| format!("`{}` ({})", v.name, ir.syms[v.sym])).collect::<Vec<_>>().join(", ")
+        vars.iter()
+            .map(|v| format!("`{}` ({})", v.name, ir.syms[v.sym]))
+            .collect::<Vec<_>>()
+            .join(", ")
     };
-    doc.push_str(&format!("Inputs: {}. States: {}; the output is `{}`.\n\n", vars(&ir.inputs), vars(&ir.states), ir.states[ir.output].name));
+    doc.push_str(&format!(
+        "Inputs: {}. States: {}; the output is `{}`.\n\n",
+        vars(&ir.inputs),
+        vars(&ir.states),
+        ir.states[ir.output].name
+    ));
     doc.push_str("Parameters:\n");
     for p in param_docs {
         doc.push_str(&format!("- {p}\n"));
@@ -307,23 +353,33 @@ fn spec(ast: &CellAst, c: &Compiled, plan: &Plan, name: &Ident) -> TokenStream {
         let terms = s.terms().map(|(sym, coef)| quote!((#sym, #coef)));
         quote!(::rnn_runtime::SizeSpec(&[#(#terms),*]))
     };
-    let params = ir.params.iter().zip(&c.shapes.params).map(|(p, (rows, cols))| {
-        let n = &p.name;
-        let rows = size_spec(rows);
-        let cols = match cols {
-            Some(cols) => {
-                let cols = size_spec(cols);
-                quote!(::core::option::Option::Some(#cols))
-            }
-            None => quote!(::core::option::Option::None),
-        };
-        quote!(::rnn_runtime::ParamSpec { name: #n, rows: #rows, cols: #cols })
-    });
+    let params = ir
+        .params
+        .iter()
+        .zip(&c.shapes.params)
+        .map(|(p, (rows, cols))| {
+            let n = &p.name;
+            let rows = size_spec(rows);
+            let cols = match cols {
+                Some(cols) => {
+                    let cols = size_spec(cols);
+                    quote!(::core::option::Option::Some(#cols))
+                }
+                None => quote!(::core::option::Option::None),
+            };
+            quote!(::rnn_runtime::ParamSpec { name: #n, rows: #rows, cols: #cols })
+        });
     let output = ir.output;
     let equations = &ir.equations;
     let roles = &plan.roles;
-    let (inp, d_inp, prev, state, d_state, d_prev) =
-        (&roles.inputs, &roles.d_inputs, &roles.prev, &roles.state, &roles.d_state, &roles.d_prev);
+    let (inp, d_inp, prev, state, d_state, d_prev) = (
+        &roles.inputs,
+        &roles.d_inputs,
+        &roles.prev,
+        &roles.state,
+        &roles.d_state,
+        &roles.d_prev,
+    );
     let _ = ast;
     quote! {
         ::rnn_runtime::CellSpec {
@@ -362,7 +418,12 @@ fn program(c: &Compiled, plan: &Plan, which: Program, params: &[Ident]) -> Token
         quote!((#buf, #row, #col0))
     };
     let code = stages.iter().map(|stage| match stage {
-        Stage::Gemm { stack, transpose, src, dst } => {
+        Stage::Gemm {
+            stack,
+            transpose,
+            src,
+            dst,
+        } => {
             let stack_buf = plan.stacks[*stack].buf;
             let (src, dst) = (loc(src), loc(dst));
             quote!(__tape.gemm(#stack_buf, #transpose, #src, #dst, __n);)
@@ -390,7 +451,13 @@ fn col0(plan: &Plan, buf: usize, which: Program) -> TokenStream {
 }
 
 /// One kernel as a loop over columns and rows, with every value a local.
-fn fused_loop(c: &Compiled, plan: &Plan, which: Program, kernel: &Kernel, params: &[Ident]) -> TokenStream {
+fn fused_loop(
+    c: &Compiled,
+    plan: &Plan,
+    which: Program,
+    kernel: &Kernel,
+    params: &[Ident],
+) -> TokenStream {
     let syms = &c.ir.syms;
     let mut bufs: Vec<usize> = Vec::new();
     let mut vec_params: Vec<usize> = Vec::new();
@@ -445,7 +512,10 @@ fn fused_loop(c: &Compiled, plan: &Plan, which: Program, kernel: &Kernel, params
                 quote!(#local)
             }
             Operand::Load(l) => {
-                let (buf, col) = (format_ident!("__buf{}", l.buf), format_ident!("__col{}", l.buf));
+                let (buf, col) = (
+                    format_ident!("__buf{}", l.buf),
+                    format_ident!("__col{}", l.buf),
+                );
                 let row = l.row.tokens(syms);
                 quote!(#buf[#col + #row + __j])
             }
@@ -481,7 +551,10 @@ fn fused_loop(c: &Compiled, plan: &Plan, which: Program, kernel: &Kernel, params
             quote!(let #local: T = #expr;)
         }
         KStmt::Store { value: v, dst } => {
-            let (buf, col) = (format_ident!("__buf{}", dst.buf), format_ident!("__col{}", dst.buf));
+            let (buf, col) = (
+                format_ident!("__buf{}", dst.buf),
+                format_ident!("__col{}", dst.buf),
+            );
             let row = dst.row.tokens(syms);
             let v = value(v);
             quote!(#buf[#col + #row + __j] = #v;)
@@ -513,4 +586,106 @@ fn call(f: Func, deriv: bool, arg: TokenStream) -> TokenStream {
     let (forward, derivative) = f.runtime_names();
     let name = format_ident!("{}", if deriv { derivative } else { forward });
     quote!(::rnn_runtime::math::#name(#arg))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use quote::quote;
+
+    #[test]
+    fn names() {
+        assert_eq!(camel_case("lstm_cell"), "LstmCell");
+        assert_eq!(camel_case("rnn_tanh_cell"), "RnnTanhCell");
+        assert_eq!(camel_case("mgu"), "Mgu");
+    }
+
+    #[test]
+    fn generates_a_struct_with_the_equations_parameters_and_the_cell_impl() {
+        let out = crate::compile::compile(
+            quote!(),
+            quote! {
+                /// A GRU.
+                pub fn gru_cell(x: Input, h: State) {
+                    let r = sigmoid(W_ir * x + b_ir + W_hr * h + b_hr);
+                    let z = sigmoid(W_iz * x + b_iz + W_hz * h + b_hz);
+                    let n = tanh(W_in * x + b_in + r * (W_hn * h + b_hn));
+                    h = (1.0 - z) * n + z * h;
+                }
+            },
+        );
+        let file: syn::File = syn::parse2(out).expect("generated code parses");
+        let structs: Vec<&syn::ItemStruct> = file
+            .items
+            .iter()
+            .filter_map(|i| {
+                if let syn::Item::Struct(s) = i {
+                    Some(s)
+                } else {
+                    None
+                }
+            })
+            .collect();
+        assert_eq!(
+            structs
+                .iter()
+                .map(|s| s.ident.to_string())
+                .collect::<Vec<_>>(),
+            vec!["GruCell", "GruCellGrads"]
+        );
+        let fields: Vec<String> = structs[0]
+            .fields
+            .iter()
+            .filter_map(|f| f.ident.as_ref().map(|i| i.to_string()))
+            .collect();
+        for name in ["W_ir", "b_ir", "W_hr", "b_hr", "W_iz", "W_hn", "b_hn"] {
+            assert!(
+                fields.contains(&name.to_string()),
+                "{name} missing from {fields:?}"
+            );
+        }
+        let docs: String = structs[0]
+            .attrs
+            .iter()
+            .filter_map(|a| match &a.meta {
+                syn::Meta::NameValue(nv) => match &nv.value {
+                    syn::Expr::Lit(syn::ExprLit {
+                        lit: syn::Lit::Str(s),
+                        ..
+                    }) => Some(s.value()),
+                    _ => None,
+                },
+                _ => None,
+            })
+            .collect();
+        assert!(docs.contains(" A GRU."), "{docs}");
+        assert!(
+            docs.contains("n = tanh(W_in * x + b_in + r * (W_hn * h + b_hn))"),
+            "{docs}"
+        );
+        assert!(docs.contains("`W_hn`: a matrix of (H, H)"), "{docs}");
+        let text = file
+            .items
+            .iter()
+            .map(|i| quote!(#i).to_string())
+            .collect::<String>();
+        assert!(
+            text.contains("Cell < T > for GruCell < T >"),
+            "the Cell impl is generated"
+        );
+    }
+
+    #[test]
+    fn on_error_the_type_still_exists_next_to_the_errors() {
+        let out = crate::compile::compile(
+            quote!(),
+            quote! {
+                fn broken(x: Input, h: State) { h = sigmod(x); }
+            },
+        )
+        .to_string();
+        assert!(out.contains("struct Broken"), "{out}");
+        assert!(out.contains("compile_error"), "{out}");
+        assert!(out.contains("unknown function `sigmod`"), "{out}");
+    }
 }

@@ -22,7 +22,14 @@ pub enum DerivFrom {
     Input,
 }
 
-pub const ALL: [Func; 6] = [Func::Sigmoid, Func::Tanh, Func::Relu, Func::Exp, Func::Softplus, Func::Identity];
+pub const ALL: [Func; 6] = [
+    Func::Sigmoid,
+    Func::Tanh,
+    Func::Relu,
+    Func::Exp,
+    Func::Softplus,
+    Func::Identity,
+];
 
 impl Func {
     pub fn from_name(name: &str) -> Option<Func> {
@@ -95,7 +102,10 @@ impl Func {
 
 /// "`sigmoid`, `tanh`, ..." for error messages.
 pub fn known_names() -> String {
-    ALL.iter().map(|func| format!("`{}`", func.name())).collect::<Vec<_>>().join(", ")
+    ALL.iter()
+        .map(|func| format!("`{}`", func.name()))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// The known function closest to a misspelt name, if one is close enough to suggest.
@@ -115,7 +125,9 @@ fn edit_distance(a: &str, b: &str) -> usize {
         row[0] = i + 1;
         for (j, cb) in b.iter().enumerate() {
             let above = row[j + 1];
-            row[j + 1] = (diagonal + usize::from(ca != *cb)).min(row[j] + 1).min(above + 1);
+            row[j + 1] = (diagonal + usize::from(ca != *cb))
+                .min(row[j] + 1)
+                .min(above + 1);
             diagonal = above;
         }
     }
@@ -137,7 +149,10 @@ mod tests {
                     DerivFrom::Input => x,
                 };
                 let analytic = func.eval_deriv(from);
-                assert!((numeric - analytic).abs() < 1e-6, "{func:?} at {x}: {numeric} vs {analytic}");
+                assert!(
+                    (numeric - analytic).abs() < 1e-6,
+                    "{func:?} at {x}: {numeric} vs {analytic}"
+                );
             }
         }
     }

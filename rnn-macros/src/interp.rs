@@ -56,8 +56,12 @@ pub fn eval(ir: &CellIr, shapes: &Shapes, env: &Env) -> Vec<Value> {
                 };
                 match (&values[*a], &values[*b]) {
                     (Value::Scalar(x), Value::Scalar(y)) => Value::Scalar(f(*x, *y)),
-                    (Value::Scalar(x), Value::Vector(y)) => Value::Vector(y.iter().map(|y| f(*x, *y)).collect()),
-                    (Value::Vector(x), Value::Scalar(y)) => Value::Vector(x.iter().map(|x| f(*x, *y)).collect()),
+                    (Value::Scalar(x), Value::Vector(y)) => {
+                        Value::Vector(y.iter().map(|y| f(*x, *y)).collect())
+                    }
+                    (Value::Vector(x), Value::Scalar(y)) => {
+                        Value::Vector(x.iter().map(|x| f(*x, *y)).collect())
+                    }
                     (Value::Vector(x), Value::Vector(y)) => {
                         Value::Vector(x.iter().zip(y).map(|(x, y)| f(*x, *y)).collect())
                     }
@@ -69,7 +73,9 @@ pub fn eval(ir: &CellIr, shapes: &Shapes, env: &Env) -> Vec<Value> {
                 for block in blocks {
                     let (rows, cols_total, start) = block_geometry(block, shapes, env);
                     out.extend((0..rows).map(|i| {
-                        (0..v.len()).map(|c| env.params[block.mat][(start + c) * rows + i] * v[c]).sum::<f64>()
+                        (0..v.len())
+                            .map(|c| env.params[block.mat][(start + c) * rows + i] * v[c])
+                            .sum::<f64>()
                     }));
                     let _ = cols_total;
                 }
@@ -83,13 +89,20 @@ pub fn eval(ir: &CellIr, shapes: &Shapes, env: &Env) -> Vec<Value> {
                 for block in blocks {
                     let (rows, _, start) = block_geometry(block, shapes, env);
                     for (c, o) in out.iter_mut().enumerate() {
-                        *o += (0..rows).map(|i| env.params[block.mat][(start + c) * rows + i] * dz[row0 + i]).sum::<f64>();
+                        *o += (0..rows)
+                            .map(|i| env.params[block.mat][(start + c) * rows + i] * dz[row0 + i])
+                            .sum::<f64>();
                     }
                     row0 += rows;
                 }
                 Value::Vector(out)
             }
-            Op::Concat(parts) => Value::Vector(parts.iter().flat_map(|p| values[*p].vector().to_vec()).collect()),
+            Op::Concat(parts) => Value::Vector(
+                parts
+                    .iter()
+                    .flat_map(|p| values[*p].vector().to_vec())
+                    .collect(),
+            ),
             Op::Slice { of, start, len } => {
                 let (start, len) = (start.eval(&env.dims), len.eval(&env.dims));
                 Value::Vector(values[*of].vector()[start..start + len].to_vec())

@@ -24,6 +24,9 @@ mod validate;
 
 /// Declares a recurrent cell from its equations; see `rnn_runtime` for the language.
 #[proc_macro_attribute]
-pub fn recurrent(attr: proc_macro::TokenStream, item: proc_macro::TokenStream) -> proc_macro::TokenStream {
+pub fn recurrent(
+    attr: proc_macro::TokenStream,
+    item: proc_macro::TokenStream,
+) -> proc_macro::TokenStream {
     compile::compile(attr.into(), item.into()).into()
 }

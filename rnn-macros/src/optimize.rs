@@ -53,7 +53,8 @@ pub struct Rebuild<'a> {
 impl Rebuild<'_> {
     pub fn add(&mut self, op: Op, like: NodeId) -> NodeId {
         let node = &self.old.graph.nodes[like];
-        self.shapes.add(&mut self.ir, op, node.span, node.text.clone())
+        self.shapes
+            .add(&mut self.ir, op, node.span, node.text.clone())
     }
 
     pub fn size(&self, new: NodeId) -> Option<&Size> {
@@ -79,17 +80,31 @@ pub fn rebuild(
             }
         }
     }
-    let ir = CellIr { graph: Graph::default(), new_states: Vec::new(), ..old.clone() };
-    let shapes = Shapes { nodes: Vec::new(), params: old_shapes.params.clone() };
-    let mut state = Rebuild { old, old_shapes, ir, shapes, map: vec![usize::MAX; old.graph.len()] };
+    let ir = CellIr {
+        graph: Graph::default(),
+        new_states: Vec::new(),
+        written: Default::default(),
+        ..old.clone()
+    };
+    let shapes = Shapes {
+        nodes: Vec::new(),
+        params: old_shapes.params.clone(),
+    };
+    let mut state = Rebuild {
+        old,
+        old_shapes,
+        ir,
+        shapes,
+        map: vec![usize::MAX; old.graph.len()],
+    };
     // Leaves keep their places so that inputs and states stay nodes 0.. in order.
     for id in 0..old.graph.len() {
         if matches!(old.graph.op(id), Op::Input(_) | Op::State(_)) {
             state.map[id] = state.add(old.graph.op(id).clone(), id);
         }
     }
-    for id in 0..old.graph.len() {
-        if !live[id] || state.map[id] != usize::MAX {
+    for (id, &is_live) in live.iter().enumerate() {
+        if !is_live || state.map[id] != usize::MAX {
             continue;
         }
         let op = remap(old.graph.op(id), &state.map);
@@ -107,9 +122,19 @@ fn remap(op: &Op, map: &[NodeId]) -> Op {
         Op::Deriv(f, a) => Op::Deriv(*f, m(a)),
         Op::Bridge(a) => Op::Bridge(m(a)),
         Op::Bin(op, a, b) => Op::Bin(*op, m(a), m(b)),
-        Op::Gemm { blocks, vec } => Op::Gemm { blocks: blocks.clone(), vec: m(vec) },
-        Op::GemmT { blocks, vec } => Op::GemmT { blocks: blocks.clone(), vec: m(vec) },
-        Op::Slice { of, start, len } => Op::Slice { of: m(of), start: start.clone(), len: len.clone() },
+        Op::Gemm { blocks, vec } => Op::Gemm {
+            blocks: blocks.clone(),
+            vec: m(vec),
+        },
+        Op::GemmT { blocks, vec } => Op::GemmT {
+            blocks: blocks.clone(),
+            vec: m(vec),
+        },
+        Op::Slice { of, start, len } => Op::Slice {
+            of: m(of),
+            start: start.clone(),
+            len: len.clone(),
+        },
         Op::Concat(parts) => Op::Concat(parts.iter().map(m).collect()),
         leaf => leaf.clone(),
     }
@@ -147,7 +172,9 @@ pub fn fold_scalars(ir: &CellIr, shapes: &Shapes) -> (CellIr, Shapes) {
 
 pub fn split_concat_products(ir: &CellIr, shapes: &Shapes) -> (CellIr, Shapes) {
     rebuild(ir, shapes, |rb, old, op| {
-        let Op::Gemm { blocks, vec } = &op else { return rb.add(op, old) };
+        let Op::Gemm { blocks, vec } = &op else {
+            return rb.add(op, old);
+        };
         let parts = flatten_concat(&rb.ir.graph, *vec);
         if parts.len() == 1 {
             return rb.add(op, old);
@@ -156,8 +183,17 @@ pub fn split_concat_products(ir: &CellIr, shapes: &Shapes) -> (CellIr, Shapes) {
         let mut sum: Option<NodeId> = None;
         for part in parts {
             let len = rb.size(part).expect("vector part").clone();
-            let block = Block { mat: blocks[0].mat, cols: Some((start.clone(), len.clone())) };
-            let product = rb.add(Op::Gemm { blocks: vec![block], vec: part }, old);
+            let block = Block {
+                mat: blocks[0].mat,
+                cols: Some((start.clone(), len.clone())),
+            };
+            let product = rb.add(
+                Op::Gemm {
+                    blocks: vec![block],
+                    vec: part,
+                },
+                old,
+            );
             sum = Some(match sum {
                 None => product,
                 Some(acc) => rb.add(Op::Bin(BinOp::Add, acc, product), old),
@@ -171,7 +207,10 @@ pub fn split_concat_products(ir: &CellIr, shapes: &Shapes) -> (CellIr, Shapes) {
 /// The leaves of nested concatenations, in order.
 fn flatten_concat(graph: &Graph, id: NodeId) -> Vec<NodeId> {
     match graph.op(id) {
-        Op::Concat(parts) => parts.iter().flat_map(|p| flatten_concat(graph, *p)).collect(),
+        Op::Concat(parts) => parts
+            .iter()
+            .flat_map(|p| flatten_concat(graph, *p))
+            .collect(),
         _ => vec![id],
     }
 }
@@ -185,7 +224,8 @@ pub fn hoist_sums(ir: &CellIr, shapes: &Shapes) -> (CellIr, Shapes) {
         signed_terms(&rb.ir.graph, &op, true, &mut terms);
         let dynamic = dynamic_nodes(&rb.ir.graph);
         let is_vector = |rb: &Rebuild<'_>, id: NodeId| rb.size(id).is_some();
-        let (fixed, changing): (Vec<(bool, NodeId)>, Vec<(bool, NodeId)>) = terms.iter().partition(|(_, id)| !dynamic[*id]);
+        type Terms = Vec<(bool, NodeId)>;
+        let (fixed, changing): (Terms, Terms) = terms.iter().partition(|(_, id)| !dynamic[*id]);
         let hoistable = fixed.iter().any(|(_, id)| is_vector(rb, *id));
         let already_first = fixed.len() == 1 && terms[0] == fixed[0];
         if changing.is_empty() || !hoistable || already_first {
@@ -232,13 +272,18 @@ pub fn stack_products(ir: &CellIr, shapes: &Shapes) -> (CellIr, Shapes) {
     let mut members: HashMap<NodeId, Vec<Block>> = HashMap::new();
     for node in &ir.graph.nodes {
         if let Op::Gemm { blocks, vec } = &node.op {
-            members.entry(*vec).or_default().extend(blocks.iter().cloned());
+            members
+                .entry(*vec)
+                .or_default()
+                .extend(blocks.iter().cloned());
         }
     }
     let mut stacks: HashMap<NodeId, NodeId> = HashMap::new();
     let mut offsets: HashMap<NodeId, Size> = HashMap::new();
     rebuild(ir, shapes, |rb, old, op| {
-        let Op::Gemm { blocks, vec } = &op else { return rb.add(op, old) };
+        let Op::Gemm { blocks, vec } = &op else {
+            return rb.add(op, old);
+        };
         let old_vec = match rb.old.graph.op(old) {
             Op::Gemm { vec, .. } => *vec,
             _ => unreachable!(),
@@ -247,13 +292,26 @@ pub fn stack_products(ir: &CellIr, shapes: &Shapes) -> (CellIr, Shapes) {
         if all.len() == 1 {
             return rb.add(op, old);
         }
-        let stack = *stacks
-            .entry(*vec)
-            .or_insert_with(|| rb.add(Op::Gemm { blocks: all.clone(), vec: *vec }, old));
+        let stack = *stacks.entry(*vec).or_insert_with(|| {
+            rb.add(
+                Op::Gemm {
+                    blocks: all.clone(),
+                    vec: *vec,
+                },
+                old,
+            )
+        });
         let start = offsets.get(vec).cloned().unwrap_or_default();
         let len = rb.old_shapes.params[blocks[0].mat].0.clone();
         offsets.insert(*vec, start.plus(&len));
-        rb.add(Op::Slice { of: stack, start, len }, old)
+        rb.add(
+            Op::Slice {
+                of: stack,
+                start,
+                len,
+            },
+            old,
+        )
     })
 }
 
@@ -264,7 +322,11 @@ mod tests {
     use quote::quote;
 
     fn ops(ir: &CellIr) -> Vec<String> {
-        ir.graph.nodes.iter().map(|n| format!("{:?}", n.op)).collect()
+        ir.graph
+            .nodes
+            .iter()
+            .map(|n| format!("{:?}", n.op))
+            .collect()
     }
 
     #[test]
@@ -279,10 +341,18 @@ mod tests {
                 h = o * tanh(c);
             }
         });
-        let gemms: Vec<&Op> = ir.graph.nodes.iter().map(|n| &n.op).filter(|op| matches!(op, Op::Gemm { .. })).collect();
+        let gemms: Vec<&Op> = ir
+            .graph
+            .nodes
+            .iter()
+            .map(|n| &n.op)
+            .filter(|op| matches!(op, Op::Gemm { .. }))
+            .collect();
         assert_eq!(gemms.len(), 2, "{:#?}", ops(&ir));
         for gemm in gemms {
-            let Op::Gemm { blocks, .. } = gemm else { unreachable!() };
+            let Op::Gemm { blocks, .. } = gemm else {
+                unreachable!()
+            };
             assert_eq!(blocks.len(), 4);
         }
         // Each gate's pre-activation is (static part) + (recurrent slice): the biases
@@ -339,6 +409,9 @@ mod tests {
             })
             .collect();
         assert!(lits.contains(&1.0), "{lits:?}");
-        assert!(lits.iter().all(|l| *l == 1.0 || *l == 0.0 || *l == -0.0), "{lits:?}");
+        assert!(
+            lits.iter().all(|l| *l == 1.0 || *l == 0.0 || *l == -0.0),
+            "{lits:?}"
+        );
     }
 }

@@ -161,14 +161,31 @@ pub fn parse(cx: &Ctxt, attr: TokenStream, item: TokenStream) -> Option<CellAst>
     let item_fn = match syn::parse2::<syn::ItemFn>(item.clone()) {
         Ok(item_fn) => item_fn,
         Err(_) => {
-            let span = item.clone().into_iter().next().map_or(Span::call_site(), |t| t.span());
-            cx.error_at(span, "`#[recurrent]` applies to a `fn` that states a cell's equations");
+            let span = item
+                .clone()
+                .into_iter()
+                .next()
+                .map_or(Span::call_site(), |t| t.span());
+            cx.error_at(
+                span,
+                "`#[recurrent]` applies to a `fn` that states a cell's equations",
+            );
             return None;
         }
     };
     check_signature(cx, &item_fn.sig);
-    let args = item_fn.sig.inputs.iter().filter_map(|arg| parse_arg(cx, arg)).collect();
-    let stmts = item_fn.block.stmts.iter().filter_map(|stmt| parse_stmt(cx, stmt)).collect();
+    let args = item_fn
+        .sig
+        .inputs
+        .iter()
+        .filter_map(|arg| parse_arg(cx, arg))
+        .collect();
+    let stmts = item_fn
+        .block
+        .stmts
+        .iter()
+        .filter_map(|stmt| parse_stmt(cx, stmt))
+        .collect();
     Some(CellAst {
         name: item_fn.sig.ident.clone(),
         vis: item_fn.vis.clone(),
@@ -185,7 +202,10 @@ fn parse_options(cx: &Ctxt, attr: TokenStream) -> Option<Ident> {
         if meta.path.is_ident("output") {
             let value = meta.value()?;
             let name: Ident = value.parse().map_err(|error| {
-                syn::Error::new(error.span(), "malformed `output`: expected `output = <state name>`")
+                syn::Error::new(
+                    error.span(),
+                    "malformed `output`: expected `output = <state name>`",
+                )
             })?;
             if output.is_some() {
                 return Err(meta.error("`output` is given twice"));
@@ -193,8 +213,13 @@ fn parse_options(cx: &Ctxt, attr: TokenStream) -> Option<Ident> {
             output = Some(name);
             Ok(())
         } else {
-            let name = meta.path.get_ident().map_or_else(|| "?".to_string(), |i| i.to_string());
-            Err(meta.error(format!("unknown option `{name}`; expected `output = <state name>`")))
+            let name = meta
+                .path
+                .get_ident()
+                .map_or_else(|| "?".to_string(), |i| i.to_string());
+            Err(meta.error(format!(
+                "unknown option `{name}`; expected `output = <state name>`"
+            )))
         }
     });
     if let Err(error) = parser.parse2(attr) {
@@ -217,7 +242,10 @@ fn check_signature(cx: &Ctxt, sig: &syn::Signature) {
         cx.error_spanned_by(abi, "a cell cannot have an `extern` ABI");
     }
     if !sig.generics.params.is_empty() || sig.generics.where_clause.is_some() {
-        cx.error_spanned_by(&sig.generics, "a cell cannot be generic; sizes are inferred or written as `State<P>`");
+        cx.error_spanned_by(
+            &sig.generics,
+            "a cell cannot be generic; sizes are inferred or written as `State<P>`",
+        );
     }
     if let Some(variadic) = &sig.variadic {
         cx.error_spanned_by(variadic, "a cell cannot be variadic");
@@ -238,7 +266,10 @@ fn parse_arg(cx: &Ctxt, arg: &FnArg) -> Option<Arg> {
     let name = match &*typed.pat {
         Pat::Ident(pat) if pat.by_ref.is_none() && pat.subpat.is_none() => {
             if let Some(token) = &pat.mutability {
-                cx.error_spanned_by(token, "cell arguments are not `mut`; a state is assigned as `h = ...`");
+                cx.error_spanned_by(
+                    token,
+                    "cell arguments are not `mut`; a state is assigned as `h = ...`",
+                );
             }
             pat.ident.clone()
         }
@@ -268,7 +299,10 @@ fn parse_arg_type(cx: &Ctxt, ty: &Type) -> Option<(ArgKind, Option<Ident>)> {
         "Input" => ArgKind::Input,
         "State" => ArgKind::State,
         other => {
-            cx.error_spanned_by(&segment.ident, format!("unknown kind of argument `{other}`; {EXPECTED}"));
+            cx.error_spanned_by(
+                &segment.ident,
+                format!("unknown kind of argument `{other}`; {EXPECTED}"),
+            );
             return None;
         }
     };
@@ -299,7 +333,9 @@ fn parse_stmt(cx: &Ctxt, stmt: &SynStmt) -> Option<Stmt> {
     match stmt {
         SynStmt::Local(local) => {
             let name = match &local.pat {
-                Pat::Ident(pat) if pat.by_ref.is_none() && pat.subpat.is_none() && pat.mutability.is_none() => {
+                Pat::Ident(pat)
+                    if pat.by_ref.is_none() && pat.subpat.is_none() && pat.mutability.is_none() =>
+                {
                     pat.ident.clone()
                 }
                 Pat::Type(typed) => {
@@ -307,7 +343,10 @@ fn parse_stmt(cx: &Ctxt, stmt: &SynStmt) -> Option<Stmt> {
                     return None;
                 }
                 other => {
-                    cx.error_spanned_by(other, "a gate is bound to a plain name, as in `let i = ...`");
+                    cx.error_spanned_by(
+                        other,
+                        "a gate is bound to a plain name, as in `let i = ...`",
+                    );
                     return None;
                 }
             };
@@ -316,7 +355,10 @@ fn parse_stmt(cx: &Ctxt, stmt: &SynStmt) -> Option<Stmt> {
                 return None;
             };
             if let Some((_, diverge)) = &init.diverge {
-                cx.error_spanned_by(diverge, "`let ... else` is not part of the equation language");
+                cx.error_spanned_by(
+                    diverge,
+                    "`let ... else` is not part of the equation language",
+                );
                 return None;
             }
             let value = parse_expr(cx, &init.expr)?;
@@ -325,7 +367,10 @@ fn parse_stmt(cx: &Ctxt, stmt: &SynStmt) -> Option<Stmt> {
         SynStmt::Expr(SynExpr::Assign(assign), _) => {
             let name = match &*assign.left {
                 SynExpr::Path(path) if path.qself.is_none() && path.path.get_ident().is_some() => {
-                    path.path.get_ident().cloned().expect("checked to be an ident")
+                    path.path
+                        .get_ident()
+                        .cloned()
+                        .expect("checked to be an ident")
                 }
                 other => {
                     cx.error_spanned_by(other, "only a state can be assigned, as in `h = ...`");
@@ -361,7 +406,10 @@ pub fn parse_expr(cx: &Ctxt, expr: &SynExpr) -> Option<Expr> {
         SynExpr::Path(path) => match path.path.get_ident() {
             Some(ident) if path.qself.is_none() => Some(Expr::Ident(ident.clone())),
             _ => {
-                cx.error_spanned_by(path, "paths are not allowed; name a variable or a parameter");
+                cx.error_spanned_by(
+                    path,
+                    "paths are not allowed; name a variable or a parameter",
+                );
                 None
             }
         },
@@ -394,7 +442,10 @@ pub fn parse_expr(cx: &Ctxt, expr: &SynExpr) -> Option<Expr> {
                 None
             }
             _ => {
-                cx.error_spanned_by(unary, "unsupported operator; expected `+`, `-`, `*` or unary `-`");
+                cx.error_spanned_by(
+                    unary,
+                    "unsupported operator; expected `+`, `-`, `*` or unary `-`",
+                );
                 None
             }
         },
@@ -407,7 +458,9 @@ pub fn parse_expr(cx: &Ctxt, expr: &SynExpr) -> Option<Expr> {
                     let symbol = quote::quote!(#other).to_string();
                     cx.error_spanned_by(
                         other,
-                        format!("unsupported operator `{symbol}`; expected `+`, `-`, `*` or unary `-`"),
+                        format!(
+                            "unsupported operator `{symbol}`; expected `+`, `-`, `*` or unary `-`"
+                        ),
                     );
                     return None;
                 }
@@ -419,23 +472,40 @@ pub fn parse_expr(cx: &Ctxt, expr: &SynExpr) -> Option<Expr> {
         SynExpr::Call(call) => {
             let func = match &*call.func {
                 SynExpr::Path(path) if path.qself.is_none() && path.path.get_ident().is_some() => {
-                    path.path.get_ident().cloned().expect("checked to be an ident")
+                    path.path
+                        .get_ident()
+                        .cloned()
+                        .expect("checked to be an ident")
                 }
                 other => {
-                    cx.error_spanned_by(other, "a function is called by its name, as in `sigmoid(a)`");
+                    cx.error_spanned_by(
+                        other,
+                        "a function is called by its name, as in `sigmoid(a)`",
+                    );
                     return None;
                 }
             };
             let args: Vec<Option<Expr>> = call.args.iter().map(|arg| parse_expr(cx, arg)).collect();
-            Some(Expr::Call(func, args.into_iter().collect::<Option<_>>()?, span))
+            Some(Expr::Call(
+                func,
+                args.into_iter().collect::<Option<_>>()?,
+                span,
+            ))
         }
         SynExpr::Array(array) => {
             if array.elems.is_empty() {
                 cx.error_spanned_by(array, "an empty concatenation `[]` has no value");
                 return None;
             }
-            let parts: Vec<Option<Expr>> = array.elems.iter().map(|part| parse_expr(cx, part)).collect();
-            Some(Expr::Concat(parts.into_iter().collect::<Option<_>>()?, span))
+            let parts: Vec<Option<Expr>> = array
+                .elems
+                .iter()
+                .map(|part| parse_expr(cx, part))
+                .collect();
+            Some(Expr::Concat(
+                parts.into_iter().collect::<Option<_>>()?,
+                span,
+            ))
         }
         other => {
             cx.error_spanned_by(other, format!("{} not allowed in a cell", describe(other)));
@@ -466,5 +536,117 @@ fn describe(expr: &SynExpr) -> &'static str {
         SynExpr::Await(_) => "`.await` is",
         SynExpr::Try(_) => "`?` is",
         _ => "this expression is",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use quote::quote;
+
+    fn parse_errors(attr: TokenStream, item: TokenStream) -> Vec<String> {
+        let cx = Ctxt::new();
+        let _ = parse(&cx, attr, item);
+        cx.check()
+            .err()
+            .map_or_else(Vec::new, |e| e.into_iter().map(|e| e.to_string()).collect())
+    }
+
+    #[test]
+    fn reads_arguments_statements_and_options() {
+        let cx = Ctxt::new();
+        let cell = parse(
+            &cx,
+            quote!(output = c),
+            quote! {
+                /// Docs survive.
+                pub fn cell(x: Input, e: Input<E>, h: State<P>, c: State) {
+                    let g = tanh(W * [h, x] - -b);
+                    c = 1.0 - g * c;
+                    h = c;
+                }
+            },
+        )
+        .expect("a fn");
+        cx.check().unwrap();
+        assert_eq!(cell.name, "cell");
+        assert_eq!(cell.output.unwrap(), "c");
+        assert_eq!(cell.attrs.len(), 1);
+        let kinds: Vec<(String, ArgKind, Option<String>)> = cell
+            .args
+            .iter()
+            .map(|a| {
+                (
+                    a.name.to_string(),
+                    a.kind,
+                    a.size.as_ref().map(|s| s.to_string()),
+                )
+            })
+            .collect();
+        assert_eq!(
+            kinds,
+            vec![
+                ("x".into(), ArgKind::Input, None),
+                ("e".into(), ArgKind::Input, Some("E".into())),
+                ("h".into(), ArgKind::State, Some("P".into())),
+                ("c".into(), ArgKind::State, None),
+            ]
+        );
+        let text: Vec<String> = cell.stmts.iter().map(Stmt::to_text).collect();
+        assert_eq!(
+            text,
+            vec!["g = tanh(W * [h, x] - -b)", "c = 1.0 - g * c", "h = c"]
+        );
+    }
+
+    #[test]
+    fn text_keeps_the_parentheses_it_needs() {
+        let cx = Ctxt::new();
+        let expr = parse_expr(&cx, &syn::parse_quote!((a - (b - c)) * (d + e) - (f * g))).unwrap();
+        cx.check().unwrap();
+        assert_eq!(expr.to_text(), "(a - (b - c)) * (d + e) - f * g");
+    }
+
+    #[test]
+    fn rust_outside_the_language_is_rejected_at_its_span() {
+        let errors = parse_errors(
+            quote!(outptu = h),
+            quote! {
+                async fn bad<T>(x: Input, h: Stat, self_: &State) -> f32 {
+                    let a = x.abs();
+                    let b = if x { h } else { x };
+                    h = a / b + x[0] + vec![1.0] + &x;
+                    return h;
+                }
+            },
+        );
+        let all = errors.join("\n");
+        for expected in [
+            "unknown option `outptu`",
+            "a cell cannot be an `async fn`",
+            "a cell cannot be generic",
+            "a cell has no return type",
+            "unknown kind of argument `Stat`",
+            "method calls are not allowed in a cell",
+            "`if` is not allowed in a cell",
+            "unsupported operator `/`",
+            "a cell does not `return`",
+        ] {
+            assert!(all.contains(expected), "missing {expected:?} in\n{all}");
+        }
+    }
+
+    #[test]
+    fn the_attribute_on_anything_but_a_fn_is_an_error() {
+        let errors = parse_errors(
+            quote!(),
+            quote!(
+                struct NotACell;
+            ),
+        );
+        assert_eq!(
+            errors,
+            vec!["`#[recurrent]` applies to a `fn` that states a cell's equations"]
+        );
     }
 }

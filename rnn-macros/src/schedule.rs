@@ -58,11 +58,17 @@ pub struct Loc {
 
 impl Loc {
     fn at(buf: usize) -> Loc {
-        Loc { buf, row: Size::zero() }
+        Loc {
+            buf,
+            row: Size::zero(),
+        }
     }
 
     fn offset(&self, by: &Size) -> Loc {
-        Loc { buf: self.buf, row: self.row.plus(by) }
+        Loc {
+            buf: self.buf,
+            row: self.row.plus(by),
+        }
     }
 }
 
@@ -77,9 +83,21 @@ pub struct Stack {
 #[derive(Clone, Debug)]
 pub enum Stage {
     /// `dst = stack * src`, or `stackᵀ * src`.
-    Gemm { stack: usize, transpose: bool, src: Loc, dst: Loc },
-    Copy { src: Loc, dst: Loc, rows: Size },
-    Zero { dst: Loc, rows: Size },
+    Gemm {
+        stack: usize,
+        transpose: bool,
+        src: Loc,
+        dst: Loc,
+    },
+    Copy {
+        src: Loc,
+        dst: Loc,
+        rows: Size,
+    },
+    Zero {
+        dst: Loc,
+        rows: Size,
+    },
     Kernel(Kernel),
 }
 
@@ -110,10 +128,19 @@ pub enum KOp {
 
 #[derive(Clone, Debug)]
 pub enum KStmt {
-    Let { id: NodeId, op: KOp },
-    Store { value: Operand, dst: Loc },
+    Let {
+        id: NodeId,
+        op: KOp,
+    },
+    Store {
+        value: Operand,
+        dst: Loc,
+    },
     /// The gradient of vector parameter `param` gains the value (summed over columns).
-    Accumulate { param: usize, value: Operand },
+    Accumulate {
+        param: usize,
+        value: Operand,
+    },
 }
 
 /// After the loop: the gradient of parameter `param` (its column block `cols`) gains
@@ -257,7 +284,13 @@ impl<'a> Scheduler<'a> {
         for (k, d) in self.c.backward.d_states.iter().enumerate() {
             if d.is_none() {
                 let rows = Size::symbol(self.c.ir.states[k].sym);
-                step_backward.insert(0, Stage::Zero { dst: Loc::at(self.roles.d_prev[k]), rows });
+                step_backward.insert(
+                    0,
+                    Stage::Zero {
+                        dst: Loc::at(self.roles.d_prev[k]),
+                        rows,
+                    },
+                );
             }
         }
         let finish = self.stages(Program::Finish);
@@ -310,14 +343,26 @@ impl<'a> Scheduler<'a> {
                 Role::Free | Role::Leaf => 0,
                 // Rows of another value: complete only once whatever computes it has run.
                 Role::View => self.ready_between(operands[0], id),
-                Role::Kernel => operands.iter().map(|&o| self.ready_for_kernel(o, id)).max().unwrap_or(0),
-                Role::Between => operands.iter().map(|&o| self.ready_between(o, id)).max().unwrap_or(0),
+                Role::Kernel => operands
+                    .iter()
+                    .map(|&o| self.ready_for_kernel(o, id))
+                    .max()
+                    .unwrap_or(0),
+                Role::Between => operands
+                    .iter()
+                    .map(|&o| self.ready_between(o, id))
+                    .max()
+                    .unwrap_or(0),
             };
         }
     }
 
     fn new_buffer(&mut self, rows: Size, cols: Cols, what: impl Into<String>) -> usize {
-        self.buffers.push(Buffer { rows, cols, what: what.into() });
+        self.buffers.push(Buffer {
+            rows,
+            cols,
+            what: what.into(),
+        });
         self.buffers.len() - 1
     }
 
@@ -327,17 +372,33 @@ impl<'a> Scheduler<'a> {
             let rows = Size::symbol(input.sym);
             let buf = self.new_buffer(rows.clone(), Cols::Steps, format!("input `{}`", input.name));
             self.roles.inputs.push(buf);
-            let d = self.new_buffer(rows, Cols::Steps, format!("gradient of input `{}`", input.name));
+            let d = self.new_buffer(
+                rows,
+                Cols::Steps,
+                format!("gradient of input `{}`", input.name),
+            );
             self.roles.d_inputs.push(d);
             let _ = k;
         }
         for state in &ir.states {
             let rows = Size::symbol(state.sym);
             let name = &state.name;
-            let prev = self.new_buffer(rows.clone(), Cols::Steps, format!("`{name}` before each step"));
+            let prev = self.new_buffer(
+                rows.clone(),
+                Cols::Steps,
+                format!("`{name}` before each step"),
+            );
             let cur = self.new_buffer(rows.clone(), Cols::Batch, format!("`{name}` now"));
-            let d = self.new_buffer(rows.clone(), Cols::Batch, format!("gradient of `{name}` now"));
-            let d_prev = self.new_buffer(rows, Cols::Batch, format!("gradient of `{name}` before the step"));
+            let d = self.new_buffer(
+                rows.clone(),
+                Cols::Batch,
+                format!("gradient of `{name}` now"),
+            );
+            let d_prev = self.new_buffer(
+                rows,
+                Cols::Batch,
+                format!("gradient of `{name}` before the step"),
+            );
             self.roles.prev.push(prev);
             self.roles.state.push(cur);
             self.roles.d_state.push(d);
@@ -356,21 +417,34 @@ impl<'a> Scheduler<'a> {
     fn collect_roots(&mut self) {
         let (ir, backward) = (&self.c.ir, &self.c.backward);
         for (k, &new) in ir.new_states.iter().enumerate() {
-            self.roots.push((Program::StepForward, new, Target::Loc(Loc::at(self.roles.state[k]))));
+            self.roots.push((
+                Program::StepForward,
+                new,
+                Target::Loc(Loc::at(self.roles.state[k])),
+            ));
         }
         for (k, d) in backward.d_states.iter().enumerate() {
             if let Some(d) = *d {
-                self.roots.push((Program::StepBackward, d, Target::Loc(Loc::at(self.roles.d_prev[k]))));
+                self.roots.push((
+                    Program::StepBackward,
+                    d,
+                    Target::Loc(Loc::at(self.roles.d_prev[k])),
+                ));
             }
         }
         for (k, d) in backward.d_inputs.iter().enumerate() {
             if let Some(d) = *d {
-                self.roots.push((Program::Finish, d, Target::Loc(Loc::at(self.roles.d_inputs[k]))));
+                self.roots.push((
+                    Program::Finish,
+                    d,
+                    Target::Loc(Loc::at(self.roles.d_inputs[k])),
+                ));
             }
         }
         for (id, node) in ir.graph.nodes.iter().enumerate() {
             if let Op::Bridge(src) = node.op {
-                self.roots.push((Program::StepBackward, src, Target::LocOf(id)));
+                self.roots
+                    .push((Program::StepBackward, src, Target::LocOf(id)));
             }
         }
         for &(p, value) in &backward.vec_grads {
@@ -378,7 +452,9 @@ impl<'a> Scheduler<'a> {
             self.roots.push((program, value, Target::Grad(p)));
         }
         for &(gemm, dz) in &backward.mat_grads {
-            let Op::Gemm { vec, .. } = *self.op(gemm) else { unreachable!("weight gradient of a GEMM") };
+            let Op::Gemm { vec, .. } = *self.op(gemm) else {
+                unreachable!("weight gradient of a GEMM")
+            };
             self.post_loop[dz] = true;
             self.post_loop[vec] = true;
         }
@@ -390,7 +466,10 @@ impl<'a> Scheduler<'a> {
         let program = self.program[id];
         self.post_loop[id]
             || self.users[id].iter().any(|&u| self.program[u] != program)
-            || self.roots.iter().any(|(p, v, _)| *v == id && Some(*p) != program)
+            || self
+                .roots
+                .iter()
+                .any(|(p, v, _)| *v == id && Some(*p) != program)
     }
 
     /// Whether `id`'s buffer must hold every step: its program runs over all steps at
@@ -403,15 +482,23 @@ impl<'a> Scheduler<'a> {
     fn needs_store(&self, id: NodeId) -> bool {
         self.crosses(id)
             || self.users[id].iter().any(|&u| {
-                !matches!(self.role[u], Role::Kernel) || self.level[u] != self.level[id] || !self.same_program(u, id)
+                !matches!(self.role[u], Role::Kernel)
+                    || self.level[u] != self.level[id]
+                    || !self.same_program(u, id)
             })
     }
 
     /// A concatenation's parts are written straight into its buffer where they can be.
     fn place_concat_parts(&mut self) {
         for id in 0..self.c.ir.graph.len() {
-            let Op::Concat(parts) = self.op(id).clone() else { continue };
-            let cols = if self.needs_steps(id) || parts.iter().any(|&p| self.placeable(p, id) && self.needs_steps(p)) {
+            let Op::Concat(parts) = self.op(id).clone() else {
+                continue;
+            };
+            let cols = if self.needs_steps(id)
+                || parts
+                    .iter()
+                    .any(|&p| self.placeable(p, id) && self.needs_steps(p))
+            {
                 Cols::Steps
             } else {
                 Cols::Batch
@@ -422,7 +509,10 @@ impl<'a> Scheduler<'a> {
             let mut row = Size::zero();
             for part in parts {
                 if self.placeable(part, id) {
-                    self.loc[part] = Some(Loc { buf, row: row.clone() });
+                    self.loc[part] = Some(Loc {
+                        buf,
+                        row: row.clone(),
+                    });
                 }
                 row = row.plus(self.size(part));
             }
@@ -444,11 +534,17 @@ impl<'a> Scheduler<'a> {
                 continue;
             }
             let text = self.c.ir.graph.nodes[id].text.clone();
-            let cols = if self.needs_steps(id) { Cols::Steps } else { Cols::Batch };
+            let cols = if self.needs_steps(id) {
+                Cols::Steps
+            } else {
+                Cols::Batch
+            };
             match self.role[id] {
                 Role::Free => {}
                 Role::View => {
-                    let Op::Slice { of, start, .. } = self.op(id).clone() else { unreachable!() };
+                    let Op::Slice { of, start, .. } = self.op(id).clone() else {
+                        unreachable!()
+                    };
                     let base = self.loc[of].clone().unwrap_or_else(|| {
                         // Rows of a loop local: it is stored for the view's sake.
                         let buf = self.new_buffer(self.size(of).clone(), Cols::Steps, text.clone());
@@ -474,23 +570,40 @@ impl<'a> Scheduler<'a> {
         if let Some(s) = self.stacks.iter().position(|s| s.blocks == blocks) {
             return s;
         }
-        let rows = blocks.iter().fold(Size::zero(), |acc, b| acc.plus(&self.c.shapes.params[b.mat].0));
-        let names: Vec<&str> = blocks.iter().map(|b| self.c.ir.params[b.mat].name.as_str()).collect();
-        let buf = self.new_buffer(rows, Cols::Fixed(vec_size.clone()), format!("[{}] stacked", names.join("; ")));
-        self.stacks.push(Stack { blocks: blocks.to_vec(), buf });
+        let rows = blocks.iter().fold(Size::zero(), |acc, b| {
+            acc.plus(&self.c.shapes.params[b.mat].0)
+        });
+        let names: Vec<&str> = blocks
+            .iter()
+            .map(|b| self.c.ir.params[b.mat].name.as_str())
+            .collect();
+        let buf = self.new_buffer(
+            rows,
+            Cols::Fixed(vec_size.clone()),
+            format!("[{}] stacked", names.join("; ")),
+        );
+        self.stacks.push(Stack {
+            blocks: blocks.to_vec(),
+            buf,
+        });
         self.stacks.len() - 1
     }
 
     fn weight_grads(&mut self) -> Vec<WeightGrad> {
         let mut grads = Vec::new();
         for &(gemm, dz) in &self.c.backward.mat_grads.clone() {
-            let Op::Gemm { blocks, vec } = self.op(gemm).clone() else { unreachable!() };
+            let Op::Gemm { blocks, vec } = self.op(gemm).clone() else {
+                unreachable!()
+            };
             let dz_loc = self.steps_loc(dz);
             let v_loc = self.steps_loc(vec);
             let mut row = Size::zero();
             for block in blocks {
                 let (rows, cols) = self.c.shapes.params[block.mat].clone();
-                let (col_start, cols) = block.cols.clone().unwrap_or((Size::zero(), cols.expect("a matrix")));
+                let (col_start, cols) = block
+                    .cols
+                    .clone()
+                    .unwrap_or((Size::zero(), cols.expect("a matrix")));
                 grads.push(WeightGrad {
                     param: block.mat,
                     col_start,
@@ -521,28 +634,45 @@ impl<'a> Scheduler<'a> {
 
     fn stages(&mut self, program: Program) -> Vec<Stage> {
         let graph_len = self.c.ir.graph.len();
-        let in_program: Vec<NodeId> = (0..graph_len).filter(|&id| self.program[id] == Some(program)).collect();
+        let in_program: Vec<NodeId> = (0..graph_len)
+            .filter(|&id| self.program[id] == Some(program))
+            .collect();
         let roots: Vec<(NodeId, Target, usize)> = self
             .roots
             .iter()
             .filter(|(p, ..)| *p == program)
             .map(|(_, value, target)| {
-                let level = if self.program[*value] == Some(program) { self.level[*value] } else { 0 };
+                let level = if self.program[*value] == Some(program) {
+                    self.level[*value]
+                } else {
+                    0
+                };
                 (*value, target.clone(), level)
             })
             .collect();
-        let max_level = in_program.iter().map(|&id| self.level[id]).chain(roots.iter().map(|r| r.2)).max().unwrap_or(0);
+        let max_level = in_program
+            .iter()
+            .map(|&id| self.level[id])
+            .chain(roots.iter().map(|r| r.2))
+            .max()
+            .unwrap_or(0);
         let mut stages = Vec::new();
         for level in 0..=max_level {
-            let between: Vec<NodeId> =
-                in_program.iter().copied().filter(|&id| self.level[id] == level && self.role[id] == Role::Between).collect();
+            let between: Vec<NodeId> = in_program
+                .iter()
+                .copied()
+                .filter(|&id| self.level[id] == level && self.role[id] == Role::Between)
+                .collect();
             for id in between {
                 self.between_stage(id, &mut stages);
             }
             // One fused loop per size.
             let mut sizes: Vec<Size> = Vec::new();
             for &id in &in_program {
-                if self.level[id] == level && self.role[id] == Role::Kernel && !sizes.contains(self.size(id)) {
+                if self.level[id] == level
+                    && self.role[id] == Role::Kernel
+                    && !sizes.contains(self.size(id))
+                {
                     sizes.push(self.size(id).clone());
                 }
             }
@@ -555,7 +685,11 @@ impl<'a> Scheduler<'a> {
                 let members: Vec<NodeId> = in_program
                     .iter()
                     .copied()
-                    .filter(|&id| self.level[id] == level && self.role[id] == Role::Kernel && *self.size(id) == rows)
+                    .filter(|&id| {
+                        self.level[id] == level
+                            && self.role[id] == Role::Kernel
+                            && *self.size(id) == rows
+                    })
                     .collect();
                 let these_roots: Vec<(NodeId, Target)> = roots
                     .iter()
@@ -574,13 +708,23 @@ impl<'a> Scheduler<'a> {
             Op::Gemm { blocks, vec } => {
                 let stack = self.stack_for(&blocks, &self.size(vec).clone());
                 let src = self.loc[vec].clone().expect("a GEMM's vector is stored");
-                stages.push(Stage::Gemm { stack, transpose: false, src, dst });
+                stages.push(Stage::Gemm {
+                    stack,
+                    transpose: false,
+                    src,
+                    dst,
+                });
             }
             Op::GemmT { blocks, vec } => {
                 let cols = self.size(id).clone();
                 let stack = self.stack_for(&blocks, &cols);
                 let src = self.loc[vec].clone().expect("a GEMM's vector is stored");
-                stages.push(Stage::Gemm { stack, transpose: true, src, dst });
+                stages.push(Stage::Gemm {
+                    stack,
+                    transpose: true,
+                    src,
+                    dst,
+                });
             }
             Op::Concat(parts) => {
                 let mut row = Size::zero();
@@ -589,8 +733,15 @@ impl<'a> Scheduler<'a> {
                     let at = dst.offset(&row);
                     match self.loc[part].clone() {
                         Some(loc) if loc == at => {}
-                        Some(src) => stages.push(Stage::Copy { src, dst: at, rows: rows.clone() }),
-                        None if matches!(self.op(part), Op::Zeros(_)) => stages.push(Stage::Zero { dst: at, rows: rows.clone() }),
+                        Some(src) => stages.push(Stage::Copy {
+                            src,
+                            dst: at,
+                            rows: rows.clone(),
+                        }),
+                        None if matches!(self.op(part), Op::Zeros(_)) => stages.push(Stage::Zero {
+                            dst: at,
+                            rows: rows.clone(),
+                        }),
                         None => unreachable!("a concatenated value is stored or placed"),
                     }
                     row = row.plus(&rows);
@@ -607,7 +758,11 @@ impl<'a> Scheduler<'a> {
                 Op::Param(p) => Operand::Param(*p),
                 Op::Zeros(_) => Operand::Lit(0.0),
                 _ if members.contains(&o) => Operand::Local(o),
-                _ => Operand::Load(self.loc[o].clone().unwrap_or_else(|| panic!("node {o} is neither local nor stored"))),
+                _ => Operand::Load(
+                    self.loc[o]
+                        .clone()
+                        .unwrap_or_else(|| panic!("node {o} is neither local nor stored")),
+                ),
             }
         };
         let mut body = Vec::new();
@@ -621,19 +776,93 @@ impl<'a> Scheduler<'a> {
             };
             body.push(KStmt::Let { id, op });
             if let Some(dst) = &self.loc[id] {
-                body.push(KStmt::Store { value: Operand::Local(id), dst: dst.clone() });
+                body.push(KStmt::Store {
+                    value: Operand::Local(id),
+                    dst: dst.clone(),
+                });
             }
         }
         for (value, target) in roots {
             let value = operand(*value);
             body.push(match target {
-                Target::Loc(dst) => KStmt::Store { value, dst: dst.clone() },
-                Target::LocOf(node) => {
-                    KStmt::Store { value, dst: self.loc[*node].clone().expect("a bridge is placed") }
-                }
+                Target::Loc(dst) => KStmt::Store {
+                    value,
+                    dst: dst.clone(),
+                },
+                Target::LocOf(node) => KStmt::Store {
+                    value,
+                    dst: self.loc[*node].clone().expect("a bridge is placed"),
+                },
                 Target::Grad(p) => KStmt::Accumulate { param: *p, value },
             });
         }
         Kernel { rows, body }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_util::compile_full;
+    use quote::quote;
+
+    fn lstm_plan() -> Plan {
+        schedule(&compile_full(quote! {
+            fn lstm(x: Input, h: State, c: State) {
+                let i = sigmoid(W_ii * x + b_ii + W_hi * h + b_hi);
+                let f = sigmoid(W_if * x + b_if + W_hf * h + b_hf);
+                let g = tanh(W_ig * x + b_ig + W_hg * h + b_hg);
+                let o = sigmoid(W_io * x + b_io + W_ho * h + b_ho);
+                c = f * c + i * g;
+                h = o * tanh(c);
+            }
+        }))
+    }
+
+    fn count(stages: &[Stage], f: impl Fn(&Stage) -> bool) -> usize {
+        stages.iter().filter(|s| f(s)).count()
+    }
+
+    #[test]
+    fn lstm_step_is_one_gemm_and_one_fused_loop() {
+        let plan = lstm_plan();
+        let gemm = |s: &Stage| matches!(s, Stage::Gemm { .. });
+        let kernel = |s: &Stage| matches!(s, Stage::Kernel(_));
+        // Before the loop: the input projection of all steps, plus the biases, fused.
+        assert_eq!(count(&plan.prepare, gemm), 1);
+        assert_eq!(count(&plan.prepare, kernel), 1);
+        // Per step forward: W_h* stacked, then all gate math in one loop.
+        assert_eq!(count(&plan.step_forward, gemm), 1);
+        assert_eq!(count(&plan.step_forward, kernel), 1);
+        // Per step backward: one loop, then the stacked transposed GEMM for dh.
+        assert_eq!(count(&plan.step_backward, gemm), 1);
+        // Weight gradients after the loop: one GEMM per matrix.
+        assert_eq!(plan.weight_grads.len(), 8);
+        assert_eq!(plan.stacks.len(), 2);
+    }
+
+    #[test]
+    fn the_step_keeps_exactly_what_backward_reads() {
+        let plan = lstm_plan();
+        let mut kept: Vec<usize> = Vec::new();
+        for stage in &plan.step_forward {
+            let Stage::Kernel(kernel) = stage else {
+                continue;
+            };
+            for stmt in &kernel.body {
+                if let KStmt::Store { dst, .. } = stmt {
+                    if plan.buffers[dst.buf].cols == Cols::Steps && !kept.contains(&dst.buf) {
+                        kept.push(dst.buf);
+                    }
+                }
+            }
+        }
+        let what: Vec<&str> = kept
+            .iter()
+            .map(|&b| plan.buffers[b].what.as_str())
+            .collect();
+        // i, f, g, o and tanh(c); the pre-activations and f * c stay loop locals.
+        assert_eq!(kept.len(), 5, "kept: {what:#?}");
+        assert!(what.contains(&"tanh(c)"), "kept: {what:#?}");
     }
 }

@@ -87,13 +87,23 @@ impl Unifier {
 pub fn infer(cx: &Ctxt, ir: &CellIr) -> Option<Shapes> {
     let graph = &ir.graph;
     let syms = &ir.syms;
-    let mut u = Unifier { parent: Vec::new(), bound: Vec::new() };
+    let mut u = Unifier {
+        parent: Vec::new(),
+        bound: Vec::new(),
+    };
     // One variable per node (unused for scalars) and per parameter dimension.
     let node_var: Vec<usize> = (0..graph.len()).map(|_| u.fresh()).collect();
     let param_var: Vec<(usize, usize)> = ir.params.iter().map(|_| (u.fresh(), u.fresh())).collect();
     let mut scalar = vec![false; graph.len()];
     let mut concats: Vec<NodeId> = Vec::new();
     let text = |id: NodeId| graph.nodes[id].text.clone();
+    // The i-th operand of a node as the user wrote it there.
+    let written = |id: NodeId, i: usize, operand: NodeId| {
+        ir.written
+            .get(&id)
+            .and_then(|w| w.get(i).cloned())
+            .unwrap_or_else(|| text(operand))
+    };
     let show = |size: &Size| size.display(syms).to_string();
     let mut failed = false;
     let mut fail = |span: Span, message: String| {
@@ -104,8 +114,12 @@ pub fn infer(cx: &Ctxt, ir: &CellIr) -> Option<Shapes> {
     for (id, node) in graph.nodes.iter().enumerate() {
         let v = node_var[id];
         match &node.op {
-            Op::Input(k) => u.bind(v, Size::symbol(ir.inputs[*k].sym)).expect("fresh variable"),
-            Op::State(k) => u.bind(v, Size::symbol(ir.states[*k].sym)).expect("fresh variable"),
+            Op::Input(k) => u
+                .bind(v, Size::symbol(ir.inputs[*k].sym))
+                .expect("fresh variable"),
+            Op::State(k) => u
+                .bind(v, Size::symbol(ir.states[*k].sym))
+                .expect("fresh variable"),
             Op::Param(p) => u.unify(v, param_var[*p].0).expect("unbound variables"),
             Op::Lit(_) => scalar[id] = true,
             Op::Call(_, a) | Op::Neg(a) => {
@@ -123,9 +137,9 @@ pub fn infer(cx: &Ctxt, ir: &CellIr) -> Option<Shapes> {
                             format!(
                                 "`{}`: `{}` has size {} but `{}` has size {}; `{}` needs equal sizes",
                                 node.text,
-                                text(*a),
+                                written(id, 0, *a),
                                 show(&sa),
-                                text(*b),
+                                written(id, 1, *b),
                                 show(&sb),
                                 op.symbol()
                             ),
@@ -137,7 +151,14 @@ pub fn infer(cx: &Ctxt, ir: &CellIr) -> Option<Shapes> {
             Op::Gemm { blocks, vec } => {
                 let (rows, cols) = param_var[blocks[0].mat];
                 if scalar[*vec] {
-                    fail(node.span, format!("`{}`: a matrix multiplies a vector, not the scalar `{}`", node.text, text(*vec)));
+                    fail(
+                        node.span,
+                        format!(
+                            "`{}`: a matrix multiplies a vector, not the scalar `{}`",
+                            node.text,
+                            written(id, 1, *vec)
+                        ),
+                    );
                 } else if let Err((sm, sv)) = u.unify(cols, node_var[*vec]) {
                     let name = &ir.params[blocks[0].mat].name;
                     fail(
@@ -146,7 +167,7 @@ pub fn infer(cx: &Ctxt, ir: &CellIr) -> Option<Shapes> {
                             "`{}`: `{name}` has {} columns but `{}` has size {}",
                             node.text,
                             show(&sm),
-                            text(*vec),
+                            written(id, 1, *vec),
                             show(&sv)
                         ),
                     );
@@ -154,8 +175,15 @@ pub fn infer(cx: &Ctxt, ir: &CellIr) -> Option<Shapes> {
                 u.unify(v, rows).expect("fresh variable");
             }
             Op::Concat(parts) => {
-                for part in parts.iter().filter(|p| scalar[**p]) {
-                    fail(node.span, format!("`{}`: cannot concatenate the scalar `{}`", node.text, text(*part)));
+                for (i, part) in parts.iter().enumerate().filter(|(_, p)| scalar[**p]) {
+                    fail(
+                        node.span,
+                        format!(
+                            "`{}`: cannot concatenate the scalar `{}`",
+                            node.text,
+                            written(id, i, *part)
+                        ),
+                    );
                 }
                 concats.push(id);
             }
@@ -164,23 +192,35 @@ pub fn infer(cx: &Ctxt, ir: &CellIr) -> Option<Shapes> {
     }
     for (k, &new) in ir.new_states.iter().enumerate() {
         let state = &ir.states[k];
-        let node = &graph.nodes[new];
+        let (span, text) = &ir.assignments[k];
         if scalar[new] {
-            fail(node.span, format!("state `{}` is assigned the scalar `{}`; a state is a vector", state.name, node.text));
+            fail(
+                *span,
+                format!(
+                    "state `{}` is assigned the scalar `{text}`; a state is a vector",
+                    state.name
+                ),
+            );
         } else if let Err(found) = u.bind(node_var[new], Size::symbol(state.sym)) {
             fail(
-                node.span,
+                *span,
                 format!(
-                    "state `{}` has size {} but is assigned `{}` of size {}",
+                    "state `{}` has size {} but is assigned `{text}` of size {}",
                     state.name,
                     syms[state.sym],
-                    node.text,
                     show(&found)
                 ),
             );
         }
     }
-    solve_concats(&mut u, &concats, graph, &node_var, &mut |span, message| fail(span, message), syms);
+    solve_concats(
+        &mut u,
+        &concats,
+        graph,
+        &node_var,
+        &mut |span, message| fail(span, message),
+        syms,
+    );
     if failed {
         return None;
     }
@@ -195,7 +235,13 @@ pub fn infer(cx: &Ctxt, ir: &CellIr) -> Option<Shapes> {
         match u.get(node_var[id]) {
             Some(size) => nodes.push(Some(size)),
             None => {
-                cx.error_at(node.span, format!("cannot infer the size of `{}`; nothing in the equations determines it", node.text));
+                cx.error_at(
+                    node.span,
+                    format!(
+                        "cannot infer the size of `{}`; nothing in the equations determines it",
+                        node.text
+                    ),
+                );
                 return None;
             }
         }
@@ -204,11 +250,21 @@ pub fn infer(cx: &Ctxt, ir: &CellIr) -> Option<Shapes> {
     for (p, decl) in ir.params.iter().enumerate() {
         let (rows, cols) = param_var[p];
         let rows = u.get(rows);
-        let cols = if decl.is_matrix { u.get(cols).map(Some) } else { Some(None) };
+        let cols = if decl.is_matrix {
+            u.get(cols).map(Some)
+        } else {
+            Some(None)
+        };
         match (rows, cols) {
             (Some(rows), Some(cols)) => params.push((rows, cols)),
             _ => {
-                cx.error_at(decl.span, format!("cannot infer the shape of `{}`; nothing in the equations determines it", decl.name));
+                cx.error_at(
+                    decl.span,
+                    format!(
+                        "cannot infer the shape of `{}`; nothing in the equations determines it",
+                        decl.name
+                    ),
+                );
                 return None;
             }
         }
@@ -277,7 +333,12 @@ fn solve_concats(
 
 /// The size of `op`'s result from the sizes of its operands: how every pass after
 /// inference keeps `Shapes` up to date as it adds nodes.
-pub fn propagate(ir: &CellIr, params: &[(Size, Option<Size>)], nodes: &[Option<Size>], op: &Op) -> Option<Size> {
+pub fn propagate(
+    ir: &CellIr,
+    params: &[(Size, Option<Size>)],
+    nodes: &[Option<Size>],
+    op: &Op,
+) -> Option<Size> {
     let block_cols = |b: &crate::ir::Block| match &b.cols {
         Some((_, len)) => len.clone(),
         None => params[b.mat].1.clone().expect("a matrix parameter"),
@@ -289,9 +350,15 @@ pub fn propagate(ir: &CellIr, params: &[(Size, Option<Size>)], nodes: &[Option<S
         Op::Lit(_) => None,
         Op::Call(_, a) | Op::Neg(a) | Op::Deriv(_, a) | Op::Bridge(a) => nodes[*a].clone(),
         Op::Bin(_, a, b) => nodes[*a].clone().or_else(|| nodes[*b].clone()),
-        Op::Gemm { blocks, .. } => Some(blocks.iter().fold(Size::zero(), |acc, b| acc.plus(&params[b.mat].0))),
+        Op::Gemm { blocks, .. } => Some(
+            blocks
+                .iter()
+                .fold(Size::zero(), |acc, b| acc.plus(&params[b.mat].0)),
+        ),
         Op::GemmT { blocks, .. } => Some(block_cols(&blocks[0])),
-        Op::Concat(parts) => Some(parts.iter().fold(Size::zero(), |acc, p| acc.plus(nodes[*p].as_ref().expect("vector part")))),
+        Op::Concat(parts) => Some(parts.iter().fold(Size::zero(), |acc, p| {
+            acc.plus(nodes[*p].as_ref().expect("vector part"))
+        })),
         Op::Slice { len, .. } => Some(len.clone()),
         Op::Zeros(size) => Some(size.clone()),
     }
@@ -306,5 +373,96 @@ impl Shapes {
             self.nodes.push(size);
         }
         id
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use quote::quote;
+
+    fn infer_cell(item: proc_macro2::TokenStream) -> Result<(CellIr, Shapes), Vec<String>> {
+        let cx = Ctxt::new();
+        let cell = crate::parse::parse(&cx, quote!(), item).unwrap();
+        crate::validate::validate(&cx, &cell);
+        let ir = crate::ir::build(&cell);
+        let shapes = infer(&cx, &ir);
+        match cx.check() {
+            Ok(()) => Ok((ir, shapes.unwrap())),
+            Err(e) => Err(e.into_iter().map(|e| e.to_string()).collect()),
+        }
+    }
+
+    fn param_shape(ir: &CellIr, shapes: &Shapes, name: &str) -> String {
+        let p = ir.params.iter().position(|p| p.name == name).unwrap();
+        let (rows, cols) = &shapes.params[p];
+        match cols {
+            Some(cols) => format!("({}, {})", rows.display(&ir.syms), cols.display(&ir.syms)),
+            None => format!("{}", rows.display(&ir.syms)),
+        }
+    }
+
+    #[test]
+    fn infers_matrix_and_vector_shapes() {
+        let (ir, shapes) = infer_cell(quote! {
+            fn cell(x: Input, e: Input<E>, h: State<P>, c: State) {
+                let g = tanh(W * [c, x] + V * e + b);
+                c = g * c + p * tanh(U * h);
+                h = R * c + q;
+            }
+        })
+        .unwrap();
+        assert_eq!(param_shape(&ir, &shapes, "W"), "(H, I + H)");
+        assert_eq!(param_shape(&ir, &shapes, "V"), "(H, E)");
+        assert_eq!(param_shape(&ir, &shapes, "b"), "H");
+        assert_eq!(param_shape(&ir, &shapes, "U"), "(H, P)");
+        assert_eq!(param_shape(&ir, &shapes, "R"), "(P, H)");
+        assert_eq!(param_shape(&ir, &shapes, "q"), "P");
+    }
+
+    #[test]
+    fn a_concatenation_part_is_inferred_from_the_total() {
+        let (ir, shapes) = infer_cell(quote! {
+            fn cell(x: Input, h: State) {
+                h = tanh(W * [h, x] + W * [a, x]);
+            }
+        })
+        .unwrap();
+        assert_eq!(param_shape(&ir, &shapes, "a"), "H");
+        // Here nothing fixes `M`'s columns, so `a` could have any size.
+        let errors = infer_cell(quote! {
+            fn cell(x: Input, h: State) {
+                h = tanh(W * [h, x] + M * [a, h]);
+            }
+        })
+        .map(|_| ())
+        .unwrap_err();
+        assert!(
+            errors.iter().any(|e| e.contains("cannot infer")),
+            "{errors:?}"
+        );
+    }
+
+    #[test]
+    fn conflicts_name_both_sizes() {
+        let errors = infer_cell(quote! {
+            fn cell(x: Input, h: State<P>, c: State) {
+                let f = sigmoid(W * x) * c;
+                c = f * x;
+                h = c;
+            }
+        })
+        .map(|_| ())
+        .unwrap_err();
+        let all = errors.join("\n");
+        assert!(
+            all.contains("`f * x`: `f` has size H but `x` has size I"),
+            "{all}"
+        );
+        assert!(
+            all.contains("state `h` has size P but is assigned `c` of size H"),
+            "{all}"
+        );
+        assert!(!all.contains("state `c`"), "one mistake, one error: {all}");
     }
 }

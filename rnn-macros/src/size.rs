@@ -54,7 +54,10 @@ impl Size {
     /// The value for concrete symbol values.
     #[cfg(test)]
     pub fn eval(&self, dims: &[usize]) -> usize {
-        self.0.iter().map(|(sym, coef)| dims[*sym] * *coef as usize).sum()
+        self.0
+            .iter()
+            .map(|(sym, coef)| dims[*sym] * *coef as usize)
+            .sum()
     }
 
     /// `H + I` with the cell's symbol names.
@@ -109,7 +112,11 @@ impl fmt::Display for SizeDisplay<'_> {
 
 impl fmt::Debug for Size {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let terms: Vec<String> = self.0.iter().map(|(sym, coef)| format!("{coef}*s{sym}")).collect();
+        let terms: Vec<String> = self
+            .0
+            .iter()
+            .map(|(sym, coef)| format!("{coef}*s{sym}"))
+            .collect();
         write!(f, "Size({})", terms.join(" + "))
     }
 }

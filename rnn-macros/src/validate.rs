@@ -40,14 +40,29 @@ pub fn validate(cx: &Ctxt, cell: &CellAst) {
         }
     }
     if inputs == 0 {
-        cx.error_spanned_by(&cell.name, "a cell needs at least one input, as in `x: Input`");
+        cx.error_spanned_by(
+            &cell.name,
+            "a cell needs at least one input, as in `x: Input`",
+        );
     }
     if states == 0 {
-        cx.error_spanned_by(&cell.name, "a cell needs at least one state, as in `h: State`");
+        cx.error_spanned_by(
+            &cell.name,
+            "a cell needs at least one state, as in `h: State`",
+        );
     }
     if let Some(output) = &cell.output {
-        if args.get(&output.to_string()).is_none_or(|b| !matches!(b, Binding::State(_))) {
-            cx.error_spanned_by(output, format!("`output = {output}` does not name a state of `{}`", cell.name));
+        if args
+            .get(&output.to_string())
+            .is_none_or(|b| !matches!(b, Binding::State(_)))
+        {
+            cx.error_spanned_by(
+                output,
+                format!(
+                    "`output = {output}` does not name a state of `{}`",
+                    cell.name
+                ),
+            );
         }
     }
 
@@ -66,7 +81,10 @@ pub fn validate(cx: &Ctxt, cell: &CellAst) {
         match stmt {
             Stmt::Let { .. } => {
                 if args.contains_key(&key) {
-                    cx.error_spanned_by(name, format!("`let {name}` shadows the argument `{name}`"));
+                    cx.error_spanned_by(
+                        name,
+                        format!("`let {name}` shadows the argument `{name}`"),
+                    );
                 } else if !locals.insert(key) {
                     cx.error_spanned_by(name, format!("gate `{name}` is defined twice"));
                 }
@@ -74,20 +92,38 @@ pub fn validate(cx: &Ctxt, cell: &CellAst) {
             Stmt::Assign { .. } => match args.get(&key) {
                 Some(Binding::State(_)) => {
                     if assigned.insert(key, name.clone()).is_some() {
-                        cx.error_spanned_by(name, format!("state `{name}` is assigned twice; each state is assigned once"));
+                        cx.error_spanned_by(
+                            name,
+                            format!(
+                                "state `{name}` is assigned twice; each state is assigned once"
+                            ),
+                        );
                     }
                 }
-                Some(_) => cx.error_spanned_by(name, format!("cannot assign to input `{name}`; only states are assigned")),
-                None if locals.contains(&key) => {
-                    cx.error_spanned_by(name, format!("cannot assign to gate `{name}`; only states are assigned"))
-                }
-                None => cx.error_spanned_by(name, format!("cannot assign to `{name}`: it is not a state of the cell")),
+                Some(_) => cx.error_spanned_by(
+                    name,
+                    format!("cannot assign to input `{name}`; only states are assigned"),
+                ),
+                None if locals.contains(&key) => cx.error_spanned_by(
+                    name,
+                    format!("cannot assign to gate `{name}`; only states are assigned"),
+                ),
+                None => cx.error_spanned_by(
+                    name,
+                    format!("cannot assign to `{name}`: it is not a state of the cell"),
+                ),
             },
         }
     }
     for arg in cell.args.iter().filter(|arg| arg.kind == ArgKind::State) {
         if !assigned.contains_key(&arg.name.to_string()) {
-            cx.error_spanned_by(&arg.name, format!("state `{}` is never assigned; write `{} = ...;`", arg.name, arg.name));
+            cx.error_spanned_by(
+                &arg.name,
+                format!(
+                    "state `{}` is never assigned; write `{} = ...;`",
+                    arg.name, arg.name
+                ),
+            );
         }
     }
     check_dead_gates(cx, cell);
@@ -120,11 +156,11 @@ fn check_expr(
         Expr::Neg(inner, _) => recurse(inner),
         Expr::Binary(op, lhs, rhs, _) => {
             let lhs_matrix = matrix_param(lhs, args, locals, defined_later);
-            if *op == BinOp::Mul && lhs_matrix.is_some() {
+            if let (BinOp::Mul, Some(lhs_matrix)) = (op, lhs_matrix) {
                 if let Some(rhs_matrix) = matrix_param(rhs, args, locals, defined_later) {
                     cx.error_spanned_by(
                         rhs_matrix,
-                        format!("product of two matrices `{}` and `{rhs_matrix}`; a matrix multiplies a vector", lhs_matrix.unwrap()),
+                        format!("product of two matrices `{lhs_matrix}` and `{rhs_matrix}`; a matrix multiplies a vector"),
                     );
                 } else {
                     recurse(rhs);
@@ -145,15 +181,23 @@ fn check_expr(
             match Func::from_name(&name.to_string()) {
                 Some(func) if call_args.len() != 1 => cx.error_spanned_by(
                     name,
-                    format!("`{}` takes 1 argument but {} were given", func.name(), call_args.len()),
+                    format!(
+                        "`{}` takes 1 argument but {} were given",
+                        func.name(),
+                        call_args.len()
+                    ),
                 ),
                 Some(_) => {}
                 None => {
-                    let hint = func::closest(&name.to_string())
-                        .map_or(String::new(), |f| format!(" (did you mean `{}`?)", f.name()));
+                    let hint = func::closest(&name.to_string()).map_or(String::new(), |f| {
+                        format!(" (did you mean `{}`?)", f.name())
+                    });
                     cx.error_spanned_by(
                         name,
-                        format!("unknown function `{name}`{hint}; expected one of {}", func::known_names()),
+                        format!(
+                            "unknown function `{name}`{hint}; expected one of {}",
+                            func::known_names()
+                        ),
                     );
                 }
             }
@@ -173,7 +217,9 @@ fn matrix_param<'a>(
     match expr {
         Expr::Ident(ident) => {
             let name = ident.to_string();
-            let is_param = !args.contains_key(&name) && !locals.contains(&name) && !defined_later.contains(&name);
+            let is_param = !args.contains_key(&name)
+                && !locals.contains(&name)
+                && !defined_later.contains(&name);
             (is_param && is_matrix_name(&name)).then_some(ident)
         }
         _ => None,
@@ -192,7 +238,10 @@ fn check_dead_gates(cx: &Ctxt, cell: &CellAst) {
             collect_idents(stmt.value(), &mut live);
         } else {
             let name = stmt.name();
-            cx.error_spanned_by(name, format!("gate `{name}` is computed but never reaches a state"));
+            cx.error_spanned_by(
+                name,
+                format!("gate `{name}` is computed but never reaches a state"),
+            );
         }
     }
 }
@@ -208,7 +257,9 @@ fn collect_idents(expr: &Expr, out: &mut HashSet<String>) {
             collect_idents(lhs, out);
             collect_idents(rhs, out);
         }
-        Expr::Call(_, args, _) | Expr::Concat(args, _) => args.iter().for_each(|a| collect_idents(a, out)),
+        Expr::Call(_, args, _) | Expr::Concat(args, _) => {
+            args.iter().for_each(|a| collect_idents(a, out))
+        }
     }
 }
 
@@ -255,9 +306,18 @@ mod tests {
             }
         });
         let joined = errs.join("\n");
-        assert!(joined.contains("unknown function `sigmod` (did you mean `sigmoid`?)"), "{joined}");
-        assert!(joined.contains("gate `dead` is computed but never reaches a state"), "{joined}");
-        assert!(joined.contains("gate `later` is used before it is defined"), "{joined}");
+        assert!(
+            joined.contains("unknown function `sigmod` (did you mean `sigmoid`?)"),
+            "{joined}"
+        );
+        assert!(
+            joined.contains("gate `dead` is computed but never reaches a state"),
+            "{joined}"
+        );
+        assert!(
+            joined.contains("gate `later` is used before it is defined"),
+            "{joined}"
+        );
         assert!(joined.contains("state `h` is assigned twice"), "{joined}");
         assert!(joined.contains("state `c` is never assigned"), "{joined}");
     }
@@ -271,7 +331,10 @@ mod tests {
         });
         let joined = errs.join("\n");
         assert!(joined.contains("matrix `W` used with `+`"), "{joined}");
-        assert!(joined.contains("product of two matrices `U` and `V`"), "{joined}");
+        assert!(
+            joined.contains("product of two matrices `U` and `V`"),
+            "{joined}"
+        );
         assert!(joined.contains("matrix `W2` used as a vector"), "{joined}");
     }
 }

@@ -23,6 +23,7 @@ pub trait Cell<T: Scalar>: Parameters<T> + Clone + Send + Sync + Sized {
     /// A cell with the given sizes, its parameters drawn from `init`.
     fn with_dims(dims: &[usize], init: &Init, rng: &mut Rng) -> Result<Self>;
 
+    /// Gradients of the right shapes, all zero.
     fn zero_grads(&self) -> Self::Grads;
 
     /// The buffers the generated code uses, in its numbering.
@@ -64,10 +65,13 @@ pub struct CellSpec {
     pub name: &'static str,
     /// `I`, `H`, then any annotated size (`P` of `State<P>`).
     pub size_symbols: &'static [&'static str],
+    /// The inputs, in argument order.
     pub inputs: &'static [VarSpec],
+    /// The states, in argument order.
     pub states: &'static [VarSpec],
     /// The index of the state that is the output.
     pub output: usize,
+    /// The parameters, in order of first appearance in the equations.
     pub params: &'static [ParamSpec],
     /// The equations as written.
     pub equations: &'static [&'static str],
@@ -78,15 +82,20 @@ pub struct CellSpec {
 /// An input or a state: its name and the index of its size symbol.
 #[derive(Debug)]
 pub struct VarSpec {
+    /// The argument's name.
     pub name: &'static str,
+    /// Its size symbol, an index into `CellSpec::size_symbols`.
     pub size: usize,
 }
 
 /// A parameter: its name and shape; `cols` is `None` for a vector.
 #[derive(Debug)]
 pub struct ParamSpec {
+    /// The name in the equations.
     pub name: &'static str,
+    /// Rows (a vector's length).
     pub rows: SizeSpec,
+    /// Columns; `None` for a vector.
     pub cols: Option<SizeSpec>,
 }
 
@@ -95,6 +104,7 @@ pub struct ParamSpec {
 pub struct SizeSpec(pub &'static [(usize, usize)]);
 
 impl SizeSpec {
+    /// The size for the given values of the size symbols.
     pub fn eval(&self, dims: &[usize]) -> usize {
         self.0.iter().map(|(sym, coef)| dims[*sym] * coef).sum()
     }
@@ -120,12 +130,15 @@ pub struct TapeRoles {
 /// One buffer of the tape.
 #[derive(Clone, Debug)]
 pub struct BufferSpec {
+    /// Rows: the leading dimension.
     pub rows: usize,
+    /// How many columns.
     pub cols: BufferCols,
     /// What it holds, for messages.
     pub what: &'static str,
 }
 
+/// How many columns a tape buffer has.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum BufferCols {
     /// A column per (step, sequence).

@@ -10,17 +10,23 @@ pub struct Error {
 }
 
 impl Error {
+    /// An error with this message.
     pub fn new(message: impl Into<String>) -> Error {
-        Error { message: message.into() }
+        Error {
+            message: message.into(),
+        }
     }
 
+    /// What went wrong.
     pub fn message(&self) -> &str {
         &self.message
     }
 
     /// The same error with what was being done in front: "loading `x.safetensors`: ...".
     pub fn context(self, what: impl fmt::Display) -> Error {
-        Error { message: format!("{what}: {}", self.message) }
+        Error {
+            message: format!("{what}: {}", self.message),
+        }
     }
 }
 
@@ -38,6 +44,7 @@ impl From<std::io::Error> for Error {
     }
 }
 
+/// The library's `Result`.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Returns an `Err` with a formatted message unless the condition holds.

@@ -14,25 +14,53 @@ use crate::{Cell, Init, Parameters, Result, Rng};
 /// gradient path is exercised. The error of an element is
 /// `|analytic - numeric| / max(1, |analytic|, |numeric|)`: relative for large
 /// gradients, absolute for small ones, where finite differences carry no more digits.
-pub fn gradcheck<C: Cell<f64>>(dims: &[usize], batch: usize, seq_len: usize, seed: u64) -> Result<f64> {
-    gradcheck_steps::<C>(dims, &Steps::full(seq_len, batch)?, Direction::Forward, seed)
+pub fn gradcheck<C: Cell<f64>>(
+    dims: &[usize],
+    batch: usize,
+    seq_len: usize,
+    seed: u64,
+) -> Result<f64> {
+    gradcheck_steps::<C>(
+        dims,
+        &Steps::full(seq_len, batch)?,
+        Direction::Forward,
+        seed,
+    )
 }
 
 /// [`gradcheck`] over any batch layout (variable lengths) and direction.
-pub fn gradcheck_steps<C: Cell<f64>>(dims: &[usize], steps: &Steps, direction: Direction, seed: u64) -> Result<f64> {
+pub fn gradcheck_steps<C: Cell<f64>>(
+    dims: &[usize],
+    steps: &Steps,
+    direction: Direction,
+    seed: u64,
+) -> Result<f64> {
     let mut rng = Rng::seed(seed);
     let hidden = dims.get(1).copied().unwrap_or(1);
     let mut cell = C::with_dims(dims, &Init::pytorch_default(hidden), &mut rng)?;
-    let mut random = |rows: usize, cols: usize| DMatrix::from_fn(rows, cols, |_, _| rng.range(-1.0, 1.0));
-    let inputs: Vec<DMatrix<f64>> = (0..C::SPEC.inputs.len()).map(|k| random(cell.input_size(k), steps.columns())).collect();
-    let states: Vec<DMatrix<f64>> = (0..C::SPEC.states.len()).map(|k| random(cell.state_size(k), steps.batch())).collect();
+    let mut random =
+        |rows: usize, cols: usize| DMatrix::from_fn(rows, cols, |_, _| rng.range(-1.0, 1.0));
+    let inputs: Vec<DMatrix<f64>> = (0..C::SPEC.inputs.len())
+        .map(|k| random(cell.input_size(k), steps.columns()))
+        .collect();
+    let states: Vec<DMatrix<f64>> = (0..C::SPEC.states.len())
+        .map(|k| random(cell.state_size(k), steps.batch()))
+        .collect();
     let w_output = random(cell.output_size(), steps.columns());
-    let w_final: Vec<DMatrix<f64>> = states.iter().map(|s| random(s.nrows(), s.ncols())).collect();
+    let w_final: Vec<DMatrix<f64>> = states
+        .iter()
+        .map(|s| random(s.nrows(), s.ncols()))
+        .collect();
 
     let loss = |cell: &C, inputs: &[DMatrix<f64>], states: &[DMatrix<f64>]| -> Result<f64> {
         let refs: Vec<&DMatrix<f64>> = inputs.iter().collect();
         let run = forward(cell, steps, &refs, Some(states), direction)?;
-        let finals: f64 = run.final_states.iter().zip(&w_final).map(|(s, w)| s.dot(w)).sum();
+        let finals: f64 = run
+            .final_states
+            .iter()
+            .zip(&w_final)
+            .map(|(s, w)| s.dot(w))
+            .sum();
         Ok(run.output.dot(&w_output) + finals)
     };
 
@@ -49,10 +77,15 @@ pub fn gradcheck_steps<C: Cell<f64>>(dims: &[usize], steps: &Steps, direction: D
         worst = worst.max(error);
     };
 
-    let analytic_params: Vec<Vec<f64>> = grads.params.parameters().iter().map(|p| p.values.to_vec()).collect();
+    let analytic_params: Vec<Vec<f64>> = grads
+        .params
+        .parameters()
+        .iter()
+        .map(|p| p.values.to_vec())
+        .collect();
     for (p, analytic) in analytic_params.iter().enumerate() {
         for (i, a) in analytic.iter().enumerate() {
-            let mut at = |delta: f64, cell: &mut C| cell.parameters_mut()[p].values[i] += delta;
+            let at = |delta: f64, cell: &mut C| cell.parameters_mut()[p].values[i] += delta;
             at(eps, &mut cell);
             let plus = loss(&cell, &inputs, &states)?;
             at(-2.0 * eps, &mut cell);

@@ -80,7 +80,9 @@ mod tape;
 pub use nalgebra;
 pub use rnn_macros::recurrent;
 
-pub use crate::cell::{BufferCols, BufferSpec, Cell, CellSpec, ParamSpec, SizeSpec, TapeRoles, VarSpec};
+pub use crate::cell::{
+    BufferCols, BufferSpec, Cell, CellSpec, ParamSpec, SizeSpec, TapeRoles, VarSpec,
+};
 pub use crate::error::{Error, Result};
 pub use crate::gradcheck::{gradcheck, gradcheck_steps};
 pub use crate::optim::{Adam, Optimizer};
@@ -90,12 +92,18 @@ pub use crate::scalar::Scalar;
 pub use crate::sequence::{forward, Direction, SequenceGrads, Steps, Trajectory};
 pub use crate::tape::Tape;
 
+/// The README's example, compiled and run with the doctests.
+#[doc = include_str!("../../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
+
 /// What a cell declaration and its training need in scope.
 pub mod prelude {
     pub use crate::cells::{GruCell, LstmCell, RnnReluCell, RnnTanhCell};
     pub use crate::loss::{mse_loss, Reduction};
     pub use crate::nalgebra::{DMatrix, DVector};
     pub use crate::{
-        forward, gradcheck, recurrent, Adam, Cell, Direction, Error, Init, Optimizer, Parameters, Rng, Scalar, Steps,
+        forward, gradcheck, recurrent, Adam, Cell, Direction, Error, Init, Optimizer, Parameters,
+        Rng, Scalar, Steps,
     };
 }

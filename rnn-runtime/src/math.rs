@@ -4,6 +4,7 @@
 
 use crate::Scalar;
 
+/// σ(x) = 1 / (1 + e⁻ˣ).
 #[inline(always)]
 pub fn sigmoid<T: Scalar>(x: T) -> T {
     T::one() / (T::one() + (-x).exp())
@@ -15,6 +16,7 @@ pub fn sigmoid_deriv<T: Scalar>(y: T) -> T {
     y * (T::one() - y)
 }
 
+/// tanh(x).
 #[inline(always)]
 pub fn tanh<T: Scalar>(x: T) -> T {
     x.tanh()
@@ -26,6 +28,7 @@ pub fn tanh_deriv<T: Scalar>(y: T) -> T {
     T::one() - y * y
 }
 
+/// max(x, 0).
 #[inline(always)]
 pub fn relu<T: Scalar>(x: T) -> T {
     if x > T::zero() {
@@ -45,6 +48,7 @@ pub fn relu_deriv<T: Scalar>(y: T) -> T {
     }
 }
 
+/// eˣ.
 #[inline(always)]
 pub fn exp<T: Scalar>(x: T) -> T {
     x.exp()
@@ -69,11 +73,13 @@ pub fn softplus_deriv<T: Scalar>(x: T) -> T {
     sigmoid(x)
 }
 
+/// x.
 #[inline(always)]
 pub fn identity<T: Scalar>(x: T) -> T {
     x
 }
 
+/// 1.
 #[inline(always)]
 pub fn identity_deriv<T: Scalar>(_y: T) -> T {
     T::one()

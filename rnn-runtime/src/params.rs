@@ -3,7 +3,9 @@
 
 /// A parameter's values (column-major) under its name.
 pub struct ParamRef<'a, T> {
+    /// The name, prefixed by the parts that contain it.
     pub name: String,
+    /// The values, column-major.
     pub values: &'a [T],
     /// (rows, cols); a vector is (len, 1).
     pub shape: (usize, usize),
@@ -11,20 +13,33 @@ pub struct ParamRef<'a, T> {
 
 /// A parameter's values, to be changed.
 pub struct ParamMut<'a, T> {
+    /// The name, prefixed by the parts that contain it.
     pub name: String,
+    /// The values, column-major.
     pub values: &'a mut [T],
+    /// (rows, cols); a vector is (len, 1).
     pub shape: (usize, usize),
 }
 
 impl<'a, T> ParamRef<'a, T> {
+    /// A named view of a parameter.
     pub fn new(name: impl Into<String>, values: &'a [T], shape: (usize, usize)) -> Self {
-        ParamRef { name: name.into(), values, shape }
+        ParamRef {
+            name: name.into(),
+            values,
+            shape,
+        }
     }
 }
 
 impl<'a, T> ParamMut<'a, T> {
+    /// A named, mutable view of a parameter.
     pub fn new(name: impl Into<String>, values: &'a mut [T], shape: (usize, usize)) -> Self {
-        ParamMut { name: name.into(), values, shape }
+        ParamMut {
+            name: name.into(),
+            values,
+            shape,
+        }
     }
 }
 
@@ -33,7 +48,9 @@ impl<'a, T> ParamMut<'a, T> {
 /// A model composed of parts lists its parts' parameters with a prefix each (see
 /// [`prefixed`]), so names stay unique: `encoder.W_ii`, `decoder.weight`.
 pub trait Parameters<T> {
+    /// Every parameter, by name.
     fn parameters(&self) -> Vec<ParamRef<'_, T>>;
+    /// Every parameter, by name, to be changed.
     fn parameters_mut(&mut self) -> Vec<ParamMut<'_, T>>;
 
     /// The number of scalars in all parameters.
@@ -44,12 +61,24 @@ pub trait Parameters<T> {
 
 /// A part's parameters renamed `prefix.name`.
 pub fn prefixed<'a, T>(prefix: &str, params: Vec<ParamRef<'a, T>>) -> Vec<ParamRef<'a, T>> {
-    params.into_iter().map(|p| ParamRef { name: format!("{prefix}.{}", p.name), ..p }).collect()
+    params
+        .into_iter()
+        .map(|p| ParamRef {
+            name: format!("{prefix}.{}", p.name),
+            ..p
+        })
+        .collect()
 }
 
 /// A part's parameters renamed `prefix.name`, to be changed.
 pub fn prefixed_mut<'a, T>(prefix: &str, params: Vec<ParamMut<'a, T>>) -> Vec<ParamMut<'a, T>> {
-    params.into_iter().map(|p| ParamMut { name: format!("{prefix}.{}", p.name), ..p }).collect()
+    params
+        .into_iter()
+        .map(|p| ParamMut {
+            name: format!("{prefix}.{}", p.name),
+            ..p
+        })
+        .collect()
 }
 
 /// Each parameter with its gradient, paired by name; an error if the two sets differ
@@ -63,7 +92,10 @@ pub fn pair_with_grads<'p, 'g, T>(
     let mut pairs = Vec::with_capacity(params.len());
     for param in params {
         let Some(grad) = grads.remove(&param.name) else {
-            return Err(crate::Error::new(format!("no gradient for parameter `{}`", param.name)));
+            return Err(crate::Error::new(format!(
+                "no gradient for parameter `{}`",
+                param.name
+            )));
         };
         crate::ensure!(
             grad.shape == param.shape,
@@ -75,7 +107,9 @@ pub fn pair_with_grads<'p, 'g, T>(
         pairs.push((param, grad.values));
     }
     if let Some(extra) = grads.keys().next() {
-        return Err(crate::Error::new(format!("gradient `{extra}` belongs to no parameter")));
+        return Err(crate::Error::new(format!(
+            "gradient `{extra}` belongs to no parameter"
+        )));
     }
     Ok(pairs)
 }

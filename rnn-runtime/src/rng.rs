@@ -8,6 +8,7 @@ pub struct Rng {
 }
 
 impl Rng {
+    /// A generator whose stream is fixed by `seed`.
     pub fn seed(seed: u64) -> Rng {
         let mut z = seed;
         let mut next = || {
@@ -17,9 +18,12 @@ impl Rng {
             x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
             x ^ (x >> 31)
         };
-        Rng { s: [next(), next(), next(), next()] }
+        Rng {
+            s: [next(), next(), next(), next()],
+        }
     }
 
+    /// 64 random bits.
     pub fn next_u64(&mut self) -> u64 {
         let result = self.s[1].wrapping_mul(5).rotate_left(7).wrapping_mul(9);
         let t = self.s[1] << 17;
@@ -66,8 +70,10 @@ impl Rng {
 #[derive(Clone, Debug, PartialEq)]
 pub enum Init {
     /// U(low, high).
+    #[allow(missing_docs)]
     Uniform { low: f64, high: f64 },
     /// N(mean, std²).
+    #[allow(missing_docs)]
     Normal { mean: f64, std: f64 },
     /// Every parameter the same value.
     Constant(f64),
@@ -76,10 +82,18 @@ pub enum Init {
 impl Init {
     /// PyTorch's default for recurrent layers: U(-1/√H, 1/√H).
     pub fn pytorch_default(hidden_size: usize) -> Init {
-        let bound = if hidden_size == 0 { 0.0 } else { 1.0 / (hidden_size as f64).sqrt() };
-        Init::Uniform { low: -bound, high: bound }
+        let bound = if hidden_size == 0 {
+            0.0
+        } else {
+            1.0 / (hidden_size as f64).sqrt()
+        };
+        Init::Uniform {
+            low: -bound,
+            high: bound,
+        }
     }
 
+    /// One value.
     pub fn draw<T: crate::Scalar>(&self, rng: &mut Rng) -> T {
         T::of(match *self {
             Init::Uniform { low, high } => rng.range(low, high),

@@ -7,6 +7,7 @@ pub trait Scalar: RealField + Copy + Send + Sync + Default + 'static {
     /// Converts a literal of the equations or a hyper-parameter.
     fn of(value: f64) -> Self;
 
+    /// The value as an f64.
     fn as_f64(self) -> f64;
 
     /// `C = alpha * A * B + beta * C` over raw strided memory (matrixmultiply's kernels).
@@ -81,12 +82,24 @@ impl Strided {
     /// Columns `col0..col0 + cols` and rows `row0..row0 + rows` of a column-major buffer
     /// with leading dimension `ld`.
     pub fn column_major(ld: usize, row0: usize, col0: usize, rows: usize, cols: usize) -> Strided {
-        Strided { offset: col0 * ld + row0, rows, cols, row_stride: 1, col_stride: ld }
+        Strided {
+            offset: col0 * ld + row0,
+            rows,
+            cols,
+            row_stride: 1,
+            col_stride: ld,
+        }
     }
 
     /// The same memory read as the transpose.
     pub fn t(self) -> Strided {
-        Strided { rows: self.cols, cols: self.rows, row_stride: self.col_stride, col_stride: self.row_stride, ..self }
+        Strided {
+            rows: self.cols,
+            cols: self.rows,
+            row_stride: self.col_stride,
+            col_stride: self.row_stride,
+            ..self
+        }
     }
 
     fn last_index(&self) -> usize {
@@ -99,8 +112,19 @@ impl Strided {
 }
 
 /// `C = A * B + beta * C` on strided views, with their extents checked.
-pub fn gemm<T: Scalar>(a: &[T], av: Strided, b: &[T], bv: Strided, beta: T, c: &mut [T], cv: Strided) {
-    assert!(av.rows == cv.rows && bv.cols == cv.cols && av.cols == bv.rows, "gemm: mismatched views {av:?} {bv:?} {cv:?}");
+pub fn gemm<T: Scalar>(
+    a: &[T],
+    av: Strided,
+    b: &[T],
+    bv: Strided,
+    beta: T,
+    c: &mut [T],
+    cv: Strided,
+) {
+    assert!(
+        av.rows == cv.rows && bv.cols == cv.cols && av.cols == bv.rows,
+        "gemm: mismatched views {av:?} {bv:?} {cv:?}"
+    );
     if cv.rows == 0 || cv.cols == 0 {
         return;
     }
@@ -109,12 +133,19 @@ pub fn gemm<T: Scalar>(a: &[T], av: Strided, b: &[T], bv: Strided, beta: T, c: &
         for j in 0..cv.cols {
             for i in 0..cv.rows {
                 let at = cv.offset + i * cv.row_stride + j * cv.col_stride;
-                c[at] = if beta == T::zero() { T::zero() } else { beta * c[at] };
+                c[at] = if beta == T::zero() {
+                    T::zero()
+                } else {
+                    beta * c[at]
+                };
             }
         }
         return;
     }
-    assert!(av.last_index() < a.len() && bv.last_index() < b.len() && cv.last_index() < c.len(), "gemm: view out of bounds");
+    assert!(
+        av.last_index() < a.len() && bv.last_index() < b.len() && cv.last_index() < c.len(),
+        "gemm: view out of bounds"
+    );
     // SAFETY: every view's last element is in bounds (checked above), and `c` is a
     // unique borrow, so it aliases neither `a` nor `b`.
     unsafe {

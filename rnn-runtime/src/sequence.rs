@@ -21,7 +21,10 @@ pub struct Steps {
 impl Steps {
     /// `batch` sequences of `seq_len` steps each.
     pub fn full(seq_len: usize, batch: usize) -> Result<Steps> {
-        ensure!(batch > 0, "empty batch: a batch needs at least one sequence");
+        ensure!(
+            batch > 0,
+            "empty batch: a batch needs at least one sequence"
+        );
         ensure!(seq_len > 0, "empty sequences: the sequence length is 0");
         Steps::from_batch_sizes(vec![batch; seq_len])
     }
@@ -29,7 +32,10 @@ impl Steps {
     /// From PyTorch's `batch_sizes`: how many sequences are still running at each step
     /// (positive, never increasing).
     pub fn from_batch_sizes(batch_sizes: Vec<usize>) -> Result<Steps> {
-        ensure!(!batch_sizes.is_empty(), "empty sequences: `batch_sizes` is empty");
+        ensure!(
+            !batch_sizes.is_empty(),
+            "empty sequences: `batch_sizes` is empty"
+        );
         ensure!(batch_sizes[0] > 0, "empty batch: `batch_sizes[0]` is 0");
         for (t, pair) in batch_sizes.windows(2).enumerate() {
             ensure!(
@@ -46,17 +52,33 @@ impl Steps {
             offsets.push(columns);
             columns += n;
         }
-        Ok(Steps { batch_sizes, offsets, columns })
+        Ok(Steps {
+            batch_sizes,
+            offsets,
+            columns,
+        })
     }
 
     /// From each sequence's length, longest first.
     pub fn from_sorted_lengths(lengths: &[usize]) -> Result<Steps> {
         ensure!(!lengths.is_empty(), "empty batch: no lengths given");
         for (b, pair) in lengths.windows(2).enumerate() {
-            ensure!(pair[1] <= pair[0], "lengths must be sorted longest first, but sequence {} has length {} after {}", b + 1, pair[1], pair[0]);
+            ensure!(
+                pair[1] <= pair[0],
+                "lengths must be sorted longest first, but sequence {} has length {} after {}",
+                b + 1,
+                pair[1],
+                pair[0]
+            );
         }
-        ensure!(lengths[lengths.len() - 1] > 0, "sequence {} has length 0", lengths.len() - 1);
-        let batch_sizes = (0..lengths[0]).map(|t| lengths.iter().filter(|&&len| len > t).count()).collect();
+        ensure!(
+            lengths[lengths.len() - 1] > 0,
+            "sequence {} has length 0",
+            lengths.len() - 1
+        );
+        let batch_sizes = (0..lengths[0])
+            .map(|t| lengths.iter().filter(|&&len| len > t).count())
+            .collect();
         Steps::from_batch_sizes(batch_sizes)
     }
 
@@ -65,6 +87,7 @@ impl Steps {
         self.batch_sizes.len()
     }
 
+    /// Never: a `Steps` has at least one step.
     pub fn is_empty(&self) -> bool {
         self.batch_sizes.is_empty()
     }
@@ -79,6 +102,7 @@ impl Steps {
         self.columns
     }
 
+    /// How many sequences run at each step.
     pub fn batch_sizes(&self) -> &[usize] {
         &self.batch_sizes
     }
@@ -92,6 +116,7 @@ impl Steps {
 /// Which way the time loop runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Direction {
+    /// From the first step to the last.
     Forward,
     /// Each sequence read from its own last step back to its first.
     Reverse,
@@ -112,6 +137,8 @@ pub struct Trajectory<T: Scalar> {
     tape: Tape<T>,
     steps: Steps,
     direction: Direction,
+    /// Which cell ran forward: its type's name and its sizes.
+    cell: (&'static str, Vec<usize>),
     /// The output state at every step: (output size, columns).
     pub output: DMatrix<T>,
     /// Each state after the last step of each sequence: (state size, batch).
@@ -120,6 +147,7 @@ pub struct Trajectory<T: Scalar> {
 
 /// The gradients of a loss with respect to everything a forward pass read.
 pub struct SequenceGrads<T: Scalar, G> {
+    /// Of the cell's parameters.
     pub params: G,
     /// Per input, (input size, columns).
     pub inputs: Vec<DMatrix<T>>,
@@ -138,7 +166,13 @@ pub fn forward<T: Scalar, C: Cell<T>>(
 ) -> Result<Trajectory<T>> {
     let spec = C::SPEC;
     let roles = &spec.roles;
-    ensure!(inputs.len() == spec.inputs.len(), "`{}` takes {} inputs but {} were given", spec.name, spec.inputs.len(), inputs.len());
+    ensure!(
+        inputs.len() == spec.inputs.len(),
+        "`{}` takes {} inputs but {} were given",
+        spec.name,
+        spec.inputs.len(),
+        inputs.len()
+    );
     for (k, input) in inputs.iter().enumerate() {
         let (rows, cols) = input.shape();
         let expected = cell.input_size(k);
@@ -153,10 +187,17 @@ pub fn forward<T: Scalar, C: Cell<T>>(
     let batch = steps.batch();
     let mut tape = Tape::new(&cell.tape_buffers(), steps.columns(), batch);
     for (k, input) in inputs.iter().enumerate() {
-        tape.buffer_mut(roles.inputs[k]).copy_from_slice(input.as_slice());
+        tape.buffer_mut(roles.inputs[k])
+            .copy_from_slice(input.as_slice());
     }
     if let Some(states) = initial_states {
-        ensure!(states.len() == spec.states.len(), "`{}` has {} states but {} initial states were given", spec.name, spec.states.len(), states.len());
+        ensure!(
+            states.len() == spec.states.len(),
+            "`{}` has {} states but {} initial states were given",
+            spec.name,
+            spec.states.len(),
+            states.len()
+        );
         for (k, state) in states.iter().enumerate() {
             let expected = (cell.state_size(k), batch);
             ensure!(
@@ -167,7 +208,8 @@ pub fn forward<T: Scalar, C: Cell<T>>(
                 expected,
                 state.shape()
             );
-            tape.buffer_mut(roles.state[k]).copy_from_slice(state.as_slice());
+            tape.buffer_mut(roles.state[k])
+                .copy_from_slice(state.as_slice());
         }
     }
     cell.prepare(&mut tape);
@@ -177,7 +219,12 @@ pub fn forward<T: Scalar, C: Cell<T>>(
     for t in direction.order(steps.len()) {
         let (off, n) = steps.step(t);
         for k in 0..spec.states.len() {
-            tape.copy((roles.state[k], 0, 0), (roles.prev[k], 0, off), cell.state_size(k), n);
+            tape.copy(
+                (roles.state[k], 0, 0),
+                (roles.prev[k], 0, off),
+                cell.state_size(k),
+                n,
+            );
         }
         cell.step_forward(&mut tape, off, n);
         let now = &tape.buffer(roles.state[out])[..out_rows * n];
@@ -186,10 +233,19 @@ pub fn forward<T: Scalar, C: Cell<T>>(
     let final_states = (0..spec.states.len())
         .map(|k| DMatrix::from_column_slice(cell.state_size(k), batch, tape.buffer(roles.state[k])))
         .collect();
-    Ok(Trajectory { tape, steps: steps.clone(), direction, output, final_states })
+    let ran = (spec.name, cell.dims().to_vec());
+    Ok(Trajectory {
+        tape,
+        steps: steps.clone(),
+        direction,
+        cell: ran,
+        output,
+        final_states,
+    })
 }
 
 impl<T: Scalar> Trajectory<T> {
+    /// The batch layout of the forward pass.
     pub fn steps(&self) -> &Steps {
         &self.steps
     }
@@ -206,6 +262,14 @@ impl<T: Scalar> Trajectory<T> {
         let spec = C::SPEC;
         let roles = &spec.roles;
         let batch = self.steps.batch();
+        ensure!(
+            self.cell.0 == spec.name && self.cell.1 == cell.dims(),
+            "backward needs the cell that ran forward: `{}` with sizes {:?}, but was given `{}` with sizes {:?}",
+            self.cell.0,
+            self.cell.1,
+            spec.name,
+            cell.dims()
+        );
         ensure!(
             d_final_states.is_empty() || d_final_states.len() == spec.states.len(),
             "`{}` has {} states but {} final-state gradients were given",
@@ -246,23 +310,49 @@ impl<T: Scalar> Trajectory<T> {
             let (off, n) = self.steps.step(t);
             if let Some(d) = d_output {
                 let from = &d.as_slice()[off * out_rows..(off + n) * out_rows];
-                for (acc, g) in self.tape.buffer_mut(roles.d_state[out]).iter_mut().zip(from) {
+                for (acc, g) in self
+                    .tape
+                    .buffer_mut(roles.d_state[out])
+                    .iter_mut()
+                    .zip(from)
+                {
                     *acc += *g;
                 }
             }
             cell.step_backward(&mut self.tape, off, n, &mut grads);
             for k in 0..spec.states.len() {
-                self.tape.copy((roles.d_prev[k], 0, 0), (roles.d_state[k], 0, 0), cell.state_size(k), n);
+                self.tape.copy(
+                    (roles.d_prev[k], 0, 0),
+                    (roles.d_state[k], 0, 0),
+                    cell.state_size(k),
+                    n,
+                );
             }
         }
         cell.finish_backward(&mut self.tape, &mut grads);
         let columns = self.steps.columns();
         let inputs = (0..spec.inputs.len())
-            .map(|k| DMatrix::from_column_slice(cell.input_size(k), columns, self.tape.buffer(roles.d_inputs[k])))
+            .map(|k| {
+                DMatrix::from_column_slice(
+                    cell.input_size(k),
+                    columns,
+                    self.tape.buffer(roles.d_inputs[k]),
+                )
+            })
             .collect();
         let initial_states = (0..spec.states.len())
-            .map(|k| DMatrix::from_column_slice(cell.state_size(k), batch, self.tape.buffer(roles.d_state[k])))
+            .map(|k| {
+                DMatrix::from_column_slice(
+                    cell.state_size(k),
+                    batch,
+                    self.tape.buffer(roles.d_state[k]),
+                )
+            })
             .collect();
-        Ok(SequenceGrads { params: grads, inputs, initial_states })
+        Ok(SequenceGrads {
+            params: grads,
+            inputs,
+            initial_states,
+        })
     }
 }

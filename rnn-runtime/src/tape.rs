@@ -9,6 +9,7 @@ use crate::Scalar;
 /// (buffer, first row, first column).
 pub type At = (usize, usize, usize);
 
+/// The buffers of one forward and backward pass.
 pub struct Tape<T> {
     bufs: Vec<Vec<T>>,
     rows: Vec<usize>,
@@ -28,8 +29,17 @@ impl<T: Scalar> Tape<T> {
             })
             .collect();
         let rows: Vec<usize> = specs.iter().map(|s| s.rows).collect();
-        let bufs = rows.iter().zip(&cols).map(|(r, c)| vec![T::zero(); r * c]).collect();
-        Tape { bufs, rows, cols, columns }
+        let bufs = rows
+            .iter()
+            .zip(&cols)
+            .map(|(r, c)| vec![T::zero(); r * c])
+            .collect();
+        Tape {
+            bufs,
+            rows,
+            cols,
+            columns,
+        }
     }
 
     /// The number of (step, sequence) columns.
@@ -37,14 +47,17 @@ impl<T: Scalar> Tape<T> {
         self.columns
     }
 
+    /// A buffer's leading dimension.
     pub fn rows(&self, buf: usize) -> usize {
         self.rows[buf]
     }
 
+    /// A buffer's values, column-major.
     pub fn buffer(&self, buf: usize) -> &[T] {
         &self.bufs[buf]
     }
 
+    /// A buffer's values, to be changed.
     pub fn buffer_mut(&mut self, buf: usize) -> &mut [T] {
         &mut self.bufs[buf]
     }
@@ -65,10 +78,17 @@ impl<T: Scalar> Tape<T> {
     pub fn gemm(&mut self, stack: usize, transpose: bool, src: At, dst: At, n: usize) {
         let (s_rows, s_cols) = (self.rows[stack], self.cols[stack]);
         let s_view = Strided::column_major(s_rows, 0, 0, s_rows, s_cols);
-        let (s_view, inner) = if transpose { (s_view.t(), s_rows) } else { (s_view, s_cols) };
+        let (s_view, inner) = if transpose {
+            (s_view.t(), s_rows)
+        } else {
+            (s_view, s_cols)
+        };
         let src_view = self.view(src, inner, n);
         let dst_view = self.view(dst, s_view.rows, n);
-        let [s, b, c] = self.bufs.get_disjoint_mut([stack, src.0, dst.0]).expect("distinct GEMM operands");
+        let [s, b, c] = self
+            .bufs
+            .get_disjoint_mut([stack, src.0, dst.0])
+            .expect("distinct GEMM operands");
         gemm(s, s_view, b, src_view, T::zero(), c, dst_view);
     }
 
@@ -81,7 +101,10 @@ impl<T: Scalar> Tape<T> {
             if src.0 == dst.0 {
                 self.bufs[src.0].copy_within(from..from + rows, to);
             } else {
-                let [a, b] = self.bufs.get_disjoint_mut([src.0, dst.0]).expect("distinct buffers");
+                let [a, b] = self
+                    .bufs
+                    .get_disjoint_mut([src.0, dst.0])
+                    .expect("distinct buffers");
                 b[to..to + rows].copy_from_slice(&a[from..from + rows]);
             }
         }
@@ -98,7 +121,14 @@ impl<T: Scalar> Tape<T> {
 
     /// Copies columns `col_start..` of a parameter (column-major, `param_rows` rows) into
     /// rows `row..` of a stacked weight buffer, as many columns as the buffer has.
-    pub fn load_block(&mut self, stack: usize, row: usize, param: &[T], param_rows: usize, col_start: usize) {
+    pub fn load_block(
+        &mut self,
+        stack: usize,
+        row: usize,
+        param: &[T],
+        param_rows: usize,
+        col_start: usize,
+    ) {
         let (ld, cols) = (self.rows[stack], self.cols[stack]);
         for c in 0..cols {
             let from = (col_start + c) * param_rows;
@@ -123,6 +153,14 @@ impl<T: Scalar> Tape<T> {
         let dz_view = self.view((dz.0, dz.1, 0), rows, self.columns);
         let v_view = self.view((v.0, v.1, 0), cols, self.columns).t();
         let grad_view = Strided::column_major(grad_rows, 0, col_start, rows, cols);
-        gemm(&self.bufs[dz.0], dz_view, &self.bufs[v.0], v_view, T::one(), grad, grad_view);
+        gemm(
+            &self.bufs[dz.0],
+            dz_view,
+            &self.bufs[v.0],
+            v_view,
+            T::one(),
+            grad,
+            grad_view,
+        );
     }
 }

@@ -8,6 +8,7 @@ pub use self::adam::{Adam, AdamState};
 
 use crate::{Parameters, Result, Scalar};
 
+/// Updates parameters from their gradients.
 pub trait Optimizer<T: Scalar> {
     /// Updates every parameter from its gradient.
     fn step(&mut self, params: &mut dyn Parameters<T>, grads: &dyn Parameters<T>) -> Result<()>;
@@ -15,5 +16,6 @@ pub trait Optimizer<T: Scalar> {
     /// The current learning rate.
     fn lr(&self) -> f64;
 
+    /// Changes the learning rate (for schedules).
     fn set_lr(&mut self, lr: f64);
 }
