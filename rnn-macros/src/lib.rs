@@ -2,8 +2,8 @@
 //! compiled into a struct with fused forward and analytic backward code.
 //!
 //! Use it through `rnn_runtime`, which re-exports it and documents the language. The
-//! compiler runs in pipeline order: [`parse`] → [`validate`] → [`ir`] → [`shape`] →
-//! [`optimize`] → [`autodiff`] → [`schedule`] → [`expand`].
+//! compiler runs in pipeline order: `parse` → `validate` → `ir` → `shape` →
+//! `optimize` → `autodiff` → `schedule` → `expand`.
 
 mod autodiff;
 mod compile;
