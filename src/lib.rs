@@ -1,1 +1,3 @@
-//! Examples, integration tests and benches.
+//! Support shared by the workspace's examples and integration tests.
+
+pub mod parity;

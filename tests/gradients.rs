@@ -122,3 +122,35 @@ proptest! {
     #[test]
     fn minimal_gated_unit((i, h, lengths, reverse, seed) in layout()) { check::<Mgu<f64>>(&[i, h], &lengths, reverse, seed)?; }
 }
+
+mod builtin_variants {
+    //! The bias-free and projected built-ins, the cells behind `nn`'s `bias = false`
+    //! and `proj_size`.
+    use super::*;
+    use rnn_runtime::cells::{
+        GruCellNoBias, LstmCellNoBias, LstmProjCell, LstmProjCellNoBias, RnnReluCellNoBias,
+        RnnTanhCellNoBias,
+    };
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(24))]
+
+        #[test]
+        fn rnn_tanh_no_bias((i, h, lengths, reverse, seed) in layout()) { check::<RnnTanhCellNoBias<f64>>(&[i, h], &lengths, reverse, seed)?; }
+
+        #[test]
+        fn rnn_relu_no_bias((i, h, lengths, reverse, seed) in layout()) { check::<RnnReluCellNoBias<f64>>(&[i, h], &lengths, reverse, seed)?; }
+
+        #[test]
+        fn lstm_no_bias((i, h, lengths, reverse, seed) in layout()) { check::<LstmCellNoBias<f64>>(&[i, h], &lengths, reverse, seed)?; }
+
+        #[test]
+        fn gru_no_bias((i, h, lengths, reverse, seed) in layout()) { check::<GruCellNoBias<f64>>(&[i, h], &lengths, reverse, seed)?; }
+
+        #[test]
+        fn lstm_proj((i, h, lengths, reverse, seed) in layout(), p in 1usize..=5) { check::<LstmProjCell<f64>>(&[i, h, p], &lengths, reverse, seed)?; }
+
+        #[test]
+        fn lstm_proj_no_bias((i, h, lengths, reverse, seed) in layout(), p in 1usize..=5) { check::<LstmProjCellNoBias<f64>>(&[i, h, p], &lengths, reverse, seed)?; }
+    }
+}

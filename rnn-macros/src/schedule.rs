@@ -462,10 +462,13 @@ impl<'a> Scheduler<'a> {
 
     /// Whether `id`'s value is read outside its program: by another program, or after
     /// the loop.
+    /// Reads through a view of `id` (rows of a stacked product) count as reads of `id`.
     fn crosses(&self, id: NodeId) -> bool {
         let program = self.program[id];
         self.post_loop[id]
-            || self.users[id].iter().any(|&u| self.program[u] != program)
+            || self.users[id].iter().any(|&u| {
+                self.program[u] != program || (self.role[u] == Role::View && self.crosses(u))
+            })
             || self
                 .roots
                 .iter()

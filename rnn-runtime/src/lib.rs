@@ -70,12 +70,17 @@ mod error;
 pub mod gradcheck;
 pub mod loss;
 pub mod math;
+pub mod nn;
 pub mod optim;
+pub mod pack;
 mod params;
+pub mod recurrent;
 mod rng;
 mod scalar;
 pub mod sequence;
 mod tape;
+pub mod tensor_io;
+pub mod torch;
 
 pub use nalgebra;
 pub use rnn_macros::recurrent;
@@ -86,11 +91,18 @@ pub use crate::cell::{
 pub use crate::error::{Error, Result};
 pub use crate::gradcheck::{gradcheck, gradcheck_steps};
 pub use crate::optim::{Adam, Optimizer};
-pub use crate::params::{pair_with_grads, prefixed, prefixed_mut, ParamMut, ParamRef, Parameters};
+pub use crate::pack::{
+    pack_padded_sequence, pack_sequence, pad_packed_sequence, pad_sequence, PackedSequence,
+};
+pub use crate::params::{
+    pair_with_grads, prefixed, prefixed_mut, ParamMut, ParamRef, ParamSet, Parameters,
+};
+pub use crate::recurrent::{Mode, Recurrent, RecurrentConfig, RecurrentGrads, RecurrentRun};
 pub use crate::rng::{Init, Rng};
 pub use crate::scalar::Scalar;
 pub use crate::sequence::{forward, Direction, SequenceGrads, Steps, Trajectory};
 pub use crate::tape::Tape;
+pub use crate::tensor_io::{load_safetensors, save_safetensors, Tensor};
 
 /// The README's example, compiled and run with the doctests.
 #[doc = include_str!("../../README.md")]

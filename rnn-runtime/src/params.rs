@@ -113,3 +113,40 @@ pub fn pair_with_grads<'p, 'g, T>(
     }
     Ok(pairs)
 }
+
+/// Named values owned: gradients gathered from any [`Parameters`], or an optimizer's
+/// per-parameter state. Names and shapes are those of the parameters they came from.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ParamSet<T> {
+    /// (name, shape, values column-major).
+    pub entries: Vec<(String, (usize, usize), Vec<T>)>,
+}
+
+impl<T: Clone> ParamSet<T> {
+    /// A copy of every parameter of `params`.
+    pub fn from_parameters(params: &dyn Parameters<T>) -> ParamSet<T> {
+        ParamSet {
+            entries: params
+                .parameters()
+                .into_iter()
+                .map(|p| (p.name, p.shape, p.values.to_vec()))
+                .collect(),
+        }
+    }
+}
+
+impl<T> Parameters<T> for ParamSet<T> {
+    fn parameters(&self) -> Vec<ParamRef<'_, T>> {
+        self.entries
+            .iter()
+            .map(|(name, shape, values)| ParamRef::new(name.clone(), values, *shape))
+            .collect()
+    }
+
+    fn parameters_mut(&mut self) -> Vec<ParamMut<'_, T>> {
+        self.entries
+            .iter_mut()
+            .map(|(name, shape, values)| ParamMut::new(name.clone(), values, *shape))
+            .collect()
+    }
+}
