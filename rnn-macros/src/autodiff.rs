@@ -258,44 +258,8 @@ mod tests {
 
     use super::*;
     use crate::interp::{eval, Env, Value};
-    use crate::test_util::compile_full;
+    use crate::test_util::{compile_full, random_cell, random_values};
     use proptest::prelude::*;
-
-    /// Random expressions of size H over every operation of the language.
-    fn expr_h(locals: &'static [&'static str]) -> impl Strategy<Value = String> {
-        let mut leaves: Vec<&'static str> = vec!["h", "c", "b1", "b2", "(U1 * x)", "(U2 * x)"];
-        leaves.extend_from_slice(locals);
-        let leaf = proptest::sample::select(leaves).prop_map(str::to_string);
-        leaf.prop_recursive(4, 24, 2, |inner| {
-            let func = proptest::sample::select(vec![
-                "sigmoid", "tanh", "relu", "exp", "softplus", "identity",
-            ]);
-            prop_oneof![
-                (inner.clone(), inner.clone()).prop_map(|(a, b)| format!("({a} + {b})")),
-                (inner.clone(), inner.clone()).prop_map(|(a, b)| format!("({a} - {b})")),
-                (inner.clone(), inner.clone()).prop_map(|(a, b)| format!("({a} * {b})")),
-                inner.clone().prop_map(|a| format!("(-{a})")),
-                inner.clone().prop_map(|a| format!("(0.5 * {a})")),
-                inner.clone().prop_map(|a| format!("(1.0 - {a})")),
-                (func, inner.clone()).prop_map(|(f, a)| format!("{f}({a})")),
-                inner.clone().prop_map(|a| format!("(W1 * {a})")),
-                inner.clone().prop_map(|a| format!("(W2 * tanh({a}))")),
-                inner.clone().prop_map(|a| format!("(V1 * [{a}, x])")),
-                (inner.clone(), inner).prop_map(|(a, b)| format!("(V2 * [x, {a}, {b}])")),
-            ]
-        })
-    }
-
-    fn random_values(len: usize, seed: &mut u64) -> Vec<f64> {
-        (0..len)
-            .map(|_| {
-                *seed = seed
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                ((*seed >> 11) as f64 / (1u64 << 53) as f64 - 0.5) * 1.2
-            })
-            .collect()
-    }
 
     fn loss(compiled: &Compiled, env: &Env) -> f64 {
         let forward_only = CellIr {
@@ -421,22 +385,10 @@ mod tests {
         Ok(())
     }
 
-    /// Fixes every parameter's shape (a generated cell may leave one ambiguous) while
-    /// adding nothing to the value.
-    const ANCHOR: &str = "0.0 * (b1 + b2 + (U1 * x) + (U2 * x) + (W1 * h) + (W2 * h) + (V1 * [h, x]) + (V2 * [x, h, h]))";
-
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(200))]
         #[test]
-        fn symbolic_derivative_matches_finite_differences(
-            gate in expr_h(&[]),
-            cell_update in expr_h(&["g"]),
-            hidden_update in expr_h(&["g", "c"]),
-            seed in any::<u64>(),
-        ) {
-            let source = format!(
-                "fn random(x: Input, h: State, c: State) {{ let g = {gate}; c = g + {cell_update} + {ANCHOR}; h = {hidden_update}; }}"
-            );
+        fn symbolic_derivative_matches_finite_differences(source in random_cell(), seed in any::<u64>()) {
             check_cell(&source, seed)?;
         }
     }

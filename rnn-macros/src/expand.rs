@@ -436,6 +436,10 @@ fn program(c: &Compiled, plan: &Plan, which: Program, params: &[Ident]) -> Token
             let (dst, rows) = (loc(dst), rows.tokens(syms));
             quote!(__tape.zero(#dst, #rows, __n);)
         }
+        Stage::Broadcast { param, dst } => {
+            let (field, dst) = (&params[*param], loc(dst));
+            quote!(__tape.broadcast(#dst, self.#field.as_slice(), __n);)
+        }
         Stage::Kernel(kernel) => fused_loop(c, plan, which, kernel, params),
     });
     quote!(#(#code)*)

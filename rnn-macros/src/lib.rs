@@ -15,6 +15,8 @@ mod interp;
 mod ir;
 mod optimize;
 mod parse;
+#[cfg(test)]
+mod plan_exec;
 mod schedule;
 mod shape;
 mod size;

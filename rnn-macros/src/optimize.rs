@@ -21,8 +21,10 @@ pub fn run(ir: CellIr, shapes: Shapes) -> (CellIr, Shapes) {
     let (ir, shapes) = fold_scalars(&ir, &shapes);
     let (ir, shapes) = split_concat_products(&ir, &shapes);
     let (ir, shapes) = hoist_sums(&ir, &shapes);
-    // Hoisting leaves the sums it reordered behind; drop them before stacking.
-    let (ir, shapes) = rebuild(&ir, &shapes, |rb, old, op| rb.add(op, old));
+    // Hoisting may bring literal terms together (`1.0 + 1.0`): fold them, so that every
+    // scalar is a literal, as the scheduler expects. The rebuild also drops the sums
+    // that hoisting reordered.
+    let (ir, shapes) = fold_scalars(&ir, &shapes);
     stack_products(&ir, &shapes)
 }
 

@@ -1,6 +1,7 @@
 //! Helpers for the passes' unit tests: run the front of the pipeline on `quote!` input.
 
 use proc_macro2::TokenStream;
+use proptest::prelude::*;
 use quote::quote;
 
 use crate::compile::{analyse, Compiled};
@@ -31,4 +32,54 @@ fn truncate(compiled: &Compiled) -> CellIr {
     let mut ir = compiled.ir.clone();
     ir.graph.nodes.truncate(compiled.backward.first);
     ir
+}
+
+/// Random expressions of size H over every operation of the language.
+pub fn expr_h(locals: &'static [&'static str]) -> impl Strategy<Value = String> {
+    let mut leaves: Vec<&'static str> = vec!["h", "c", "b1", "b2", "(U1 * x)", "(U2 * x)"];
+    leaves.extend_from_slice(locals);
+    let leaf = proptest::sample::select(leaves).prop_map(str::to_string);
+    leaf.prop_recursive(4, 24, 2, |inner| {
+        let func = proptest::sample::select(vec![
+            "sigmoid", "tanh", "relu", "exp", "softplus", "identity",
+        ]);
+        prop_oneof![
+            (inner.clone(), inner.clone()).prop_map(|(a, b)| format!("({a} + {b})")),
+            (inner.clone(), inner.clone()).prop_map(|(a, b)| format!("({a} - {b})")),
+            (inner.clone(), inner.clone()).prop_map(|(a, b)| format!("({a} * {b})")),
+            inner.clone().prop_map(|a| format!("(-{a})")),
+            inner.clone().prop_map(|a| format!("(0.5 * {a})")),
+            inner.clone().prop_map(|a| format!("(1.0 - {a})")),
+            (func, inner.clone()).prop_map(|(f, a)| format!("{f}({a})")),
+            inner.clone().prop_map(|a| format!("(W1 * {a})")),
+            inner.clone().prop_map(|a| format!("(W2 * tanh({a}))")),
+            inner.clone().prop_map(|a| format!("(V1 * [{a}, x])")),
+            (inner.clone(), inner).prop_map(|(a, b)| format!("(V2 * [x, {a}, {b}])")),
+        ]
+    })
+}
+
+/// Fixes every parameter's shape (a generated cell may leave one ambiguous) while
+/// adding nothing to the value.
+pub const ANCHOR: &str = "0.0 * (b1 + b2 + (U1 * x) + (U2 * x) + (W1 * h) + (W2 * h) + (V1 * [h, x]) + (V2 * [x, h, h]))";
+
+pub fn random_values(len: usize, seed: &mut u64) -> Vec<f64> {
+    (0..len)
+        .map(|_| {
+            *seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((*seed >> 11) as f64 / (1u64 << 53) as f64 - 0.5) * 1.2
+        })
+        .collect()
+}
+
+/// A random cell over every operation: a gate, then the cell state, then the hidden
+/// state, each a random expression.
+pub fn random_cell() -> impl Strategy<Value = String> {
+    (expr_h(&[]), expr_h(&["g"]), expr_h(&["g", "c"])).prop_map(|(gate, cell_update, hidden_update)| {
+        format!(
+            "fn random(x: Input, h: State, c: State) {{ let g = {gate}; c = g + {cell_update} + {ANCHOR}; h = {hidden_update}; }}"
+        )
+    })
 }

@@ -98,7 +98,7 @@ pub fn pack_padded_sequence<T: Scalar>(
     let batch = lengths.len();
     ensure!(batch > 0, "pack_padded_sequence: empty batch (no lengths)");
     ensure!(
-        padded.ncols() % batch == 0,
+        padded.ncols().is_multiple_of(batch),
         "pack_padded_sequence: a padded batch of {batch} sequences needs a multiple of {batch} columns, but has {}",
         padded.ncols()
     );
@@ -233,7 +233,7 @@ pub fn transpose_batch<T: Scalar>(
     from_batch_first: bool,
 ) -> Result<DMatrix<T>> {
     ensure!(
-        batch > 0 && padded.ncols() % batch == 0,
+        batch > 0 && padded.ncols().is_multiple_of(batch),
         "a padded batch of {batch} sequences cannot have {} columns",
         padded.ncols()
     );

@@ -209,7 +209,7 @@ impl<C> Recurrent<C> {
             "empty batch: a batch needs at least one sequence"
         );
         ensure!(
-            input.ncols() % batch == 0 && input.ncols() > 0,
+            input.ncols().is_multiple_of(batch) && input.ncols() > 0,
             "a padded batch of {batch} sequences needs a positive multiple of {batch} columns, but the input has {}",
             input.ncols()
         );

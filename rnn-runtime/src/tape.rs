@@ -110,6 +110,15 @@ impl<T: Scalar> Tape<T> {
         }
     }
 
+    /// Copies a vector into `n` columns.
+    pub fn broadcast(&mut self, dst: At, values: &[T], n: usize) {
+        let ld = self.rows[dst.0];
+        for c in 0..n {
+            let at = (dst.2 + c) * ld + dst.1;
+            self.bufs[dst.0][at..at + values.len()].copy_from_slice(values);
+        }
+    }
+
     /// Zeroes `rows` × `n` values.
     pub fn zero(&mut self, dst: At, rows: usize, n: usize) {
         let ld = self.rows[dst.0];

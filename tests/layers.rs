@@ -1,0 +1,279 @@
+//! Layers over any cell: stacked, bidirectional, packed with unsorted lengths, dropout;
+//! gradients against finite differences; bad input as errors naming the sizes.
+
+use std::collections::BTreeMap;
+
+use rnn_runtime::nalgebra::DMatrix;
+use rnn_runtime::nn::{GruConfig, LstmConfig};
+use rnn_runtime::prelude::*;
+use rnn_runtime::recurrent::{Mode, Recurrent, RecurrentConfig};
+use rnn_runtime::{pack_padded_sequence, save_safetensors, Tensor};
+
+/// LSTM with peephole connections: a cell no built-in offers.
+#[recurrent]
+fn peephole(x: Input, h: State, c: State) {
+    let i = sigmoid(W_i * x + U_i * h + p_i * c + b_i);
+    let f = sigmoid(W_f * x + U_f * h + p_f * c + b_f);
+    c = f * c + i * tanh(W_c * x + U_c * h + b_c);
+    let o = sigmoid(W_o * x + U_o * h + p_o * c + b_o);
+    h = o * tanh(c);
+}
+
+fn random(rows: usize, cols: usize, rng: &mut Rng) -> DMatrix<f64> {
+    DMatrix::from_fn(rows, cols, |_, _| rng.range(-1.0, 1.0))
+}
+
+/// Law: the gradients of a stacked, bidirectional, packed run of a custom cell, with
+/// dropout between layers (a fixed seed draws the same mask each time), equal central
+/// finite differences for every parameter, input and initial state.
+#[test]
+fn stacked_bidirectional_packed_layers_of_a_custom_cell_have_exact_gradients() {
+    let mut rng = Rng::seed(11);
+    let config = RecurrentConfig {
+        num_layers: 2,
+        bidirectional: true,
+        dropout: 0.3,
+        batch_first: false,
+    };
+    let mut net: Recurrent<Peephole<f64>> = Recurrent::new(
+        &[3, 4],
+        config,
+        &Init::Uniform {
+            low: -0.5,
+            high: 0.5,
+        },
+        &mut rng,
+    )
+    .unwrap();
+    let lengths = [2, 4, 3];
+    let padded = random(3, 4 * 3, &mut rng);
+    let packed = pack_padded_sequence(&padded, &lengths, false, false).unwrap();
+    let states: Vec<DMatrix<f64>> = (0..2).map(|_| random(4, 2 * 2 * 3, &mut rng)).collect();
+    let w_out = random(8, packed.data.ncols(), &mut rng);
+    let w_final: Vec<DMatrix<f64>> = (0..2).map(|_| random(4, 12, &mut rng)).collect();
+
+    let loss = |net: &Recurrent<Peephole<f64>>, data: &DMatrix<f64>, states: &[DMatrix<f64>]| {
+        let run = net
+            .forward_packed(
+                &packed.with_data(data.clone()),
+                Some(states),
+                Mode::Train(&mut Rng::seed(5)),
+            )
+            .unwrap();
+        run.output.dot(&w_out)
+            + run
+                .final_states
+                .iter()
+                .zip(&w_final)
+                .map(|(s, w)| s.dot(w))
+                .sum::<f64>()
+    };
+    let mut run = net
+        .forward_packed(&packed, Some(&states), Mode::Train(&mut Rng::seed(5)))
+        .unwrap();
+    let grads = run
+        .backward(&net, Some(&w_out), &[Some(&w_final[0]), Some(&w_final[1])])
+        .unwrap();
+
+    let eps = 1e-6;
+    let mut worst = 0.0f64;
+    let mut record = |analytic: f64, plus: f64, minus: f64| {
+        let numeric = (plus - minus) / (2.0 * eps);
+        worst = worst.max((analytic - numeric).abs() / 1f64.max(analytic.abs()));
+    };
+    let analytic: Vec<(String, Vec<f64>)> = grads
+        .parameters()
+        .iter()
+        .map(|p| (p.name.clone(), p.values.to_vec()))
+        .collect();
+    for (name, values) in &analytic {
+        for (i, a) in values.iter().enumerate() {
+            let nudge = |net: &mut Recurrent<Peephole<f64>>, by: f64| {
+                let mut params = net.parameters_mut();
+                params.iter_mut().find(|p| p.name == *name).unwrap().values[i] += by;
+            };
+            nudge(&mut net, eps);
+            let plus = loss(&net, &packed.data, &states);
+            nudge(&mut net, -2.0 * eps);
+            let minus = loss(&net, &packed.data, &states);
+            nudge(&mut net, eps);
+            record(*a, plus, minus);
+        }
+    }
+    let mut data = packed.data.clone();
+    for i in 0..data.len() {
+        data[i] += eps;
+        let plus = loss(&net, &data, &states);
+        data[i] -= 2.0 * eps;
+        let minus = loss(&net, &data, &states);
+        data[i] += eps;
+        record(grads.input[i], plus, minus);
+    }
+    let mut states = states;
+    for k in 0..2 {
+        for i in 0..states[k].len() {
+            states[k][i] += eps;
+            let plus = loss(&net, &packed.data, &states);
+            states[k][i] -= 2.0 * eps;
+            let minus = loss(&net, &packed.data, &states);
+            states[k][i] += eps;
+            record(grads.initial_states[k][i], plus, minus);
+        }
+    }
+    assert!(worst < 1e-6, "worst relative error {worst:e}");
+    assert_eq!(
+        analytic.len(),
+        2 * 2 * 15,
+        "every parameter of every layer and direction"
+    );
+}
+
+#[test]
+fn dropout_applies_in_training_only() {
+    let mut rng = Rng::seed(1);
+    let config = GruConfig {
+        num_layers: 3,
+        dropout: 0.5,
+        ..GruConfig::new(2, 16)
+    };
+    let gru = config.init::<f64>(&mut rng).unwrap();
+    let x = random(2, 5 * 2, &mut rng);
+    let eval = gru.forward(&x, 2, None, Mode::Eval).unwrap().output;
+    assert_eq!(
+        eval,
+        gru.forward(&x, 2, None, Mode::Eval).unwrap().output,
+        "no randomness in eval"
+    );
+    let a = gru
+        .forward(&x, 2, None, Mode::Train(&mut Rng::seed(1)))
+        .unwrap()
+        .output;
+    let b = gru
+        .forward(&x, 2, None, Mode::Train(&mut Rng::seed(2)))
+        .unwrap()
+        .output;
+    assert_ne!(a, eval);
+    assert_ne!(a, b);
+    let single = GruConfig {
+        dropout: 0.5,
+        ..GruConfig::new(2, 16)
+    }
+    .init::<f64>(&mut Rng::seed(1))
+    .unwrap();
+    let once = single
+        .forward(&x, 2, None, Mode::Train(&mut Rng::seed(3)))
+        .unwrap()
+        .output;
+    assert_eq!(
+        once,
+        single.forward(&x, 2, None, Mode::Eval).unwrap().output,
+        "no dropout after the last layer"
+    );
+}
+
+#[test]
+fn bad_input_is_an_error_naming_the_sizes() {
+    let mut rng = Rng::seed(2);
+    let config = LstmConfig {
+        num_layers: 2,
+        bidirectional: true,
+        ..LstmConfig::new(3, 4)
+    };
+    let mut lstm = config.init::<f64>(&mut rng).unwrap();
+    let message =
+        |r: Result<rnn_runtime::nn::RnnOutput<f64>, Error>| r.map(|_| ()).unwrap_err().to_string();
+
+    let m = message(lstm.forward(&DMatrix::zeros(5, 6), 2, None, Mode::Eval));
+    assert!(m.contains("size 3") && m.contains("5 features"), "{m}");
+    let m = message(lstm.forward(&DMatrix::zeros(3, 7), 2, None, Mode::Eval));
+    assert!(m.contains("multiple of 2") && m.contains("7"), "{m}");
+    let m = message(lstm.forward(&DMatrix::zeros(3, 6), 0, None, Mode::Eval));
+    assert!(m.contains("empty batch"), "{m}");
+    let (h0, c0) = (DMatrix::zeros(4, 8), DMatrix::zeros(4, 6));
+    let m = message(lstm.forward(&DMatrix::zeros(3, 6), 2, Some((&h0, Some(&c0))), Mode::Eval));
+    assert!(
+        m.contains("`c`") && m.contains("(4, 8)") && m.contains("(4, 6)"),
+        "{m}"
+    );
+    let m = message(lstm.forward(&DMatrix::zeros(3, 6), 2, Some((&h0, None)), Mode::Eval));
+    assert!(m.contains("`c_0`"), "{m}");
+
+    let padded = DMatrix::<f64>::zeros(3, 8);
+    assert!(pack_padded_sequence(&padded, &[4, 0], false, false)
+        .unwrap_err()
+        .to_string()
+        .contains("length 0"));
+    assert!(pack_padded_sequence(&padded, &[5, 2], false, false)
+        .unwrap_err()
+        .to_string()
+        .contains("length 5 but the padded batch has 4 steps"));
+    assert!(pack_padded_sequence(&padded, &[2, 4], false, true)
+        .unwrap_err()
+        .to_string()
+        .contains("enforce_sorted"));
+
+    // Weights files: missing, misshaped and extra tensors are named with their shapes.
+    let dir = std::env::temp_dir().join(format!("rnn-layers-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("weights.safetensors");
+    let mut tensors: BTreeMap<String, Tensor<f64>> = lstm.torch_tensors().into_iter().collect();
+    tensors.remove("bias_hh_l1");
+    tensors.insert(
+        "weight_ih_l0".into(),
+        Tensor::new(vec![16, 2], vec![0.0; 32]).unwrap(),
+    );
+    tensors.insert(
+        "weight_xx_l9".into(),
+        Tensor::new(vec![1], vec![0.0]).unwrap(),
+    );
+    let before = lstm.clone();
+    save_safetensors(
+        &path,
+        &tensors.into_iter().collect::<Vec<_>>(),
+        &BTreeMap::new(),
+    )
+    .unwrap();
+    let m = lstm.load_weights(&path).unwrap_err().to_string();
+    assert!(
+        m.contains("missing tensor `bias_hh_l1` of shape [16]"),
+        "{m}"
+    );
+    assert!(
+        m.contains("`weight_ih_l0` has shape [16, 2] but [16, 3] was expected"),
+        "{m}"
+    );
+    assert!(m.contains("unexpected tensor `weight_xx_l9`"), "{m}");
+    assert_eq!(lstm, before, "a failed load changes nothing");
+    std::fs::write(&path, b"not a safetensors file").unwrap();
+    assert!(lstm
+        .load_weights(&path)
+        .unwrap_err()
+        .to_string()
+        .contains("not a valid safetensors file"));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn weights_round_trip_through_a_file_in_f32() {
+    let mut rng = Rng::seed(4);
+    let config = LstmConfig {
+        num_layers: 2,
+        proj_size: 2,
+        bidirectional: true,
+        ..LstmConfig::new(3, 4)
+    };
+    let lstm = config.init::<f32>(&mut rng).unwrap();
+    let mut other = config.init::<f32>(&mut rng).unwrap();
+    assert_ne!(lstm, other);
+    let path =
+        std::env::temp_dir().join(format!("rnn-roundtrip-{}.safetensors", std::process::id()));
+    lstm.save_weights(&path).unwrap();
+    other.load_weights(&path).unwrap();
+    assert_eq!(lstm, other);
+    let names: Vec<String> = lstm.torch_tensors().into_iter().map(|(n, _)| n).collect();
+    assert!(
+        names.contains(&"weight_hr_l1_reverse".to_string()),
+        "{names:?}"
+    );
+    std::fs::remove_file(&path).unwrap();
+}
