@@ -77,11 +77,7 @@ impl Fixture {
             .shape
             .last()
             .ok_or_else(|| Error::new(format!("`{key}` has no dimensions")))?;
-        let columns = if features == 0 {
-            0
-        } else {
-            t.data.len() / features
-        };
+        let columns = t.data.len().checked_div(features).unwrap_or(0);
         Ok(DMatrix::from_iterator(
             features,
             columns,
