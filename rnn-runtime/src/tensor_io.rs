@@ -112,10 +112,13 @@ pub fn save_safetensors<T: Scalar>(
     write_atomically(path, &serialized)
 }
 
+/// Tensors by name.
+pub type NamedTensors<T> = BTreeMap<String, Tensor<T>>;
+
 /// A safetensors file's tensors (F32, F64 or I64, converted to `T`) and metadata.
 pub fn load_safetensors<T: Scalar>(
     path: &Path,
-) -> Result<(BTreeMap<String, Tensor<T>>, BTreeMap<String, String>)> {
+) -> Result<(NamedTensors<T>, BTreeMap<String, String>)> {
     let bytes =
         fs::read(path).map_err(|e| Error::new(format!("reading `{}`: {e}", path.display())))?;
     let corrupt = |e: safetensors::SafeTensorError| {
