@@ -5,9 +5,14 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use rnn_runtime::loss::{
+    bce_with_logits, cross_entropy, mse_loss, nll_loss, ClassLoss, Loss, Reduction,
+};
 use rnn_runtime::nalgebra::DMatrix;
 use rnn_runtime::nn::{GruConfig, LstmConfig, Nonlinearity, RnnConfig, RnnOutput};
+use rnn_runtime::optim::{clip_grad_norm, Adagrad, Adam, AdamW, NormType, Optimizer, RmsProp, Sgd};
 use rnn_runtime::recurrent::Mode;
+use rnn_runtime::ParamSet;
 use rnn_runtime::{
     load_safetensors, pack_padded_sequence, pad_packed_sequence, Error, Result, Rng, Scalar, Tensor,
 };
@@ -55,6 +60,49 @@ impl Fixture {
             "false" => Ok(false),
             other => Err(Error::new(format!(
                 "metadata `{key}` = {other} is not true or false"
+            ))),
+        }
+    }
+
+    /// A number, or `default` when the metadata does not set it.
+    pub fn f64_or(&self, key: &str, default: f64) -> Result<f64> {
+        match self.meta.get(key).map(String::as_str) {
+            None => Ok(default),
+            Some("Infinity") => Ok(f64::INFINITY),
+            Some(value) => value
+                .parse()
+                .map_err(|_| Error::new(format!("metadata `{key}` = {value} is not a number"))),
+        }
+    }
+
+    /// A flag, or `default` when the metadata does not set it.
+    pub fn bool_or(&self, key: &str, default: bool) -> Result<bool> {
+        if self.meta.contains_key(key) {
+            self.bool(key)
+        } else {
+            Ok(default)
+        }
+    }
+
+    /// A pair written as a JSON list, `[0.8, 0.99]`.
+    pub fn pair_or(&self, key: &str, default: (f64, f64)) -> Result<(f64, f64)> {
+        let Some(value) = self.meta.get(key) else {
+            return Ok(default);
+        };
+        let numbers: Vec<f64> = value
+            .trim_matches(|c| c == '[' || c == ']')
+            .split(',')
+            .map(|n| n.trim().parse::<f64>())
+            .collect::<std::result::Result<_, _>>()
+            .map_err(|_| {
+                Error::new(format!(
+                    "metadata `{key}` = {value} is not a list of numbers"
+                ))
+            })?;
+        match numbers[..] {
+            [a, b] => Ok((a, b)),
+            _ => Err(Error::new(format!(
+                "metadata `{key}` = {value} is not a pair"
             ))),
         }
     }
@@ -141,6 +189,9 @@ pub fn check<T: Scalar>(fixture: &Fixture) -> Result<(f64, String)> {
     match fixture.meta("kind")? {
         "rnn" => check_rnn::<T>(fixture),
         "pack" => check_pack::<T>(fixture),
+        "loss" => check_loss::<T>(fixture),
+        "optim" => check_optim::<T>(fixture),
+        "clip" => check_clip::<T>(fixture),
         other => Err(Error::new(format!("kind `{other}` is not supported yet"))),
     }
 }
@@ -342,6 +393,177 @@ fn check_rnn<T: Scalar>(fx: &Fixture) -> Result<(f64, String)> {
     worst.compare("grad.h0", grads.h_0.as_slice(), &fx.tensor("grad.h0")?.data)?;
     if let Some(c_0) = &grads.c_0 {
         worst.compare("grad.c0", c_0.as_slice(), &fx.tensor("grad.c0")?.data)?;
+    }
+    Ok((worst.error, worst.what))
+}
+
+fn reduction(fx: &Fixture) -> Result<Reduction> {
+    match fx.meta("reduction")? {
+        "mean" => Ok(Reduction::Mean),
+        "sum" => Ok(Reduction::Sum),
+        "none" => Ok(Reduction::None),
+        other => Err(Error::new(format!(
+            "reduction `{other}` is not mean, sum or none"
+        ))),
+    }
+}
+
+fn check_loss<T: Scalar>(fx: &Fixture) -> Result<(f64, String)> {
+    let input = fx.features::<T>("input")?;
+    let reduction = reduction(fx)?;
+    let class_loss = || -> Result<ClassLoss<T>> {
+        Ok(ClassLoss {
+            weight: if fx.has("weight") {
+                Some(
+                    fx.tensor("weight")?
+                        .data
+                        .iter()
+                        .map(|v| T::of(*v))
+                        .collect(),
+                )
+            } else {
+                None
+            },
+            ignore_index: fx.f64_or("ignore_index", -100.0)? as i64,
+            label_smoothing: fx.f64_or("label_smoothing", 0.0)?,
+            reduction,
+        })
+    };
+    let class_targets = || -> Result<Vec<i64>> {
+        Ok(fx
+            .tensor("target")?
+            .data
+            .iter()
+            .map(|v| *v as i64)
+            .collect())
+    };
+    let loss: Loss<T> = match fx.meta("loss")? {
+        "cross_entropy" => cross_entropy(&input, &class_targets()?, &class_loss()?)?,
+        "nll" => nll_loss(&input, &class_targets()?, &class_loss()?)?,
+        "mse" => mse_loss(&input, &fx.features::<T>("target")?, reduction)?,
+        "bce_with_logits" => bce_with_logits(&input, &fx.features::<T>("target")?, reduction)?,
+        other => return Err(Error::new(format!("loss `{other}` is not supported"))),
+    };
+    let mut worst = Worst::new();
+    let grad = if reduction == Reduction::None {
+        worst.compare("value", loss.values.as_slice(), &fx.tensor("value")?.data)?;
+        let w = &fx.tensor("wout.value")?.data;
+        let upstream = DMatrix::from_iterator(
+            loss.values.nrows(),
+            loss.values.ncols(),
+            w.iter().map(|v| T::of(*v)),
+        );
+        loss.weighted_grad(&upstream)?
+    } else {
+        worst.compare("value", &[loss.value], &fx.tensor("value")?.data)?;
+        loss.grad
+    };
+    worst.compare(
+        "grad.input",
+        grad.as_slice(),
+        &fx.tensor("grad.input")?.data,
+    )?;
+    Ok((worst.error, worst.what))
+}
+
+fn check_optim<T: Scalar>(fx: &Fixture) -> Result<(f64, String)> {
+    let lr = fx.f64_or("lr", f64::NAN)?;
+    let weight_decay = fx.f64_or("weight_decay", 0.0)?;
+    let mut optimizer: Box<dyn Optimizer<T>> = match fx.meta("optimizer")? {
+        "SGD" => Box::new(Sgd {
+            momentum: fx.f64_or("momentum", 0.0)?,
+            dampening: fx.f64_or("dampening", 0.0)?,
+            nesterov: fx.bool_or("nesterov", false)?,
+            weight_decay,
+            ..Sgd::new(lr)
+        }),
+        "Adam" => Box::new(Adam {
+            betas: fx.pair_or("betas", (0.9, 0.999))?,
+            eps: fx.f64_or("eps", 1e-8)?,
+            amsgrad: fx.bool_or("amsgrad", false)?,
+            weight_decay,
+            ..Adam::new(lr)
+        }),
+        "AdamW" => Box::new(AdamW {
+            betas: fx.pair_or("betas", (0.9, 0.999))?,
+            eps: fx.f64_or("eps", 1e-8)?,
+            amsgrad: fx.bool_or("amsgrad", false)?,
+            weight_decay: fx.f64_or("weight_decay", 0.01)?,
+            ..AdamW::new(lr)
+        }),
+        "RMSprop" => Box::new(RmsProp {
+            alpha: fx.f64_or("alpha", 0.99)?,
+            eps: fx.f64_or("eps", 1e-8)?,
+            momentum: fx.f64_or("momentum", 0.0)?,
+            centered: fx.bool_or("centered", false)?,
+            weight_decay,
+            ..RmsProp::new(lr)
+        }),
+        "Adagrad" => Box::new(Adagrad {
+            lr_decay: fx.f64_or("lr_decay", 0.0)?,
+            initial_accumulator_value: fx.f64_or("initial_accumulator_value", 0.0)?,
+            eps: fx.f64_or("eps", 1e-10)?,
+            weight_decay,
+            ..Adagrad::new(lr)
+        }),
+        other => return Err(Error::new(format!("optimizer `{other}` is not supported"))),
+    };
+    let as_set = |t: &Tensor<f64>| ParamSet {
+        entries: vec![(
+            "p".to_string(),
+            (t.data.len(), 1),
+            t.data.iter().map(|v| T::of(*v)).collect(),
+        )],
+    };
+    let mut param = as_set(fx.tensor("param.init")?);
+    let mut worst = Worst::new();
+    for k in 0..fx.usize("steps")? {
+        optimizer.step(&mut param, &as_set(fx.tensor(&format!("grad.{k}"))?))?;
+        worst.compare(
+            &format!("param.{k}"),
+            &param.entries[0].2,
+            &fx.tensor(&format!("param.{k}"))?.data,
+        )?;
+    }
+    Ok((worst.error, worst.what))
+}
+
+fn check_clip<T: Scalar>(fx: &Fixture) -> Result<(f64, String)> {
+    let norm_type = match fx.f64_or("norm_type", 2.0)? {
+        n if n == 2.0 => NormType::L2,
+        n if n == 1.0 => NormType::L1,
+        n if n.is_infinite() => NormType::Inf,
+        other => {
+            return Err(Error::new(format!(
+                "norm type {other} is not 1, 2 or infinity"
+            )))
+        }
+    };
+    let mut grads = ParamSet {
+        entries: Vec::new(),
+    };
+    let mut i = 0;
+    while let Ok(t) = fx.tensor(&format!("grad_in.{i}")) {
+        grads.entries.push((
+            format!("g{i}"),
+            (t.data.len(), 1),
+            t.data.iter().map(|v| T::of(*v)).collect(),
+        ));
+        i += 1;
+    }
+    let total = clip_grad_norm(&mut grads, fx.f64_or("max_norm", f64::NAN)?, norm_type)?;
+    let mut worst = Worst::new();
+    worst.compare(
+        "total_norm",
+        &[T::of(total)],
+        &fx.tensor("total_norm")?.data,
+    )?;
+    for (i, (_, _, values)) in grads.entries.iter().enumerate() {
+        worst.compare(
+            &format!("grad_out.{i}"),
+            values,
+            &fx.tensor(&format!("grad_out.{i}"))?.data,
+        )?;
     }
     Ok((worst.error, worst.what))
 }

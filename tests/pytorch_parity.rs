@@ -1,6 +1,7 @@
 //! Every `rnn` and `pack` fixture of PyTorch's (stacked, bidirectional, packed,
 //! batch_first, proj_size, no bias; forward values and every gradient) matches, in f64
-//! to 1e-9 and in f32 to 1e-4, relative to the largest magnitude compared.
+//! to 1e-9 and in f32 to 1e-4, relative to the largest magnitude compared; every
+//! `loss`, `optim` and `clip` fixture matches in f64 to 1e-9.
 
 use std::path::{Path, PathBuf};
 
@@ -45,6 +46,34 @@ fn all_layer_and_pack_fixtures_match_in_f64_and_f32() {
             Err(e) => failures.push(format!("{} f32: {e}", fixture.name)),
         }
     }
+    assert!(failures.is_empty(), "{failures:#?}");
+}
+
+#[test]
+fn all_loss_optimizer_and_clipping_fixtures_match_in_f64() {
+    let fixtures: Vec<Fixture> = fixtures()
+        .iter()
+        .map(|p| Fixture::load(p).unwrap())
+        .filter(|f| {
+            matches!(
+                f.meta.get("kind").map(String::as_str),
+                Some("loss" | "optim" | "clip")
+            )
+        })
+        .collect();
+    assert_eq!(
+        fixtures.len(),
+        21,
+        "the 21 public loss, optim and clip fixtures"
+    );
+    let failures: Vec<String> = fixtures
+        .iter()
+        .filter_map(|fixture| match check::<f64>(fixture) {
+            Ok((error, _)) if error <= 1e-9 => None,
+            Ok((error, what)) => Some(format!("{}: {what} off by {error:e}", fixture.name)),
+            Err(e) => Some(format!("{}: {e}", fixture.name)),
+        })
+        .collect();
     assert!(failures.is_empty(), "{failures:#?}");
 }
 

@@ -90,7 +90,7 @@ pub use crate::cell::{
 };
 pub use crate::error::{Error, Result};
 pub use crate::gradcheck::{gradcheck, gradcheck_steps};
-pub use crate::optim::{Adam, Optimizer};
+pub use crate::optim::{clip_grad_norm, Adagrad, Adam, AdamW, NormType, Optimizer, RmsProp, Sgd};
 pub use crate::pack::{
     pack_padded_sequence, pack_sequence, pad_packed_sequence, pad_sequence, PackedSequence,
 };
@@ -112,7 +112,10 @@ pub struct ReadmeDoctests;
 /// What a cell declaration and its training need in scope.
 pub mod prelude {
     pub use crate::cells::{GruCell, LstmCell, RnnReluCell, RnnTanhCell};
-    pub use crate::loss::{mse_loss, Reduction};
+    pub use crate::loss::{
+        bce_with_logits, cross_entropy, log_softmax, mse_loss, nll_loss, softmax, ClassLoss,
+        Reduction,
+    };
     pub use crate::nalgebra::{DMatrix, DVector};
     pub use crate::{
         forward, gradcheck, recurrent, Adam, Cell, Direction, Error, Init, Optimizer, Parameters,

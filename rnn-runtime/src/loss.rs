@@ -1,31 +1,238 @@
 //! Losses: free functions from predictions and targets to the loss and its gradient with
-//! respect to the predictions. Shapes are (features, columns), the library's layout.
+//! respect to the predictions, with PyTorch's semantics. Shapes are in the library's
+//! layout, features down the columns: PyTorch's (N, C) is (C, N) here, one column per
+//! sample.
 
 use nalgebra::DMatrix;
 
-use crate::{ensure, Result, Scalar};
+use crate::{ensure, Error, Result, Scalar};
 
 /// How a loss reduces its elements.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Reduction {
-    /// The mean over all elements (PyTorch's default).
+    /// The mean (PyTorch's default; a weighted mean for weighted losses).
     #[default]
     Mean,
-    /// The sum over all elements.
+    /// The sum.
     Sum,
+    /// No reduction: a value per sample (or per element).
+    None,
 }
 
-/// A reduced loss and its gradient with respect to the input.
+/// A loss and its gradient with respect to the input.
 #[derive(Clone, Debug)]
 pub struct Loss<T: Scalar> {
-    /// The reduced loss.
+    /// The reduced loss; with `Reduction::None`, the sum of `values`.
     pub value: T,
-    /// Same shape as the input.
+    /// With `Reduction::None`, per sample (1, N) or per element (like the input);
+    /// otherwise (1, 1) holding `value`.
+    pub values: DMatrix<T>,
+    /// The gradient of `value` with respect to the input, shaped like the input.
     pub grad: DMatrix<T>,
 }
 
-/// Mean squared error `(input - target)²`, reduced. Input and target have the same
-/// shape, any shape.
+impl<T: Scalar> Loss<T> {
+    /// The gradient of `Σ values ∘ upstream` (the chain rule through an unreduced loss).
+    pub fn weighted_grad(&self, upstream: &DMatrix<T>) -> Result<DMatrix<T>> {
+        ensure!(
+            upstream.shape() == self.values.shape(),
+            "the upstream gradient is {:?} but the loss values are {:?}",
+            upstream.shape(),
+            self.values.shape()
+        );
+        let mut grad = self.grad.clone();
+        if upstream.shape() == grad.shape() {
+            grad.component_mul_assign(upstream);
+        } else {
+            for (mut column, w) in grad.column_iter_mut().zip(upstream.iter().cycle()) {
+                column *= *w;
+            }
+        }
+        Ok(grad)
+    }
+
+    fn reduced(value: T, grad: DMatrix<T>) -> Loss<T> {
+        Loss {
+            value,
+            values: DMatrix::from_element(1, 1, value),
+            grad,
+        }
+    }
+}
+
+/// Log-softmax down each column, stable for large logits (log-sum-exp).
+pub fn log_softmax<T: Scalar>(logits: &DMatrix<T>) -> DMatrix<T> {
+    let mut out = logits.clone();
+    if out.nrows() == 0 {
+        return out;
+    }
+    for mut column in out.column_iter_mut() {
+        let max = column.max();
+        let lse = max
+            + column
+                .iter()
+                .fold(T::zero(), |acc, v| acc + (*v - max).exp())
+                .ln();
+        column.add_scalar_mut(-lse);
+    }
+    out
+}
+
+/// Softmax down each column.
+pub fn softmax<T: Scalar>(logits: &DMatrix<T>) -> DMatrix<T> {
+    log_softmax(logits).map(|v| v.exp())
+}
+
+/// Options of [`cross_entropy`] and [`nll_loss`], with PyTorch's defaults.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ClassLoss<T> {
+    /// A weight per class.
+    pub weight: Option<Vec<T>>,
+    /// Samples with this target count for nothing (PyTorch: -100).
+    pub ignore_index: i64,
+    /// Cross-entropy only: the target mixes this much of the uniform distribution.
+    pub label_smoothing: f64,
+    /// Mean, sum or none.
+    pub reduction: Reduction,
+}
+
+impl<T> Default for ClassLoss<T> {
+    fn default() -> Self {
+        ClassLoss {
+            weight: None,
+            ignore_index: -100,
+            label_smoothing: 0.0,
+            reduction: Reduction::Mean,
+        }
+    }
+}
+
+/// Cross-entropy of logits (C, N) against class indices (N): log-softmax, then NLL,
+/// with class weights, `ignore_index` and label smoothing as PyTorch defines them (the
+/// weighted mean divides by the summed weights of the targets not ignored).
+pub fn cross_entropy<T: Scalar>(
+    logits: &DMatrix<T>,
+    targets: &[i64],
+    options: &ClassLoss<T>,
+) -> Result<Loss<T>> {
+    ensure!(
+        (0.0..=1.0).contains(&options.label_smoothing),
+        "`label_smoothing` must be in [0, 1], but is {}",
+        options.label_smoothing
+    );
+    let log_probs = log_softmax(logits);
+    class_loss(&log_probs, targets, options, true)
+}
+
+/// Negative log-likelihood of log-probabilities (C, N) against class indices (N), with
+/// class weights and `ignore_index` (no label smoothing).
+pub fn nll_loss<T: Scalar>(
+    log_probs: &DMatrix<T>,
+    targets: &[i64],
+    options: &ClassLoss<T>,
+) -> Result<Loss<T>> {
+    ensure!(
+        options.label_smoothing == 0.0,
+        "nll_loss has no label smoothing; use cross_entropy"
+    );
+    class_loss(log_probs, targets, options, false)
+}
+
+/// Both class losses are linear in the log-probabilities: L = Σ a[c, n] · lp[c, n]. The
+/// gradient through log-softmax is then a[k, n] - softmax[k, n] · Σ_c a[c, n].
+fn class_loss<T: Scalar>(
+    log_probs: &DMatrix<T>,
+    targets: &[i64],
+    options: &ClassLoss<T>,
+    through_softmax: bool,
+) -> Result<Loss<T>> {
+    let (classes, n) = log_probs.shape();
+    ensure!(
+        targets.len() == n,
+        "{n} samples (columns) but {} targets",
+        targets.len()
+    );
+    let weight: Vec<T> = match &options.weight {
+        Some(w) => {
+            ensure!(
+                w.len() == classes,
+                "{} class weights for {classes} classes",
+                w.len()
+            );
+            w.clone()
+        }
+        None => vec![T::one(); classes],
+    };
+    let mut kept = Vec::with_capacity(n);
+    for (i, &t) in targets.iter().enumerate() {
+        if t == options.ignore_index {
+            kept.push(None);
+        } else if t < 0 || t as usize >= classes {
+            return Err(Error::new(format!(
+                "target {t} of sample {i} is not a class in 0..{classes} (nor `ignore_index` {})",
+                options.ignore_index
+            )));
+        } else {
+            kept.push(Some(t as usize));
+        }
+    }
+    let eps = options.label_smoothing;
+    let smooth = T::of(eps / classes as f64);
+    let keep = T::of(1.0 - eps);
+    // Per sample: the NLL term and the smoothing term, unreduced.
+    let mut nll = vec![T::zero(); n];
+    let mut smoothing = vec![T::zero(); n];
+    for (i, target) in kept.iter().enumerate() {
+        if let Some(t) = *target {
+            nll[i] = -weight[t] * log_probs[(t, i)];
+            if eps > 0.0 {
+                smoothing[i] =
+                    -(0..classes).fold(T::zero(), |acc, c| acc + weight[c] * log_probs[(c, i)]);
+            }
+        }
+    }
+    let denominator = kept
+        .iter()
+        .flatten()
+        .fold(T::zero(), |acc, &t| acc + weight[t]);
+    let scale = match options.reduction {
+        Reduction::Mean => T::one() / denominator,
+        Reduction::Sum | Reduction::None => T::one(),
+    };
+    let per_sample: Vec<T> = (0..n)
+        .map(|i| keep * nll[i] + smooth * smoothing[i])
+        .collect();
+    let mut grad = DMatrix::zeros(classes, n);
+    for (i, target) in kept.iter().enumerate() {
+        let Some(t) = *target else { continue };
+        let mut column = grad.column_mut(i);
+        column[t] -= keep * weight[t] * scale;
+        if eps > 0.0 {
+            for c in 0..classes {
+                column[c] -= smooth * weight[c] * scale;
+            }
+        }
+        if through_softmax {
+            let total: T = column.iter().fold(T::zero(), |acc, a| acc + *a);
+            for c in 0..classes {
+                let p = log_probs[(c, i)].exp();
+                column[c] -= p * total;
+            }
+        }
+    }
+    let sum = per_sample.iter().fold(T::zero(), |acc, v| acc + *v);
+    Ok(match options.reduction {
+        Reduction::None => Loss {
+            value: sum,
+            values: DMatrix::from_row_slice(1, n, &per_sample),
+            grad,
+        },
+        Reduction::Sum => Loss::reduced(sum, grad),
+        Reduction::Mean => Loss::reduced(sum * scale, grad),
+    })
+}
+
+/// Mean squared error `(input - target)²`, any shape.
 pub fn mse_loss<T: Scalar>(
     input: &DMatrix<T>,
     target: &DMatrix<T>,
@@ -38,19 +245,50 @@ pub fn mse_loss<T: Scalar>(
         target.shape()
     );
     let diff = input - target;
-    let sum = diff.iter().fold(T::zero(), |acc, d| acc + *d * *d);
-    let two = T::of(2.0);
-    let (value, scale) = match reduction {
-        Reduction::Sum => (sum, two),
+    let elementwise = diff.map(|d| d * d);
+    Ok(elementwise_loss(elementwise, diff * T::of(2.0), reduction))
+}
+
+/// Binary cross-entropy of logits against targets in [0, 1], any shape:
+/// `max(x, 0) - x·y + log(1 + e^-|x|)`, stable for large logits.
+pub fn bce_with_logits<T: Scalar>(
+    logits: &DMatrix<T>,
+    target: &DMatrix<T>,
+    reduction: Reduction,
+) -> Result<Loss<T>> {
+    ensure!(
+        logits.shape() == target.shape(),
+        "bce_with_logits: logits are {:?} but targets are {:?}; they must have the same shape",
+        logits.shape(),
+        target.shape()
+    );
+    let elementwise = logits.zip_map(target, |x, y| {
+        let positive = if x > T::zero() { x } else { T::zero() };
+        positive - x * y + (-x.abs()).exp().ln_1p()
+    });
+    let grad = logits.zip_map(target, |x, y| crate::math::sigmoid(x) - y);
+    Ok(elementwise_loss(elementwise, grad, reduction))
+}
+
+/// Reduces a loss whose elements and their derivatives are given.
+fn elementwise_loss<T: Scalar>(
+    elementwise: DMatrix<T>,
+    derivative: DMatrix<T>,
+    reduction: Reduction,
+) -> Loss<T> {
+    let sum = elementwise.iter().fold(T::zero(), |acc, v| acc + *v);
+    match reduction {
+        Reduction::None => Loss {
+            value: sum,
+            values: elementwise,
+            grad: derivative,
+        },
+        Reduction::Sum => Loss::reduced(sum, derivative),
         Reduction::Mean => {
-            let count = T::of(input.len().max(1) as f64);
-            (sum / count, two / count)
+            let count = T::of(elementwise.len().max(1) as f64);
+            Loss::reduced(sum / count, derivative / count)
         }
-    };
-    Ok(Loss {
-        value,
-        grad: diff * scale,
-    })
+    }
 }
 
 #[cfg(test)]
@@ -74,5 +312,41 @@ mod tests {
             err.to_string().contains("(2, 2)") && err.to_string().contains("(3, 2)"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn huge_logits_do_not_overflow() {
+        let logits = DMatrix::from_column_slice(3, 1, &[1000.0f32, -1000.0, 999.0]);
+        let loss = cross_entropy(&logits, &[2], &ClassLoss::default()).unwrap();
+        // log-sum-exp = 1000 + ln(1 + e^-1), so the loss is 1 + ln(1 + e^-1).
+        assert!(
+            (loss.value - (1.0 + (1.0 + (-1.0f32).exp()).ln())).abs() < 1e-4,
+            "{}",
+            loss.value
+        );
+        assert!(loss.grad.iter().all(|g| g.is_finite()));
+        let bce = bce_with_logits(
+            &DMatrix::from_element(1, 1, 500.0f32),
+            &DMatrix::from_element(1, 1, 0.0),
+            Reduction::Sum,
+        )
+        .unwrap();
+        assert_eq!(bce.value, 500.0);
+    }
+
+    #[test]
+    fn a_target_outside_the_classes_is_an_error() {
+        let logits = DMatrix::<f64>::zeros(3, 2);
+        let err = cross_entropy(&logits, &[0, 3], &ClassLoss::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("target 3 of sample 1") && err.contains("0..3"),
+            "{err}"
+        );
+        assert!(cross_entropy(&logits, &[0], &ClassLoss::default())
+            .unwrap_err()
+            .to_string()
+            .contains("2 samples"));
     }
 }

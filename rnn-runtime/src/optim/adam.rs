@@ -1,11 +1,11 @@
-//! Adam (Kingma & Ba), exactly as `torch.optim.Adam` computes it, with `amsgrad`.
+//! Adam (Kingma & Ba) and AdamW (Loshchilov & Hutter), as `torch.optim.Adam`/`AdamW`.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 
-use crate::params::pair_with_grads;
-use crate::{ensure, Optimizer, Parameters, Result, Scalar};
+use super::{optimizer_state, Optimizer, ParamState};
+use crate::Scalar;
 
-/// Adam with PyTorch's defaults: lr 0.001, betas (0.9, 0.999), eps 1e-8.
+/// Adam with PyTorch's defaults: betas (0.9, 0.999), eps 1e-8, no weight decay.
 #[derive(Clone, Debug)]
 pub struct Adam<T> {
     /// The learning rate.
@@ -14,36 +14,30 @@ pub struct Adam<T> {
     pub betas: (f64, f64),
     /// Added to the denominator, for stability.
     pub eps: f64,
-    /// L2 penalty added to the gradient (not decoupled: see AdamW for that).
+    /// L2 penalty added to the gradient.
     pub weight_decay: f64,
     /// Use the maximum of past second moments (Reddi et al.).
     pub amsgrad: bool,
-    /// Per parameter, by name.
-    pub state: HashMap<String, AdamState<T>>,
+    /// Per parameter: `exp_avg`, `exp_avg_sq` (and `max_exp_avg_sq`).
+    pub state: BTreeMap<String, ParamState<T>>,
 }
 
-/// The moments of one parameter.
-#[derive(Clone, Debug, PartialEq)]
-pub struct AdamState<T> {
-    /// Steps taken.
-    pub step: u64,
-    /// The first moment.
-    pub exp_avg: Vec<T>,
-    /// The second moment.
-    pub exp_avg_sq: Vec<T>,
-    /// Only with `amsgrad`.
-    pub max_exp_avg_sq: Vec<T>,
-}
-
-impl<T: Scalar> AdamState<T> {
-    fn zeros(len: usize) -> Self {
-        AdamState {
-            step: 0,
-            exp_avg: vec![T::zero(); len],
-            exp_avg_sq: vec![T::zero(); len],
-            max_exp_avg_sq: vec![T::zero(); len],
-        }
-    }
+/// AdamW: Adam with the weight decay applied to the parameter, not the gradient;
+/// PyTorch's defaults: betas (0.9, 0.999), eps 1e-8, weight decay 0.01.
+#[derive(Clone, Debug)]
+pub struct AdamW<T> {
+    /// The learning rate.
+    pub lr: f64,
+    /// The decay rates of the first and second moments.
+    pub betas: (f64, f64),
+    /// Added to the denominator, for stability.
+    pub eps: f64,
+    /// Decoupled decay: each step multiplies the parameter by `1 - lr · weight_decay`.
+    pub weight_decay: f64,
+    /// Use the maximum of past second moments.
+    pub amsgrad: bool,
+    /// Per parameter: `exp_avg`, `exp_avg_sq` (and `max_exp_avg_sq`).
+    pub state: BTreeMap<String, ParamState<T>>,
 }
 
 impl<T: Scalar> Adam<T> {
@@ -55,82 +49,112 @@ impl<T: Scalar> Adam<T> {
             eps: 1e-8,
             weight_decay: 0.0,
             amsgrad: false,
-            state: HashMap::new(),
-        }
-    }
-
-    /// One parameter's update.
-    fn update(&self, param: &mut [T], grad: &[T], state: &mut AdamState<T>) {
-        let (beta1, beta2) = self.betas;
-        state.step += 1;
-        let bias_correction1 = 1.0 - beta1.powi(state.step as i32);
-        let bias_correction2_sqrt = (1.0 - beta2.powi(state.step as i32)).sqrt();
-        let step_size = T::of(self.lr / bias_correction1);
-        let (b1, b2) = (T::of(beta1), T::of(beta2));
-        let (one, eps, wd) = (T::one(), T::of(self.eps), T::of(self.weight_decay));
-        let bc2 = T::of(bias_correction2_sqrt);
-        for i in 0..param.len() {
-            let g = if self.weight_decay != 0.0 {
-                grad[i] + wd * param[i]
-            } else {
-                grad[i]
-            };
-            let m = b1 * state.exp_avg[i] + (one - b1) * g;
-            let v = b2 * state.exp_avg_sq[i] + (one - b2) * g * g;
-            state.exp_avg[i] = m;
-            state.exp_avg_sq[i] = v;
-            let v_used = if self.amsgrad {
-                let max = if state.max_exp_avg_sq[i] > v {
-                    state.max_exp_avg_sq[i]
-                } else {
-                    v
-                };
-                state.max_exp_avg_sq[i] = max;
-                max
-            } else {
-                v
-            };
-            let denom = v_used.sqrt() / bc2 + eps;
-            param[i] -= step_size * m / denom;
+            state: BTreeMap::new(),
         }
     }
 }
 
-impl<T: Scalar> Optimizer<T> for Adam<T> {
-    fn step(&mut self, params: &mut dyn Parameters<T>, grads: &dyn Parameters<T>) -> Result<()> {
-        for (param, grad) in pair_with_grads(params.parameters_mut(), grads.parameters())? {
-            let len = param.values.len();
-            if let Some(state) = self.state.get(&param.name) {
-                ensure!(
-                    state.exp_avg.len() == len,
-                    "Adam state of `{}` has {} values but the parameter has {len}",
-                    param.name,
-                    state.exp_avg.len()
-                );
-            }
-            let mut state = self
-                .state
-                .remove(&param.name)
-                .unwrap_or_else(|| AdamState::zeros(len));
-            self.update(param.values, grad, &mut state);
-            self.state.insert(param.name, state);
+impl<T: Scalar> AdamW<T> {
+    /// AdamW with learning rate `lr` and PyTorch's other defaults.
+    pub fn new(lr: f64) -> AdamW<T> {
+        AdamW {
+            lr,
+            betas: (0.9, 0.999),
+            eps: 1e-8,
+            weight_decay: 0.01,
+            amsgrad: false,
+            state: BTreeMap::new(),
         }
-        Ok(())
+    }
+}
+
+/// The moments' update and the step, shared by Adam and AdamW.
+fn adam_step<T: Scalar>(
+    lr: f64,
+    (beta1, beta2): (f64, f64),
+    eps: f64,
+    amsgrad: bool,
+    param: &mut [T],
+    grad: &[T],
+    l2: f64,
+    state: &mut ParamState<T>,
+) {
+    state.step += 1;
+    let n = param.len();
+    let bias_correction1 = 1.0 - beta1.powi(state.step as i32);
+    let bias_correction2_sqrt = T::of((1.0 - beta2.powi(state.step as i32)).sqrt());
+    let step_size = T::of(lr / bias_correction1);
+    let (b1, b2, one, eps, l2) = (T::of(beta1), T::of(beta2), T::one(), T::of(eps), T::of(l2));
+    let mut m = std::mem::take(state.buffer("exp_avg", n, T::zero()));
+    let mut v = std::mem::take(state.buffer("exp_avg_sq", n, T::zero()));
+    let mut v_max = if amsgrad {
+        std::mem::take(state.buffer("max_exp_avg_sq", n, T::zero()))
+    } else {
+        Vec::new()
+    };
+    for i in 0..n {
+        let g = grad[i] + l2 * param[i];
+        m[i] = b1 * m[i] + (one - b1) * g;
+        v[i] = b2 * v[i] + (one - b2) * g * g;
+        let second = if amsgrad {
+            if v[i] > v_max[i] {
+                v_max[i] = v[i];
+            }
+            v_max[i]
+        } else {
+            v[i]
+        };
+        param[i] -= step_size * m[i] / (second.sqrt() / bias_correction2_sqrt + eps);
+    }
+    state.buffers.insert("exp_avg".into(), m);
+    state.buffers.insert("exp_avg_sq".into(), v);
+    if amsgrad {
+        state.buffers.insert("max_exp_avg_sq".into(), v_max);
+    }
+}
+
+impl<T: Scalar> Optimizer<T> for Adam<T> {
+    fn update(&self, param: &mut [T], grad: &[T], state: &mut ParamState<T>) {
+        adam_step(
+            self.lr,
+            self.betas,
+            self.eps,
+            self.amsgrad,
+            param,
+            grad,
+            self.weight_decay,
+            state,
+        );
     }
 
-    fn lr(&self) -> f64 {
-        self.lr
+    optimizer_state!();
+}
+
+impl<T: Scalar> Optimizer<T> for AdamW<T> {
+    fn update(&self, param: &mut [T], grad: &[T], state: &mut ParamState<T>) {
+        let decay = T::of(1.0 - self.lr * self.weight_decay);
+        for p in param.iter_mut() {
+            *p *= decay;
+        }
+        adam_step(
+            self.lr,
+            self.betas,
+            self.eps,
+            self.amsgrad,
+            param,
+            grad,
+            0.0,
+            state,
+        );
     }
 
-    fn set_lr(&mut self, lr: f64) {
-        self.lr = lr;
-    }
+    optimizer_state!();
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{ParamMut, ParamRef};
+    use crate::{ParamMut, ParamRef, Parameters};
 
     struct One(Vec<f64>);
 
