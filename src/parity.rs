@@ -530,8 +530,8 @@ fn check_optim<T: Scalar>(fx: &Fixture) -> Result<(f64, String)> {
 
 fn check_clip<T: Scalar>(fx: &Fixture) -> Result<(f64, String)> {
     let norm_type = match fx.f64_or("norm_type", 2.0)? {
-        n if n == 2.0 => NormType::L2,
-        n if n == 1.0 => NormType::L1,
+        2.0 => NormType::L2,
+        1.0 => NormType::L1,
         n if n.is_infinite() => NormType::Inf,
         other => {
             return Err(Error::new(format!(

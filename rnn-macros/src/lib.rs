@@ -8,6 +8,7 @@
 mod autodiff;
 mod compile;
 mod ctxt;
+mod derive;
 mod expand;
 mod func;
 #[cfg(test)]
@@ -31,4 +32,11 @@ pub fn recurrent(
     item: proc_macro::TokenStream,
 ) -> proc_macro::TokenStream {
     compile::compile(attr.into(), item.into()).into()
+}
+
+/// Derives `rnn_runtime::Parameters` for a struct of parts that have parameters: each
+/// field's parameters under `field.name`; `#[parameters(skip)]` leaves a field out.
+#[proc_macro_derive(Parameters, attributes(parameters))]
+pub fn derive_parameters(input: proc_macro::TokenStream) -> proc_macro::TokenStream {
+    derive::parameters(input.into()).into()
 }

@@ -51,7 +51,8 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[macro_export]
 macro_rules! ensure {
     ($cond:expr, $($fmt:tt)+) => {
-        if !$cond {
+        if $cond {
+        } else {
             return ::core::result::Result::Err($crate::Error::new(format!($($fmt)+)));
         }
     };

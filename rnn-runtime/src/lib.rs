@@ -66,10 +66,13 @@ extern crate self as rnn_runtime;
 
 mod cell;
 pub mod cells;
+pub mod checkpoint;
+pub mod data;
 mod error;
 pub mod gradcheck;
 pub mod loss;
 pub mod math;
+pub mod modules;
 pub mod nn;
 pub mod optim;
 pub mod pack;
@@ -83,7 +86,7 @@ pub mod tensor_io;
 pub mod torch;
 
 pub use nalgebra;
-pub use rnn_macros::recurrent;
+pub use rnn_macros::{recurrent, Parameters};
 
 pub use crate::cell::{
     BufferCols, BufferSpec, Cell, CellSpec, ParamSpec, SizeSpec, TapeRoles, VarSpec,
@@ -118,7 +121,7 @@ pub mod prelude {
     };
     pub use crate::nalgebra::{DMatrix, DVector};
     pub use crate::{
-        forward, gradcheck, recurrent, Adam, Cell, Direction, Error, Init, Optimizer, Parameters,
-        Rng, Scalar, Steps,
+        forward, gradcheck, recurrent, Adagrad, Adam, AdamW, Cell, Direction, Error, Init,
+        Optimizer, Parameters, RmsProp, Rng, Scalar, Sgd, Steps,
     };
 }

@@ -150,3 +150,31 @@ impl<T> Parameters<T> for ParamSet<T> {
             .collect()
     }
 }
+
+/// A list of parts: `0.weight`, `1.weight`, ...
+impl<T, P: Parameters<T>> Parameters<T> for Vec<P> {
+    fn parameters(&self) -> Vec<ParamRef<'_, T>> {
+        self.iter()
+            .enumerate()
+            .flat_map(|(i, p)| prefixed(&i.to_string(), p.parameters()))
+            .collect()
+    }
+
+    fn parameters_mut(&mut self) -> Vec<ParamMut<'_, T>> {
+        self.iter_mut()
+            .enumerate()
+            .flat_map(|(i, p)| prefixed_mut(&i.to_string(), p.parameters_mut()))
+            .collect()
+    }
+}
+
+/// A part that may be absent has no parameters then.
+impl<T, P: Parameters<T>> Parameters<T> for Option<P> {
+    fn parameters(&self) -> Vec<ParamRef<'_, T>> {
+        self.as_ref().map_or_else(Vec::new, P::parameters)
+    }
+
+    fn parameters_mut(&mut self) -> Vec<ParamMut<'_, T>> {
+        self.as_mut().map_or_else(Vec::new, P::parameters_mut)
+    }
+}

@@ -68,17 +68,24 @@ impl<T: Scalar> AdamW<T> {
     }
 }
 
-/// The moments' update and the step, shared by Adam and AdamW.
-fn adam_step<T: Scalar>(
+/// What Adam's update needs; AdamW's has no L2 term.
+struct Hyper {
     lr: f64,
-    (beta1, beta2): (f64, f64),
+    betas: (f64, f64),
     eps: f64,
     amsgrad: bool,
-    param: &mut [T],
-    grad: &[T],
     l2: f64,
-    state: &mut ParamState<T>,
-) {
+}
+
+/// The moments' update and the step, shared by Adam and AdamW.
+fn adam_step<T: Scalar>(h: Hyper, param: &mut [T], grad: &[T], state: &mut ParamState<T>) {
+    let Hyper {
+        lr,
+        betas: (beta1, beta2),
+        eps,
+        amsgrad,
+        l2,
+    } = h;
     state.step += 1;
     let n = param.len();
     let bias_correction1 = 1.0 - beta1.powi(state.step as i32);
@@ -115,16 +122,14 @@ fn adam_step<T: Scalar>(
 
 impl<T: Scalar> Optimizer<T> for Adam<T> {
     fn update(&self, param: &mut [T], grad: &[T], state: &mut ParamState<T>) {
-        adam_step(
-            self.lr,
-            self.betas,
-            self.eps,
-            self.amsgrad,
-            param,
-            grad,
-            self.weight_decay,
-            state,
-        );
+        let h = Hyper {
+            lr: self.lr,
+            betas: self.betas,
+            eps: self.eps,
+            amsgrad: self.amsgrad,
+            l2: self.weight_decay,
+        };
+        adam_step(h, param, grad, state);
     }
 
     optimizer_state!();
@@ -136,16 +141,14 @@ impl<T: Scalar> Optimizer<T> for AdamW<T> {
         for p in param.iter_mut() {
             *p *= decay;
         }
-        adam_step(
-            self.lr,
-            self.betas,
-            self.eps,
-            self.amsgrad,
-            param,
-            grad,
-            0.0,
-            state,
-        );
+        let h = Hyper {
+            lr: self.lr,
+            betas: self.betas,
+            eps: self.eps,
+            amsgrad: self.amsgrad,
+            l2: 0.0,
+        };
+        adam_step(h, param, grad, state);
     }
 
     optimizer_state!();

@@ -110,54 +110,62 @@ pub trait Optimizer<T: Scalar> {
         out
     }
 
-    /// Restores the state written by [`Optimizer::state_tensors`].
+    /// Restores the state written by [`Optimizer::state_tensors`]; on error nothing
+    /// changes.
     fn load_state_tensors(&mut self, tensors: &BTreeMap<String, Tensor<T>>) -> Result<()> {
-        let mut states: BTreeMap<String, ParamState<T>> = BTreeMap::new();
-        for (key, tensor) in tensors {
-            if let Some(name) = key.strip_suffix(".step") {
-                let step = tensor
-                    .data
-                    .first()
-                    .ok_or_else(|| Error::new(format!("optimizer state `{key}` is empty")))?
-                    .as_f64();
-                ensure!(
-                    step >= 0.0 && step.fract() == 0.0,
-                    "optimizer state `{key}` = {step} is not a step count"
-                );
-                states
-                    .entry(name.to_string())
-                    .or_insert_with(|| ParamState {
-                        step: 0,
-                        buffers: BTreeMap::new(),
-                    })
-                    .step = step as u64;
-            }
-        }
-        for (key, tensor) in tensors {
-            if key.ends_with(".step") {
-                continue;
-            }
-            let (name, buffer) = states
-                .keys()
-                .find_map(|n| {
-                    key.strip_prefix(n.as_str())
-                        .and_then(|rest| rest.strip_prefix('.'))
-                        .map(|b| (n.clone(), b.to_string()))
-                })
-                .ok_or_else(|| {
-                    Error::new(format!(
-                        "optimizer state `{key}` belongs to no parameter with a step count"
-                    ))
-                })?;
-            states
-                .get_mut(&name)
-                .expect("found above")
-                .buffers
-                .insert(buffer, tensor.data.clone());
-        }
-        *self.states_mut() = states;
+        *self.states_mut() = states_from_tensors(tensors)?;
         Ok(())
     }
+}
+
+/// Per-parameter states from the tensors [`Optimizer::state_tensors`] wrote.
+pub fn states_from_tensors<T: Scalar>(
+    tensors: &BTreeMap<String, Tensor<T>>,
+) -> Result<BTreeMap<String, ParamState<T>>> {
+    let mut states: BTreeMap<String, ParamState<T>> = BTreeMap::new();
+    for (key, tensor) in tensors {
+        if let Some(name) = key.strip_suffix(".step") {
+            let step = tensor
+                .data
+                .first()
+                .ok_or_else(|| Error::new(format!("optimizer state `{key}` is empty")))?
+                .as_f64();
+            ensure!(
+                step >= 0.0 && step.fract() == 0.0,
+                "optimizer state `{key}` = {step} is not a step count"
+            );
+            states
+                .entry(name.to_string())
+                .or_insert_with(|| ParamState {
+                    step: 0,
+                    buffers: BTreeMap::new(),
+                })
+                .step = step as u64;
+        }
+    }
+    for (key, tensor) in tensors {
+        if key.ends_with(".step") {
+            continue;
+        }
+        let (name, buffer) = states
+            .keys()
+            .find_map(|n| {
+                key.strip_prefix(n.as_str())
+                    .and_then(|rest| rest.strip_prefix('.'))
+                    .map(|b| (n.clone(), b.to_string()))
+            })
+            .ok_or_else(|| {
+                Error::new(format!(
+                    "optimizer state `{key}` belongs to no parameter with a step count"
+                ))
+            })?;
+        states
+            .get_mut(&name)
+            .expect("found above")
+            .buffers
+            .insert(buffer, tensor.data.clone());
+    }
+    Ok(states)
 }
 
 /// The optimizer fields and trait methods every optimizer shares.
