@@ -970,6 +970,9 @@ mod tests {
                         .iter()
                         .map(|&n| values[n].vector().to_vec())
                         .collect();
+                    // Exponentials compounding over steps may overflow; there is
+                    // nothing to compare then.
+                    prop_assume!(states.iter().flatten().all(|v| v.is_finite()));
                     let ours = &results.output[col * 3..col * 3 + 3];
                     for (o, e) in ours.iter().zip(&states[ir.output]) {
                         prop_assert!(
