@@ -34,13 +34,34 @@ fn type_names(ast: &CellAst) -> (Ident, Ident) {
     (name, grads)
 }
 
-/// On error: the type still exists, so that uses of it elsewhere do not add errors.
+/// On error: the type still exists, with the trait impls and a `new` of the right
+/// arity, so that uses of it elsewhere do not add errors of their own.
 pub fn fallback(ast: &CellAst) -> TokenStream {
     let (name, grads) = type_names(ast);
     let vis = &ast.vis;
+    let mut extra: Vec<String> = Vec::new();
+    for size in ast
+        .args
+        .iter()
+        .filter_map(|a| a.size.as_ref())
+        .map(|s| s.to_string())
+    {
+        if size != "I" && size != "H" && !extra.contains(&size) {
+            extra.push(size);
+        }
+    }
+    let extra = extra.iter().map(|s| format_ident!("_{}", s.to_lowercase()));
     quote! {
+        #[derive(Clone, Debug)]
         #vis struct #name<T = f32>(::core::marker::PhantomData<T>);
+        #[derive(Clone, Debug)]
         #vis struct #grads<T = f32>(::core::marker::PhantomData<T>);
+        impl<T> #name<T> {
+            /// Not available: the cell's equations have errors.
+            pub fn new(_input_size: usize, _hidden_size: usize, #(#extra: usize,)* _rng: &mut ::rnn_runtime::Rng) -> Self {
+                ::core::panic!("the cell has compile errors")
+            }
+        }
         ::rnn_runtime::__fallback_cell!(#name, #grads);
     }
 }

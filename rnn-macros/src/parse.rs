@@ -18,6 +18,11 @@ pub struct CellAst {
     pub stmts: Vec<Stmt>,
     /// `#[recurrent(output = name)]`
     pub output: Option<Ident>,
+    /// Statements whose value had errors: the names they define or assign still count
+    /// as defined or assigned, so that one mistake is reported once.
+    pub broken_stmts: Vec<Ident>,
+    /// Arguments that had errors: the cell's inputs and states are then not all known.
+    pub broken_args: usize,
 }
 
 /// `x: Input`, `h: State<P>`.
@@ -174,25 +179,31 @@ pub fn parse(cx: &Ctxt, attr: TokenStream, item: TokenStream) -> Option<CellAst>
         }
     };
     check_signature(cx, &item_fn.sig);
-    let args = item_fn
+    let parsed_args: Vec<Option<Arg>> = item_fn
         .sig
         .inputs
         .iter()
-        .filter_map(|arg| parse_arg(cx, arg))
+        .map(|arg| parse_arg(cx, arg))
         .collect();
-    let stmts = item_fn
-        .block
-        .stmts
-        .iter()
-        .filter_map(|stmt| parse_stmt(cx, stmt))
-        .collect();
+    let broken_args = parsed_args.iter().filter(|a| a.is_none()).count();
+    let mut stmts = Vec::new();
+    let mut broken_stmts = Vec::new();
+    for stmt in &item_fn.block.stmts {
+        match parse_stmt(cx, stmt) {
+            Ok(stmt) => stmts.push(stmt),
+            Err(Some(name)) => broken_stmts.push(name),
+            Err(None) => {}
+        }
+    }
     Some(CellAst {
         name: item_fn.sig.ident.clone(),
         vis: item_fn.vis.clone(),
         attrs: item_fn.attrs.clone(),
-        args,
+        args: parsed_args.into_iter().flatten().collect(),
         stmts,
         output,
+        broken_stmts,
+        broken_args,
     })
 }
 
@@ -329,7 +340,8 @@ fn parse_arg_type(cx: &Ctxt, ty: &Type) -> Option<(ArgKind, Option<Ident>)> {
     Some((kind, size))
 }
 
-fn parse_stmt(cx: &Ctxt, stmt: &SynStmt) -> Option<Stmt> {
+/// A statement, or when it has errors the name it defines or assigns (if it has one).
+fn parse_stmt(cx: &Ctxt, stmt: &SynStmt) -> Result<Stmt, Option<Ident>> {
     match stmt {
         SynStmt::Local(local) => {
             let name = match &local.pat {
@@ -340,29 +352,34 @@ fn parse_stmt(cx: &Ctxt, stmt: &SynStmt) -> Option<Stmt> {
                 }
                 Pat::Type(typed) => {
                     cx.error_spanned_by(&typed.ty, "a gate needs no type; its size is inferred");
-                    return None;
+                    return Err(match &*typed.pat {
+                        Pat::Ident(pat) => Some(pat.ident.clone()),
+                        _ => None,
+                    });
                 }
                 other => {
                     cx.error_spanned_by(
                         other,
                         "a gate is bound to a plain name, as in `let i = ...`",
                     );
-                    return None;
+                    return Err(None);
                 }
             };
             let Some(init) = &local.init else {
                 cx.error_spanned_by(local, format!("`let {name}` needs a value"));
-                return None;
+                return Err(Some(name));
             };
             if let Some((_, diverge)) = &init.diverge {
                 cx.error_spanned_by(
                     diverge,
                     "`let ... else` is not part of the equation language",
                 );
-                return None;
+                return Err(Some(name));
             }
-            let value = parse_expr(cx, &init.expr)?;
-            Some(Stmt::Let { name, value })
+            match parse_expr(cx, &init.expr) {
+                Some(value) => Ok(Stmt::Let { name, value }),
+                None => Err(Some(name)),
+            }
         }
         SynStmt::Expr(SynExpr::Assign(assign), _) => {
             let name = match &*assign.left {
@@ -374,27 +391,34 @@ fn parse_stmt(cx: &Ctxt, stmt: &SynStmt) -> Option<Stmt> {
                 }
                 other => {
                     cx.error_spanned_by(other, "only a state can be assigned, as in `h = ...`");
-                    return None;
+                    return Err(None);
                 }
             };
-            let value = parse_expr(cx, &assign.right)?;
-            Some(Stmt::Assign { name, value })
+            match parse_expr(cx, &assign.right) {
+                Some(value) => Ok(Stmt::Assign { name, value }),
+                None => Err(Some(name)),
+            }
         }
         SynStmt::Expr(SynExpr::Return(ret), _) => {
             cx.error_spanned_by(ret, "a cell does not `return`; assign its states instead");
-            None
+            Err(None)
         }
         SynStmt::Expr(expr, _) => {
-            cx.error_spanned_by(expr, "a statement is `let name = ...;` or `state = ...;`");
-            None
+            match describe(expr) {
+                Some(what) => cx.error_spanned_by(expr, format!("{what} not allowed in a cell")),
+                None => {
+                    cx.error_spanned_by(expr, "a statement is `let name = ...;` or `state = ...;`")
+                }
+            }
+            Err(None)
         }
         SynStmt::Item(item) => {
             cx.error_spanned_by(item, "items are not allowed inside a cell");
-            None
+            Err(None)
         }
         SynStmt::Macro(mac) => {
             cx.error_spanned_by(mac, "macros are not allowed inside a cell");
-            None
+            Err(None)
         }
     }
 }
@@ -478,10 +502,19 @@ pub fn parse_expr(cx: &Ctxt, expr: &SynExpr) -> Option<Expr> {
                         .expect("checked to be an ident")
                 }
                 other => {
-                    cx.error_spanned_by(
-                        other,
-                        "a function is called by its name, as in `sigmoid(a)`",
-                    );
+                    let mut callee = other;
+                    while let SynExpr::Paren(inner) = callee {
+                        callee = &inner.expr;
+                    }
+                    match describe(callee) {
+                        Some(what) => {
+                            cx.error_spanned_by(other, format!("{what} not allowed in a cell"))
+                        }
+                        None => cx.error_spanned_by(
+                            other,
+                            "a function is called by its name, as in `sigmoid(a)`",
+                        ),
+                    }
                     return None;
                 }
             };
@@ -508,15 +541,16 @@ pub fn parse_expr(cx: &Ctxt, expr: &SynExpr) -> Option<Expr> {
             ))
         }
         other => {
-            cx.error_spanned_by(other, format!("{} not allowed in a cell", describe(other)));
+            let what = describe(other).unwrap_or("this expression is");
+            cx.error_spanned_by(other, format!("{what} not allowed in a cell"));
             None
         }
     }
 }
 
 /// Names the Rust construct that the equation language does not have.
-fn describe(expr: &SynExpr) -> &'static str {
-    match expr {
+fn describe(expr: &SynExpr) -> Option<&'static str> {
+    Some(match expr {
         SynExpr::MethodCall(_) => "method calls are",
         SynExpr::If(_) => "`if` is",
         SynExpr::Match(_) => "`match` is",
@@ -535,8 +569,8 @@ fn describe(expr: &SynExpr) -> &'static str {
         SynExpr::Struct(_) => "struct literals are",
         SynExpr::Await(_) => "`.await` is",
         SynExpr::Try(_) => "`?` is",
-        _ => "this expression is",
-    }
+        _ => return None,
+    })
 }
 
 #[cfg(test)]

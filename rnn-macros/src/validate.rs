@@ -39,13 +39,14 @@ pub fn validate(cx: &Ctxt, cell: &CellAst) {
             cx.error_spanned_by(&arg.name, format!("duplicate argument `{}`", arg.name));
         }
     }
-    if inputs == 0 {
+    // With an argument in error, its kind is unknown: it may be the missing one.
+    if inputs == 0 && cell.broken_args == 0 {
         cx.error_spanned_by(
             &cell.name,
             "a cell needs at least one input, as in `x: Input`",
         );
     }
-    if states == 0 {
+    if states == 0 && cell.broken_args == 0 {
         cx.error_spanned_by(
             &cell.name,
             "a cell needs at least one state, as in `h: State`",
@@ -72,8 +73,19 @@ pub fn validate(cx: &Ctxt, cell: &CellAst) {
         .filter(|stmt| matches!(stmt, Stmt::Let { .. }))
         .map(|stmt| stmt.name().to_string())
         .collect();
-    let mut locals: HashSet<String> = HashSet::new();
-    let mut assigned: HashMap<String, Ident> = HashMap::new();
+    // A statement whose value had errors still defines or assigns its name.
+    let mut locals: HashSet<String> = cell
+        .broken_stmts
+        .iter()
+        .map(|n| n.to_string())
+        .filter(|n| !args.contains_key(n))
+        .collect();
+    let mut assigned: HashMap<String, Ident> = cell
+        .broken_stmts
+        .iter()
+        .filter(|n| args.contains_key(&n.to_string()))
+        .map(|n| (n.to_string(), n.clone()))
+        .collect();
     for stmt in &cell.stmts {
         check_expr(cx, stmt.value(), &args, &locals, &defined_later);
         let name = stmt.name();
@@ -145,6 +157,8 @@ fn check_expr(
             }
             if defined_later.contains(&name) {
                 cx.error_spanned_by(ident, format!("gate `{name}` is used before it is defined"));
+            } else if let Some(why) = unusable_parameter_name(&name) {
+                cx.error_spanned_by(ident, format!("`{name}` cannot name a parameter: {why}"));
             } else if is_matrix_name(&name) {
                 cx.error_spanned_by(
                     ident,
@@ -207,6 +221,17 @@ fn check_expr(
     }
 }
 
+/// Parameters become fields of the generated struct, so their names must be able to.
+fn unusable_parameter_name(name: &str) -> Option<&'static str> {
+    if matches!(name, "self" | "Self" | "super" | "crate") {
+        Some("it is a Rust keyword")
+    } else if name.starts_with("__") {
+        Some("names starting with `__` are reserved for generated code")
+    } else {
+        None
+    }
+}
+
 /// `Some(name)` when `expr` is a bare matrix parameter.
 fn matrix_param<'a>(
     expr: &'a Expr,
@@ -227,21 +252,37 @@ fn matrix_param<'a>(
 }
 
 /// A `let` whose value reaches no state is a mistake: a gate the equations forgot.
+/// (Without states, or where a statement had errors, there is nothing to say.)
 fn check_dead_gates(cx: &Ctxt, cell: &CellAst) {
+    if cell.args.iter().all(|a| a.kind != ArgKind::State) || !cell.broken_stmts.is_empty() {
+        return;
+    }
+    // Gates that reach a state, through any chain of uses, in any order (a use before
+    // the definition is its own error).
     let mut live: HashSet<String> = HashSet::new();
-    for stmt in cell.stmts.iter().rev() {
-        let reaches_state = match stmt {
-            Stmt::Assign { .. } => true,
-            Stmt::Let { name, .. } => live.contains(&name.to_string()),
-        };
-        if reaches_state {
-            collect_idents(stmt.value(), &mut live);
-        } else {
-            let name = stmt.name();
-            cx.error_spanned_by(
-                name,
-                format!("gate `{name}` is computed but never reaches a state"),
-            );
+    loop {
+        let before = live.len();
+        for stmt in &cell.stmts {
+            let reaches_state = match stmt {
+                Stmt::Assign { .. } => true,
+                Stmt::Let { name, .. } => live.contains(&name.to_string()),
+            };
+            if reaches_state {
+                collect_idents(stmt.value(), &mut live);
+            }
+        }
+        if live.len() == before {
+            break;
+        }
+    }
+    for stmt in &cell.stmts {
+        if let Stmt::Let { name, .. } = stmt {
+            if !live.contains(&name.to_string()) {
+                cx.error_spanned_by(
+                    name,
+                    format!("gate `{name}` is computed but never reaches a state"),
+                );
+            }
         }
     }
 }
@@ -320,6 +361,26 @@ mod tests {
         );
         assert!(joined.contains("state `h` is assigned twice"), "{joined}");
         assert!(joined.contains("state `c` is never assigned"), "{joined}");
+    }
+
+    #[test]
+    fn parameter_names_must_be_able_to_name_fields() {
+        let errs = errors(quote! {
+            fn bad(x: Input, h: State) {
+                h = tanh(self + __dims + x);
+            }
+        });
+        let joined = errs.join("\n");
+        assert!(
+            joined.contains("`self` cannot name a parameter: it is a Rust keyword"),
+            "{joined}"
+        );
+        assert!(
+            joined.contains(
+                "`__dims` cannot name a parameter: names starting with `__` are reserved"
+            ),
+            "{joined}"
+        );
     }
 
     #[test]

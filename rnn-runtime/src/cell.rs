@@ -155,10 +155,70 @@ pub enum BufferCols {
 #[macro_export]
 macro_rules! __fallback_cell {
     ($name:ident, $grads:ident) => {
-        impl<T> $name<T> {
-            pub fn new(_input_size: usize, _hidden_size: usize, _rng: &mut $crate::Rng) -> Self {
-                ::core::panic!("the cell has compile errors")
+        const _: () = {
+            impl<T> $crate::Parameters<T> for $name<T> {
+                fn parameters(&self) -> ::std::vec::Vec<$crate::ParamRef<'_, T>> {
+                    ::std::vec::Vec::new()
+                }
+                fn parameters_mut(&mut self) -> ::std::vec::Vec<$crate::ParamMut<'_, T>> {
+                    ::std::vec::Vec::new()
+                }
             }
-        }
+            impl<T> $crate::Parameters<T> for $grads<T> {
+                fn parameters(&self) -> ::std::vec::Vec<$crate::ParamRef<'_, T>> {
+                    ::std::vec::Vec::new()
+                }
+                fn parameters_mut(&mut self) -> ::std::vec::Vec<$crate::ParamMut<'_, T>> {
+                    ::std::vec::Vec::new()
+                }
+            }
+            impl<T: $crate::Scalar> $crate::Cell<T> for $name<T> {
+                type Grads = $grads<T>;
+                const SPEC: &'static $crate::CellSpec = &$crate::CellSpec {
+                    name: ::core::stringify!($name),
+                    size_symbols: &[],
+                    inputs: &[],
+                    states: &[],
+                    output: 0,
+                    params: &[],
+                    equations: &[],
+                    roles: $crate::TapeRoles {
+                        inputs: &[],
+                        d_inputs: &[],
+                        prev: &[],
+                        state: &[],
+                        d_state: &[],
+                        d_prev: &[],
+                    },
+                };
+                fn dims(&self) -> &[usize] {
+                    &[]
+                }
+                fn with_dims(
+                    _: &[usize],
+                    _: &$crate::Init,
+                    _: &mut $crate::Rng,
+                ) -> $crate::Result<Self> {
+                    ::core::result::Result::Err($crate::Error::new("the cell has compile errors"))
+                }
+                fn zero_grads(&self) -> $grads<T> {
+                    $grads(::core::marker::PhantomData)
+                }
+                fn tape_buffers(&self) -> ::std::vec::Vec<$crate::BufferSpec> {
+                    ::std::vec::Vec::new()
+                }
+                fn prepare(&self, _: &mut $crate::Tape<T>) {}
+                fn step_forward(&self, _: &mut $crate::Tape<T>, _: usize, _: usize) {}
+                fn step_backward(
+                    &self,
+                    _: &mut $crate::Tape<T>,
+                    _: usize,
+                    _: usize,
+                    _: &mut $grads<T>,
+                ) {
+                }
+                fn finish_backward(&self, _: &mut $crate::Tape<T>, _: &mut $grads<T>) {}
+            }
+        };
     };
 }

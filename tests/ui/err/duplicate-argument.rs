@@ -1,0 +1,8 @@
+use rnn_runtime::prelude::*;
+
+#[recurrent]
+fn cell(x: Input, h: State, x: Input) {
+    h = tanh(W * x + U * h);
+}
+
+fn main() {}

@@ -1,0 +1,8 @@
+use rnn_runtime::prelude::*;
+
+#[recurrent(output = x)]
+fn cell(x: Input, h: State) {
+    h = tanh(W * x + U * h);
+}
+
+fn main() {}

@@ -1,0 +1,9 @@
+use rnn_runtime::prelude::*;
+
+#[recurrent]
+fn cell(x: Input, h: State) {
+    h = tanh(U * h);
+    return;
+}
+
+fn main() {}
