@@ -382,14 +382,10 @@ fn parse_stmt(cx: &Ctxt, stmt: &SynStmt) -> Result<Stmt, Option<Ident>> {
             }
         }
         SynStmt::Expr(SynExpr::Assign(assign), _) => {
-            let name = match &*assign.left {
-                SynExpr::Path(path) if path.qself.is_none() && path.path.get_ident().is_some() => {
-                    path.path
-                        .get_ident()
-                        .cloned()
-                        .expect("checked to be an ident")
-                }
-                other => {
+            let name = match plain_ident(&assign.left) {
+                Some(name) => name,
+                None => {
+                    let other = &assign.left;
                     cx.error_spanned_by(other, "only a state can be assigned, as in `h = ...`");
                     return Err(None);
                 }
@@ -494,14 +490,10 @@ pub fn parse_expr(cx: &Ctxt, expr: &SynExpr) -> Option<Expr> {
             Some(Expr::Binary(op, Box::new(lhs?), Box::new(rhs?), span))
         }
         SynExpr::Call(call) => {
-            let func = match &*call.func {
-                SynExpr::Path(path) if path.qself.is_none() && path.path.get_ident().is_some() => {
-                    path.path
-                        .get_ident()
-                        .cloned()
-                        .expect("checked to be an ident")
-                }
-                other => {
+            let func = match plain_ident(&call.func) {
+                Some(func) => func,
+                None => {
+                    let other = &*call.func;
                     let mut callee = other;
                     while let SynExpr::Paren(inner) = callee {
                         callee = &inner.expr;
@@ -545,6 +537,14 @@ pub fn parse_expr(cx: &Ctxt, expr: &SynExpr) -> Option<Expr> {
             cx.error_spanned_by(other, format!("{what} not allowed in a cell"));
             None
         }
+    }
+}
+
+/// `x`, as opposed to `a::x`, `<T>::x` or any other expression.
+fn plain_ident(expr: &SynExpr) -> Option<Ident> {
+    match expr {
+        SynExpr::Path(path) if path.qself.is_none() => path.path.get_ident().cloned(),
+        _ => None,
     }
 }
 
