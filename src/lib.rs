@@ -1,3 +1,4 @@
-//! Support shared by the workspace's examples and integration tests.
+//! Support shared by the workspace's examples, integration tests and benches.
 
+pub mod bench_cells;
 pub mod parity;

@@ -102,7 +102,7 @@ pub use crate::params::{
 };
 pub use crate::recurrent::{Mode, Recurrent, RecurrentConfig, RecurrentGrads, RecurrentRun};
 pub use crate::rng::{Init, Rng};
-pub use crate::scalar::Scalar;
+pub use crate::scalar::{set_threads, Scalar};
 pub use crate::sequence::{forward, Direction, SequenceGrads, Steps, Trajectory};
 pub use crate::tape::Tape;
 pub use crate::tensor_io::{load_safetensors, save_safetensors, Tensor};

@@ -7,7 +7,7 @@ use crate::Scalar;
 /// σ(x) = 1 / (1 + e⁻ˣ).
 #[inline(always)]
 pub fn sigmoid<T: Scalar>(x: T) -> T {
-    T::one() / (T::one() + (-x).exp())
+    T::one() / (T::one() + (-x).fast_exp())
 }
 
 /// σ'(x) from y = σ(x).
@@ -19,7 +19,7 @@ pub fn sigmoid_deriv<T: Scalar>(y: T) -> T {
 /// tanh(x).
 #[inline(always)]
 pub fn tanh<T: Scalar>(x: T) -> T {
-    x.tanh()
+    x.fast_tanh()
 }
 
 /// tanh'(x) from y = tanh(x).
@@ -51,7 +51,7 @@ pub fn relu_deriv<T: Scalar>(y: T) -> T {
 /// eˣ.
 #[inline(always)]
 pub fn exp<T: Scalar>(x: T) -> T {
-    x.exp()
+    x.fast_exp()
 }
 
 /// exp'(x) from y = exp(x).

@@ -10,6 +10,13 @@ pub trait Scalar: RealField + Copy + Send + Sync + Default + 'static {
     /// The value as an f64.
     fn as_f64(self) -> f64;
 
+    /// eˣ for the activations: f32 uses a branch-free polynomial that vectorises
+    /// (relative error ~1e-7); f64 the exact libm function, for gradient checks.
+    fn fast_exp(self) -> Self;
+
+    /// tanh for the activations (see `fast_exp`).
+    fn fast_tanh(self) -> Self;
+
     /// `C = alpha * A * B + beta * C` over raw strided memory (matrixmultiply's kernels).
     ///
     /// # Safety
@@ -31,9 +38,55 @@ pub trait Scalar: RealField + Copy + Send + Sync + Default + 'static {
     );
 }
 
+/// eˣ in f32 without branches or libm calls, so that loops over it vectorise: x = n·ln2
+/// + r, eʳ by the Cephes polynomial on |r| ≤ ln2/2, 2ⁿ by building the exponent bits.
+#[inline(always)]
+fn exp_f32(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    // ln 2 in two parts, so that n · ln2 is exact.
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    // Adding and subtracting 1.5 · 2²³ rounds to the nearest integer.
+    const ROUND: f32 = 12_582_912.0;
+    // Beyond these, 2ⁿ leaves the normal range of f32.
+    let x = x.clamp(-87.3, 88.0);
+    let n = (x * LOG2E + ROUND) - ROUND;
+    let r = x - n * LN2_HI - n * LN2_LO;
+    let mut p = 1.987_569_2e-4_f32;
+    p = p * r + 1.398_199_9e-3;
+    p = p * r + 8.333_452e-3;
+    p = p * r + 4.166_579_6e-2;
+    p = p * r + 1.666_666_5e-1;
+    p = p * r + 5.000_000_1e-1;
+    let er = p * r * r + r + 1.0;
+    let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
+    er * scale
+}
+
+/// tanh in f32 from `exp_f32`; near 0 its odd Taylor series keeps the relative error.
+#[inline(always)]
+fn tanh_f32(x: f32) -> f32 {
+    let e = exp_f32(-2.0 * x.abs());
+    let t = (1.0 - e) / (1.0 + e);
+    let x2 = x * x;
+    let small = x * (1.0 - x2 * (1.0 / 3.0 - x2 * (2.0 / 15.0)));
+    let magnitude = if x.abs() < 0.05 { small.abs() } else { t };
+    magnitude.copysign(x)
+}
+
 macro_rules! impl_scalar {
-    ($t:ty, $gemm:path) => {
+    ($t:ty, $gemm:path, $exp:expr, $tanh:expr) => {
         impl Scalar for $t {
+            #[inline(always)]
+            fn fast_exp(self) -> Self {
+                $exp(self)
+            }
+
+            #[inline(always)]
+            fn fast_tanh(self) -> Self {
+                $tanh(self)
+            }
+
             #[inline(always)]
             fn of(value: f64) -> Self {
                 value as $t
@@ -64,8 +117,30 @@ macro_rules! impl_scalar {
     };
 }
 
-impl_scalar!(f32, matrixmultiply::sgemm);
-impl_scalar!(f64, matrixmultiply::dgemm);
+impl_scalar!(f32, matrixmultiply::sgemm, exp_f32, tanh_f32);
+impl_scalar!(f64, matrixmultiply::dgemm, f64::exp, f64::tanh);
+
+/// Sets how many threads the library's parallel work uses (by default, every core).
+/// Call it before the first forward pass: the matrix products read it once.
+pub fn set_threads(threads: usize) -> crate::Result<()> {
+    crate::ensure!(threads > 0, "the thread count must be positive");
+    THREADS.store(threads, std::sync::atomic::Ordering::Relaxed);
+    // matrixmultiply's threading reads this variable on its first product.
+    std::env::set_var("MATMUL_NUM_THREADS", threads.to_string());
+    Ok(())
+}
+
+/// 0: every core.
+static THREADS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// How many threads parallel work may use.
+#[allow(dead_code)]
+pub fn threads() -> usize {
+    match THREADS.load(std::sync::atomic::Ordering::Relaxed) {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    }
+}
 
 /// A strided view of a matrix inside a slice: element (i, j) is at
 /// `offset + i * row_stride + j * col_stride`.
@@ -146,6 +221,16 @@ pub fn gemm<T: Scalar>(
         av.last_index() < a.len() && bv.last_index() < b.len() && cv.last_index() < c.len(),
         "gemm: view out of bounds"
     );
+    // A batch of a few sequences (the notebooks' batch of 1) is a few matrix-vector
+    // products: packing the matrix for each would cost more than the product.
+    if cv.cols <= SMALL_BATCH && cv.row_stride == 1 && bv.row_stride == 1 {
+        if av.row_stride == 1 {
+            return gemv_columns(a, av, b, bv, beta, c, cv);
+        }
+        if av.col_stride == 1 {
+            return gemv_rows(a, av, b, bv, beta, c, cv);
+        }
+    }
     // SAFETY: every view's last element is in bounds (checked above), and `c` is a
     // unique borrow, so it aliases neither `a` nor `b`.
     unsafe {
@@ -165,9 +250,146 @@ pub fn gemm<T: Scalar>(
     }
 }
 
+/// Up to this many columns, products go through `gemv_columns`/`gemv_rows`.
+const SMALL_BATCH: usize = 4;
+
+/// C = A·B + βC for column-major A: each column of C accumulates A's columns, scaled:
+/// contiguous loads, vectorised by the compiler.
+fn gemv_columns<T: Scalar>(
+    a: &[T],
+    av: Strided,
+    b: &[T],
+    bv: Strided,
+    beta: T,
+    c: &mut [T],
+    cv: Strided,
+) {
+    let m = cv.rows;
+    for j in 0..cv.cols {
+        let out = &mut c[cv.offset + j * cv.col_stride..][..m];
+        if beta == T::zero() {
+            out.fill(T::zero());
+        } else {
+            out.iter_mut().for_each(|v| *v *= beta);
+        }
+        for k in 0..av.cols {
+            let x = b[bv.offset + k + j * bv.col_stride];
+            let column = &a[av.offset + k * av.col_stride..][..m];
+            for (o, w) in out.iter_mut().zip(column) {
+                *o += *w * x;
+            }
+        }
+    }
+}
+
+/// C = A·B + βC for row-major A (a transposed matrix): each element of C is the dot
+/// product of a contiguous row of A with a column of B.
+fn gemv_rows<T: Scalar>(
+    a: &[T],
+    av: Strided,
+    b: &[T],
+    bv: Strided,
+    beta: T,
+    c: &mut [T],
+    cv: Strided,
+) {
+    let k = av.cols;
+    for j in 0..cv.cols {
+        let x = &b[bv.offset + j * bv.col_stride..][..k];
+        for i in 0..cv.rows {
+            let row = &a[av.offset + i * av.row_stride..][..k];
+            let dot = dot(row, x);
+            let at = cv.offset + i + j * cv.col_stride;
+            c[at] = if beta == T::zero() {
+                dot
+            } else {
+                beta * c[at] + dot
+            };
+        }
+    }
+}
+
+/// Eight independent partial sums, so that the compiler vectorises the reduction.
+fn dot<T: Scalar>(a: &[T], b: &[T]) -> T {
+    let mut acc = [T::zero(); 8];
+    let (a8, a_rest) = a.split_at(a.len() / 8 * 8);
+    let (b8, b_rest) = b.split_at(a8.len());
+    for (x, y) in a8.chunks_exact(8).zip(b8.chunks_exact(8)) {
+        for l in 0..8 {
+            acc[l] += x[l] * y[l];
+        }
+    }
+    let mut sum = a_rest
+        .iter()
+        .zip(b_rest)
+        .fold(T::zero(), |s, (x, y)| s + *x * *y);
+    for v in acc {
+        sum += v;
+    }
+    sum
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn small_batch_paths_match_the_general_product() {
+        for (m, k, n) in [(7, 5, 1), (33, 17, 3), (140, 35, 4), (9, 1, 2)] {
+            let a =
+                nalgebra::DMatrix::<f64>::from_fn(m, k, |i, j| ((i * 7 + j * 3) % 11) as f64 - 5.0);
+            let b = nalgebra::DMatrix::<f64>::from_fn(k, n, |i, j| ((i + 2 * j) % 5) as f64 * 0.5);
+            let at = a.transpose();
+            for (beta, start) in [(0.0, 9.0), (1.0, 2.0)] {
+                let expected = &a * &b + nalgebra::DMatrix::from_element(m, n, beta * start);
+                let mut c = vec![start; m * n];
+                gemm(
+                    a.as_slice(),
+                    Strided::column_major(m, 0, 0, m, k),
+                    b.as_slice(),
+                    Strided::column_major(k, 0, 0, k, n),
+                    beta,
+                    &mut c,
+                    Strided::column_major(m, 0, 0, m, n),
+                );
+                assert_eq!(&c[..], expected.as_slice(), "columns {m}x{k}x{n}");
+                let mut c = vec![start; m * n];
+                gemm(
+                    at.as_slice(),
+                    Strided::column_major(k, 0, 0, k, m).t(),
+                    b.as_slice(),
+                    Strided::column_major(k, 0, 0, k, n),
+                    beta,
+                    &mut c,
+                    Strided::column_major(m, 0, 0, m, n),
+                );
+                let error = c
+                    .iter()
+                    .zip(expected.iter())
+                    .fold(0.0f64, |e, (x, y)| e.max((x - y).abs()));
+                assert!(error < 1e-12, "rows {m}x{k}x{n}: {error}");
+            }
+        }
+    }
+
+    #[test]
+    fn fast_f32_exp_and_tanh_are_accurate_everywhere() {
+        let mut worst_exp = 0.0f64;
+        let mut worst_tanh = 0.0f64;
+        for i in -200_000..=200_000 {
+            let x = i as f32 * 4.35e-4; // -87 ..= 87, inside the clamp
+            let exact = (x as f64).exp();
+            worst_exp = worst_exp.max(((exp_f32(x) as f64) - exact).abs() / exact);
+            let t = (x as f64).tanh();
+            worst_tanh = worst_tanh.max(((tanh_f32(x) as f64) - t).abs() / t.abs().max(1e-30));
+        }
+        assert!(worst_exp < 3e-7, "exp: {worst_exp}");
+        assert!(worst_tanh < 3e-6, "tanh: {worst_tanh}");
+        assert_eq!(exp_f32(-1000.0), exp_f32(-87.3));
+        assert!(exp_f32(1000.0).is_finite());
+        assert_eq!(tanh_f32(0.0), 0.0);
+        assert_eq!(tanh_f32(30.0), 1.0);
+    }
 
     #[test]
     fn gemm_matches_nalgebra_with_transposes_and_offsets() {

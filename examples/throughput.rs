@@ -1,0 +1,141 @@
+//! How fast cells declared from their equations run: forward over a whole sequence, and
+//! forward + backward (loss = the sum of all outputs), per cell and size.
+//!
+//! Run: `cargo run --release --example throughput -- [--json] [--sizes tiny,small,medium,large]
+//! [--cells lstm,gru,rnn_tanh,peephole_lstm,mgu] [--threads N]`
+//!
+//! Times are medians of repeated runs after warm-up, in milliseconds; GFLOP/s counts
+//! 2·G·H·(I+H)·B·T forward FLOPs (G = 4 LSTM, 3 GRU, 1 RNN) and 3x that for forward +
+//! backward, as `../shared/bench/torch_bench.py` does for PyTorch.
+
+use std::time::Instant;
+
+use clap::Parser;
+use rnn_runtime::nalgebra::DMatrix;
+use rnn_runtime::prelude::*;
+use rnn_suite::bench_cells::{gates, Mgu, PeepholeLstm, SIZES};
+
+#[derive(Parser)]
+#[command(about = "Times forward and forward+backward of cells declared with #[recurrent]")]
+struct Args {
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Comma-separated sizes: tiny, small, medium, large.
+    #[arg(long, default_value = "tiny,small,medium,large")]
+    sizes: String,
+    /// Comma-separated cells: lstm, gru, rnn_tanh, peephole_lstm, mgu.
+    #[arg(long, default_value = "lstm,gru,rnn_tanh,peephole_lstm,mgu")]
+    cells: String,
+    /// Threads to use (default: every core).
+    #[arg(long)]
+    threads: Option<usize>,
+}
+
+struct Row {
+    size: String,
+    cell: String,
+    fwd_ms: f64,
+    fwdbwd_ms: f64,
+    flops: f64,
+}
+
+fn median_ms(reps: usize, mut run: impl FnMut()) -> f64 {
+    for _ in 0..2 {
+        run();
+    }
+    let mut times: Vec<f64> = (0..reps)
+        .map(|_| {
+            let began = Instant::now();
+            run();
+            began.elapsed().as_secs_f64() * 1e3
+        })
+        .collect();
+    times.sort_by(f64::total_cmp);
+    times[times.len() / 2]
+}
+
+fn time_cell<C: Cell<f32>>(
+    t: usize,
+    b: usize,
+    i: usize,
+    h: usize,
+    reps: usize,
+) -> Result<(f64, f64), Error> {
+    let mut rng = Rng::seed(0);
+    let cell = C::with_dims(&[i, h], &Init::pytorch_default(h), &mut rng)?;
+    let steps = Steps::full(t, b)?;
+    let x = DMatrix::from_fn(i, steps.columns(), |_, _| rng.normal() as f32);
+    let ones = DMatrix::from_element(cell.output_size(), steps.columns(), 1.0f32);
+    let fwd = median_ms(reps, || {
+        forward(&cell, &steps, &[&x], None, Direction::Forward).expect("valid sizes");
+    });
+    let fwdbwd = median_ms(reps, || {
+        let mut run = forward(&cell, &steps, &[&x], None, Direction::Forward).expect("valid sizes");
+        run.backward(&cell, Some(&ones), &[]).expect("valid sizes");
+    });
+    Ok((fwd, fwdbwd))
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args = Args::parse();
+    if let Some(threads) = args.threads {
+        rnn_runtime::set_threads(threads)?;
+    }
+    let mut rows = Vec::new();
+    for size in args.sizes.split(',') {
+        let (_, (t, b, i, h)) = *SIZES
+            .iter()
+            .find(|(name, _)| *name == size)
+            .ok_or_else(|| format!("unknown size `{size}`"))?;
+        let reps = if size == "large" { 3 } else { 10 };
+        for cell in args.cells.split(',') {
+            let g = gates(cell).ok_or_else(|| format!("unknown cell `{cell}`"))?;
+            let (fwd_ms, fwdbwd_ms) = match cell {
+                "lstm" => time_cell::<LstmCell<f32>>(t, b, i, h, reps)?,
+                "gru" => time_cell::<GruCell<f32>>(t, b, i, h, reps)?,
+                "rnn_tanh" => time_cell::<RnnTanhCell<f32>>(t, b, i, h, reps)?,
+                "peephole_lstm" => time_cell::<PeepholeLstm<f32>>(t, b, i, h, reps)?,
+                _ => time_cell::<Mgu<f32>>(t, b, i, h, reps)?,
+            };
+            let flops = (2 * g * h * (i + h) * b * t) as f64;
+            let row = Row {
+                size: size.to_string(),
+                cell: cell.to_string(),
+                fwd_ms,
+                fwdbwd_ms,
+                flops,
+            };
+            if !args.json {
+                println!(
+                    "{:7} {:14} fwd {:10.3} ms ({:7.2} GF/s)  fwd+bwd {:10.3} ms ({:7.2} GF/s)",
+                    row.size,
+                    row.cell,
+                    row.fwd_ms,
+                    row.flops / row.fwd_ms / 1e6,
+                    row.fwdbwd_ms,
+                    3.0 * row.flops / row.fwdbwd_ms / 1e6
+                );
+            }
+            rows.push(row);
+        }
+    }
+    if args.json {
+        let rows: Vec<String> = rows
+            .iter()
+            .map(|r| {
+                format!(
+                    "{{\"size\": \"{}\", \"cell\": \"{}\", \"fwd_ms\": {:.4}, \"fwdbwd_ms\": {:.4}, \"fwd_gflops\": {:.3}, \"fwdbwd_gflops\": {:.3}}}",
+                    r.size,
+                    r.cell,
+                    r.fwd_ms,
+                    r.fwdbwd_ms,
+                    r.flops / r.fwd_ms / 1e6,
+                    3.0 * r.flops / r.fwdbwd_ms / 1e6
+                )
+            })
+            .collect();
+        println!("{{\"rows\": [{}]}}", rows.join(", "));
+    }
+    Ok(())
+}

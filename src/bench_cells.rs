@@ -1,0 +1,42 @@
+//! The cells the speed comparison measures, declared as `../shared/bench/torch_bench.py`
+//! writes them in PyTorch, with the sizes it uses.
+
+use rnn_runtime::recurrent;
+
+/// LSTM with peephole connections on the input, forget and output gates.
+#[recurrent]
+pub fn peephole_lstm(x: Input, h: State, c: State) {
+    let i = sigmoid(W_i * x + b_i + U_i * h + p_i * c);
+    let f = sigmoid(W_f * x + b_f + U_f * h + p_f * c);
+    let g = tanh(W_g * x + b_g + U_g * h);
+    c = f * c + i * g;
+    let o = sigmoid(W_o * x + b_o + U_o * h + p_o * c);
+    h = o * tanh(c);
+}
+
+/// Minimal gated unit (Zhou et al., 2016).
+#[recurrent]
+pub fn mgu(x: Input, h: State) {
+    let f = sigmoid(W_f * x + b_f + U_f * h);
+    let n = tanh(W_n * x + b_n + U_n * (f * h));
+    h = (1.0 - f) * h + f * n;
+}
+
+/// (T, B, I, H) of each size.
+pub const SIZES: [(&str, (usize, usize, usize, usize)); 4] = [
+    ("tiny", (70, 1, 35, 35)),
+    ("small", (50, 16, 64, 128)),
+    ("medium", (50, 32, 256, 512)),
+    ("large", (100, 64, 512, 1024)),
+];
+
+/// The number of gate blocks (G) of each cell, for FLOP counts: 2·G·H·(I+H)·B·T forward.
+pub fn gates(cell: &str) -> Option<usize> {
+    match cell {
+        "lstm" | "peephole_lstm" => Some(4),
+        "gru" => Some(3),
+        "mgu" => Some(2),
+        "rnn_tanh" => Some(1),
+        _ => None,
+    }
+}
