@@ -6,7 +6,7 @@
 //!
 //! Times are medians of repeated runs after warm-up, in milliseconds; GFLOP/s counts
 //! 2·G·H·(I+H)·B·T forward FLOPs (G = 4 LSTM, 3 GRU, 1 RNN) and 3x that for forward +
-//! backward, as `../shared/bench/torch_bench.py` does for PyTorch.
+//! backward, as the team's PyTorch benchmark (`bench/torch_bench.py`) does.
 
 use std::time::Instant;
 

@@ -1,4 +1,4 @@
-//! The cells the speed comparison measures, declared as `../shared/bench/torch_bench.py`
+//! The cells the speed comparison measures, declared as the team's PyTorch benchmark (`bench/torch_bench.py` in the shared folder)
 //! writes them in PyTorch, with the sizes it uses.
 
 use rnn_runtime::recurrent;

@@ -15,6 +15,9 @@ pub struct Tape<T> {
     rows: Vec<usize>,
     cols: Vec<usize>,
     columns: usize,
+    /// Transposed copies of stacked weights, made on first use: the backward step's
+    /// product with a transpose then reads contiguous columns.
+    transposed: Vec<Option<Vec<T>>>,
 }
 
 impl<T: Scalar> Tape<T> {
@@ -34,11 +37,13 @@ impl<T: Scalar> Tape<T> {
             .zip(&cols)
             .map(|(r, c)| vec![T::zero(); r * c])
             .collect();
+        let transposed = vec![None; specs.len()];
         Tape {
             bufs,
             rows,
             cols,
             columns,
+            transposed,
         }
     }
 
@@ -77,6 +82,28 @@ impl<T: Scalar> Tape<T> {
     /// `dst = S * src` (or `Sᵀ * src`) over `n` columns, S a stacked weight buffer.
     pub fn gemm(&mut self, stack: usize, transpose: bool, src: At, dst: At, n: usize) {
         let (s_rows, s_cols) = (self.rows[stack], self.cols[stack]);
+        if transpose
+            && n <= crate::scalar::SKINNY
+            && s_rows * s_cols <= crate::scalar::SKINNY_MATRIX
+        {
+            if self.transposed[stack].is_none() {
+                let s = &self.bufs[stack];
+                let t: Vec<T> = (0..s_rows)
+                    .flat_map(|r| (0..s_cols).map(move |c| s[c * s_rows + r]))
+                    .collect();
+                self.transposed[stack] = Some(t);
+            }
+            let t_view = Strided::column_major(s_cols, 0, 0, s_cols, s_rows);
+            let src_view = self.view(src, s_rows, n);
+            let dst_view = self.view(dst, s_cols, n);
+            let t = self.transposed[stack].as_ref().expect("made above");
+            let [b, c] = self
+                .bufs
+                .get_disjoint_mut([src.0, dst.0])
+                .expect("distinct GEMM operands");
+            gemm(t, t_view, b, src_view, T::zero(), c, dst_view);
+            return;
+        }
         let s_view = Strided::column_major(s_rows, 0, 0, s_rows, s_cols);
         let (s_view, inner) = if transpose {
             (s_view.t(), s_rows)
