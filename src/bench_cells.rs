@@ -1,5 +1,5 @@
-//! The cells the speed comparison measures, declared as the team's PyTorch benchmark (`bench/torch_bench.py` in the shared folder)
-//! writes them in PyTorch, with the sizes it uses.
+//! The cells the speed comparison measures, declared as the team's PyTorch benchmark
+//! (`bench/torch_bench.py` in the shared folder) writes them, with its sizes.
 
 use rnn_runtime::recurrent;
 
@@ -22,8 +22,11 @@ pub fn mgu(x: Input, h: State) {
     h = (1.0 - f) * h + f * n;
 }
 
-/// (T, B, I, H) of each size.
-pub const SIZES: [(&str, (usize, usize, usize, usize)); 4] = [
+/// Steps, batch, input size and hidden size: (T, B, I, H).
+pub type Shape = (usize, usize, usize, usize);
+
+/// The shape of each size.
+pub const SIZES: [(&str, Shape); 4] = [
     ("tiny", (70, 1, 35, 35)),
     ("small", (50, 16, 64, 128)),
     ("medium", (50, 32, 256, 512)),
