@@ -4,7 +4,7 @@
 
 use nalgebra::DMatrix;
 
-use crate::pack::{pack_sequence, pad_sequence, PackedSequence};
+use crate::pack::PackedSequence;
 use crate::{ensure, Result, Rng, Scalar};
 
 /// How a dataset is cut into batches.
@@ -47,38 +47,90 @@ pub fn batch_indices(
     Ok(batches)
 }
 
-/// Sequences `indices` of a dataset of (features, length) matrices, packed.
+/// Sequences `indices` of a dataset of (features, length) matrices, packed (each
+/// value copied once, straight into the packed data).
 pub fn packed_batch<T: Scalar>(
     dataset: &[DMatrix<T>],
     indices: &[usize],
 ) -> Result<PackedSequence<T>> {
     let sequences = select(dataset, indices)?;
-    pack_sequence(&sequences, false)
+    let lengths: Vec<usize> = sequences.iter().map(|s| s.ncols()).collect();
+    // Longest first; ties keep their order, as PyTorch's sort does.
+    let mut sorted: Vec<usize> = (0..sequences.len()).collect();
+    sorted.sort_by(|&a, &b| lengths[b].cmp(&lengths[a]));
+    let sorted_lengths: Vec<usize> = sorted.iter().map(|&i| lengths[i]).collect();
+    let steps = crate::sequence::Steps::from_sorted_lengths(&sorted_lengths)?;
+    let mut data = DMatrix::zeros(sequences[0].nrows(), steps.columns());
+    for t in 0..steps.len() {
+        let (off, n) = steps.step(t);
+        for (i, &s) in sorted.iter().take(n).enumerate() {
+            data.set_column(off + i, &sequences[s].column(t));
+        }
+    }
+    let mut unsorted = vec![0; sorted.len()];
+    for (position, &original) in sorted.iter().enumerate() {
+        unsorted[original] = position;
+    }
+    Ok(PackedSequence {
+        data,
+        batch_sizes: steps.batch_sizes().to_vec(),
+        sorted_indices: Some(sorted),
+        unsorted_indices: Some(unsorted),
+    })
 }
 
-/// Sequences `indices`, padded with zeros to the longest; with their lengths.
+/// Sequences `indices`, padded with zeros to the longest (each value copied once);
+/// with their lengths.
 pub fn padded_batch<T: Scalar>(
     dataset: &[DMatrix<T>],
     indices: &[usize],
     batch_first: bool,
 ) -> Result<(DMatrix<T>, Vec<usize>)> {
     let sequences = select(dataset, indices)?;
-    let lengths = sequences.iter().map(|s| s.ncols()).collect();
-    Ok((pad_sequence(&sequences, batch_first, T::zero())?, lengths))
+    let lengths: Vec<usize> = sequences.iter().map(|s| s.ncols()).collect();
+    let (batch, seq_len) = (sequences.len(), lengths.iter().copied().max().unwrap_or(0));
+    let mut padded = DMatrix::zeros(sequences[0].nrows(), seq_len * batch);
+    for (b, sequence) in sequences.iter().enumerate() {
+        for t in 0..sequence.ncols() {
+            let column = if batch_first {
+                b * seq_len + t
+            } else {
+                t * batch + b
+            };
+            padded.set_column(column, &sequence.column(t));
+        }
+    }
+    Ok((padded, lengths))
 }
 
-fn select<T: Scalar>(dataset: &[DMatrix<T>], indices: &[usize]) -> Result<Vec<DMatrix<T>>> {
-    indices
+/// The chosen sequences, borrowed, all with the same number of features.
+fn select<'a, T: Scalar>(
+    dataset: &'a [DMatrix<T>],
+    indices: &[usize],
+) -> Result<Vec<&'a DMatrix<T>>> {
+    ensure!(!indices.is_empty(), "an empty batch: no sequence indices");
+    let sequences: Vec<&DMatrix<T>> = indices
         .iter()
         .map(|&i| {
-            dataset.get(i).cloned().ok_or_else(|| {
+            dataset.get(i).ok_or_else(|| {
                 crate::Error::new(format!(
                     "index {i} is not in a dataset of {} sequences",
                     dataset.len()
                 ))
             })
         })
-        .collect()
+        .collect::<Result<_>>()?;
+    let features = sequences[0].nrows();
+    for (&i, s) in indices.iter().zip(&sequences) {
+        ensure!(
+            s.nrows() == features,
+            "sequence {i} has {} features but sequence {} has {features}",
+            s.nrows(),
+            indices[0]
+        );
+        ensure!(s.ncols() > 0, "sequence {i} is empty");
+    }
+    Ok(sequences)
 }
 
 /// Where training windows start in a text.
@@ -204,6 +256,12 @@ mod tests {
             .collect();
         let packed = packed_batch(&dataset, &[1, 0, 2]).unwrap();
         assert_eq!(packed.batch_sizes, vec![3, 2, 1]);
+        let chosen = [dataset[1].clone(), dataset[0].clone(), dataset[2].clone()];
+        assert_eq!(packed, crate::pack::pack_sequence(&chosen, false).unwrap());
+        assert_eq!(
+            padded_batch(&dataset, &[1, 0, 2], false).unwrap().0,
+            crate::pack::pad_sequence(&chosen, false, 0.0).unwrap()
+        );
         let (padded, lengths) = padded_batch(&dataset, &[0, 2], true).unwrap();
         assert_eq!(lengths, vec![2, 1]);
         assert_eq!(padded.shape(), (2, 4));
