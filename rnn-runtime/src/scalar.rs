@@ -427,36 +427,28 @@ mod tests {
             let at = a.transpose();
             for (beta, start) in [(0.0, 9.0), (1.0, 2.0)] {
                 let expected = &a * &b + nalgebra::DMatrix::from_element(m, n, beta * start);
-                let mut c = vec![start; m * n];
-                gemm(
-                    a.as_slice(),
-                    Strided::column_major(m, 0, 0, m, k),
-                    b.as_slice(),
-                    Strided::column_major(k, 0, 0, k, n),
-                    beta,
-                    &mut c,
-                    Strided::column_major(m, 0, 0, m, n),
-                );
-                let error = c
-                    .iter()
-                    .zip(expected.iter())
-                    .fold(0.0f64, |e, (x, y)| e.max((x - y).abs()));
-                assert!(error < 1e-9, "columns {m}x{k}x{n}: {error}");
-                let mut c = vec![start; m * n];
-                gemm(
-                    at.as_slice(),
-                    Strided::column_major(k, 0, 0, k, m).t(),
-                    b.as_slice(),
-                    Strided::column_major(k, 0, 0, k, n),
-                    beta,
-                    &mut c,
-                    Strided::column_major(m, 0, 0, m, n),
-                );
-                let error = c
-                    .iter()
-                    .zip(expected.iter())
-                    .fold(0.0f64, |e, (x, y)| e.max((x - y).abs()));
-                assert!(error < 1e-12, "rows {m}x{k}x{n}: {error}");
+                // A stored column-major, and stored transposed (row-major) and read so.
+                for (what, stored, view) in [
+                    ("columns", &a, Strided::column_major(m, 0, 0, m, k)),
+                    ("rows", &at, Strided::column_major(k, 0, 0, k, m).t()),
+                ] {
+                    let mut c = vec![start; m * n];
+                    let b_view = Strided::column_major(k, 0, 0, k, n);
+                    gemm(
+                        stored.as_slice(),
+                        view,
+                        b.as_slice(),
+                        b_view,
+                        beta,
+                        &mut c,
+                        Strided::column_major(m, 0, 0, m, n),
+                    );
+                    let error = c
+                        .iter()
+                        .zip(expected.iter())
+                        .fold(0.0f64, |e, (x, y)| e.max((x - y).abs()));
+                    assert!(error < 1e-9, "{what} {m}x{k}x{n}: {error}");
+                }
             }
         }
     }
