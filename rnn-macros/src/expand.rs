@@ -9,7 +9,7 @@ use crate::compile::Compiled;
 use crate::func::Func;
 use crate::ir::CellIr;
 use crate::parse::{BinOp, CellAst};
-use crate::schedule::{Cols, KOp, KStmt, Kernel, Loc, Operand, Plan, Program, Stage};
+use crate::plan::{Cols, KOp, KStmt, Kernel, Loc, Operand, Plan, Program, Stage};
 use crate::size::Size;
 
 /// `lstm_cell` → `LstmCell`.

@@ -3,7 +3,7 @@
 //!
 //! Use it through `rnn_runtime`, which re-exports it and documents the language. The
 //! compiler runs in pipeline order: `parse` → `validate` → `ir` → `shape` →
-//! `optimize` → `autodiff` → `schedule` → `expand`.
+//! `optimize` → `autodiff` → `schedule` (into a `plan`) → `expand`.
 
 mod autodiff;
 mod compile;
@@ -16,6 +16,7 @@ mod interp;
 mod ir;
 mod optimize;
 mod parse;
+mod plan;
 #[cfg(test)]
 mod plan_exec;
 mod schedule;

@@ -1,0 +1,174 @@
+//! The execution plan that `schedule` produces and `expand` turns into code: tape
+//! buffers, stacked weights, and four programs of stages (GEMMs, copies, fused loops).
+
+use crate::func::Func;
+use crate::ir::{Block, NodeId};
+use crate::parse::BinOp;
+use crate::size::Size;
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Program {
+    Prepare,
+    StepForward,
+    StepBackward,
+    Finish,
+}
+
+impl Program {
+    pub fn is_step(self) -> bool {
+        matches!(self, Program::StepForward | Program::StepBackward)
+    }
+}
+
+/// The columns of a tape buffer.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub enum Cols {
+    /// One column per (step, sequence): indexed by the step's column offset.
+    Steps,
+    /// One column per sequence of the batch: the current step's values only.
+    Batch,
+    /// A stacked weight matrix.
+    Fixed(Size),
+}
+
+#[derive(Clone, Debug)]
+pub struct Buffer {
+    pub rows: Size,
+    pub cols: Cols,
+    /// What it holds, for the generated code's comments and for debugging.
+    pub what: String,
+}
+
+/// Rows `row..` of a buffer.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct Loc {
+    pub buf: usize,
+    pub row: Size,
+}
+
+impl Loc {
+    pub fn at(buf: usize) -> Loc {
+        Loc {
+            buf,
+            row: Size::zero(),
+        }
+    }
+
+    pub fn offset(&self, by: &Size) -> Loc {
+        Loc {
+            buf: self.buf,
+            row: self.row.plus(by),
+        }
+    }
+}
+
+/// Matrix blocks stacked by rows into one buffer, built from the parameters before the
+/// time loop, so that all gates' products with one vector are one GEMM.
+#[derive(Clone, Debug)]
+pub struct Stack {
+    pub blocks: Vec<Block>,
+    pub buf: usize,
+}
+
+#[derive(Clone, Debug)]
+pub enum Stage {
+    /// `dst = stack * src`, or `stackᵀ * src`.
+    Gemm {
+        stack: usize,
+        transpose: bool,
+        src: Loc,
+        dst: Loc,
+    },
+    Copy {
+        src: Loc,
+        dst: Loc,
+        rows: Size,
+    },
+    Zero {
+        dst: Loc,
+        rows: Size,
+    },
+    /// Every column of `dst` = vector parameter `param` (for a GEMM that reads it).
+    Broadcast {
+        param: usize,
+        dst: Loc,
+    },
+    Kernel(Kernel),
+}
+
+/// One fused loop over `rows` × the program's columns.
+#[derive(Clone, Debug)]
+pub struct Kernel {
+    pub rows: Size,
+    pub body: Vec<KStmt>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Operand {
+    /// A value computed earlier in the same loop iteration.
+    Local(NodeId),
+    Load(Loc),
+    /// A vector parameter, indexed by row.
+    Param(usize),
+    Lit(f64),
+}
+
+#[derive(Clone, Debug)]
+pub enum KOp {
+    Call(Func, Operand),
+    Deriv(Func, Operand),
+    Neg(Operand),
+    Bin(BinOp, Operand, Operand),
+}
+
+#[derive(Clone, Debug)]
+pub enum KStmt {
+    Let {
+        id: NodeId,
+        op: KOp,
+    },
+    Store {
+        value: Operand,
+        dst: Loc,
+    },
+    /// The gradient of vector parameter `param` gains the value (summed over columns).
+    Accumulate {
+        param: usize,
+        value: Operand,
+    },
+}
+
+/// After the loop: the gradient of parameter `param` (its column block `cols`) gains
+/// `dz · vᵀ` over all steps.
+#[derive(Clone, Debug)]
+pub struct WeightGrad {
+    pub param: usize,
+    pub col_start: Size,
+    pub rows: Size,
+    pub cols: Size,
+    pub dz: Loc,
+    pub v: Loc,
+}
+
+/// The tape buffers that the runtime fills and reads, per input and per state.
+#[derive(Clone, Debug, Default)]
+pub struct Roles {
+    pub inputs: Vec<usize>,
+    pub d_inputs: Vec<usize>,
+    pub prev: Vec<usize>,
+    pub state: Vec<usize>,
+    pub d_state: Vec<usize>,
+    pub d_prev: Vec<usize>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Plan {
+    pub buffers: Vec<Buffer>,
+    pub stacks: Vec<Stack>,
+    pub roles: Roles,
+    pub prepare: Vec<Stage>,
+    pub step_forward: Vec<Stage>,
+    pub step_backward: Vec<Stage>,
+    pub finish: Vec<Stage>,
+    pub weight_grads: Vec<WeightGrad>,
+}
