@@ -5,7 +5,7 @@
 use crate::compile::Compiled;
 use crate::func::Func;
 use crate::parse::BinOp;
-use crate::schedule::{Cols, KOp, KStmt, Loc, Operand, Plan, Stage};
+use crate::plan::{Cols, KOp, KStmt, Loc, Operand, Plan, Stage};
 
 pub struct Exec<'a> {
     c: &'a Compiled,
