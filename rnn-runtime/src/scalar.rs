@@ -120,26 +120,12 @@ macro_rules! impl_scalar {
 impl_scalar!(f32, matrixmultiply::sgemm, exp_f32, tanh_f32);
 impl_scalar!(f64, matrixmultiply::dgemm, f64::exp, f64::tanh);
 
-/// Sets how many threads the library's parallel work uses (by default, every core).
-/// Call it before the first forward pass: the matrix products read it once.
+/// Sets how many threads the matrix products use (by default, every core). Call it
+/// before the first forward pass: matrixmultiply reads the count once.
 pub fn set_threads(threads: usize) -> crate::Result<()> {
     crate::ensure!(threads > 0, "the thread count must be positive");
-    THREADS.store(threads, std::sync::atomic::Ordering::Relaxed);
-    // matrixmultiply's threading reads this variable on its first product.
     std::env::set_var("MATMUL_NUM_THREADS", threads.to_string());
     Ok(())
-}
-
-/// 0: every core.
-static THREADS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-
-/// How many threads parallel work may use.
-#[allow(dead_code)]
-pub fn threads() -> usize {
-    match THREADS.load(std::sync::atomic::Ordering::Relaxed) {
-        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
-        n => n,
-    }
 }
 
 /// A strided view of a matrix inside a slice: element (i, j) is at
