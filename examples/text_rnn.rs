@@ -5,10 +5,10 @@
 //! Run: `cargo run --release --example text_rnn [-- --epochs 500 --seed 1]`
 
 use clap::Parser;
-use indicatif::{ProgressBar, ProgressStyle};
 use rnn_runtime::modules::Linear;
 use rnn_runtime::nalgebra::DMatrix;
 use rnn_runtime::prelude::*;
+use rnn_suite::progress::Progress;
 
 /// An Elman RNN cell, as `nn.RNN` computes it.
 #[recurrent]
@@ -73,10 +73,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut rnn_adam = Adam::new(0.01);
     let mut head_adam = Adam::new(0.01);
 
-    let progress = ProgressBar::new(args.epochs as u64);
-    progress.set_style(ProgressStyle::with_template(
-        "{bar:40} {pos}/{len} epochs  {msg}",
-    )?);
+    let progress = Progress::new(args.epochs, "epochs");
     let mut loss_value = f32::NAN;
     for epoch in 0..args.epochs {
         let mut run = forward(&rnn, &steps, &[&inputs], None, Direction::Forward)?;
@@ -92,18 +89,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         head_adam.step(&mut head, &head_grads)?;
         loss_value = loss.value;
         if (epoch + 1) % 100 == 0 {
-            let line = format!("epoch {:4}  cost = {loss_value:.6}", epoch + 1);
-            // Without a terminal the bar is hidden, and so are its lines.
-            if progress.is_hidden() {
-                println!("{line}");
-            } else {
-                progress.println(line);
-            }
+            progress.log(format!("epoch {:4}  cost = {loss_value:.6}", epoch + 1));
         }
-        progress.set_message(format!("cost {loss_value:.4}"));
-        progress.inc(1);
+        progress.tick(format!("cost {loss_value:.4}"));
     }
-    progress.finish_and_clear();
+    progress.finish();
 
     let run = forward(&rnn, &steps, &[&inputs], None, Direction::Forward)?;
     let logits = head.forward(&run.output.columns(batch, batch).into_owned())?;

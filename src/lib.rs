@@ -2,3 +2,4 @@
 
 pub mod bench_cells;
 pub mod parity;
+pub mod progress;

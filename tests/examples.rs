@@ -59,14 +59,86 @@ fn text_rnn_predicts_every_third_word() {
 #[test]
 fn text_rnn_fails_when_undertrained() {
     // The example's own check must be able to fail: one epoch cannot learn the words.
-    let output = Command::new(example("text_rnn"))
-        .args(["--epochs", "1"])
+    assert!(
+        fails("text_rnn", &["--epochs", "1"]),
+        "one epoch passed the check"
+    );
+}
+
+/// Whether the example exits with an error for these arguments.
+fn fails(name: &str, args: &[&str]) -> bool {
+    let output = Command::new(example(name))
+        .args(args)
         .output()
         .expect("runs");
+    !output.status.success()
+}
+
+#[test]
+fn pos_tagger_tags_the_sentence_with_lstm_and_gru() {
+    for cell in ["lstm", "gru"] {
+        let out = run("pos_tagger", &["--cell", cell]);
+        assert!(
+            out.contains("The dog ate the apple -> DET NN V DET NN"),
+            "{out}"
+        );
+        assert!(out.contains("after training"), "{out}");
+    }
     assert!(
-        !output.status.success(),
-        "one epoch of training passed the check"
+        fails("pos_tagger", &["--epochs", "1"]),
+        "one epoch passed the check"
     );
+}
+
+#[test]
+fn char_rnn_generates_the_sentence() {
+    let out = run("char_rnn", &["--epochs", "500"]);
+    assert!(
+        out.contains("generated: hello pytorch. how long can a rnn cell remember?\n"),
+        "{out}"
+    );
+    assert!(
+        fails("char_rnn", &["--epochs", "5"]),
+        "five epochs passed the check"
+    );
+    assert!(
+        fails("char_rnn", &["--text", "Hello"]),
+        "an upper-case text was accepted"
+    );
+}
+
+#[test]
+fn char_rnn_batched_three_layer_lstm_decodes_the_sentence() {
+    let out = run(
+        "char_rnn",
+        &[
+            "--cell", "lstm", "--layers", "3", "--batch", "5", "--epochs", "300",
+        ],
+    );
+    assert!(
+        out.contains(
+            "decoded: hello pytorch. how long can a rnn cell remember? show me your limit!1"
+        ),
+        "{out}"
+    );
+}
+
+#[test]
+fn packed_bidirectional_shapes_and_states_check_out() {
+    let out = run(
+        "packed_bidirectional",
+        &["--hidden", "48", "--embedding", "16"],
+    );
+    for line in [
+        "output (20, 10, 48)",
+        "h_n    (1, 10, 48)",
+        "output (20, 10, 96)",
+        "h_n    (4, 10, 48)",
+        "c_n    (4, 10, 48)",
+        "every final state is the state at its sequence's length",
+    ] {
+        assert!(out.contains(line), "missing `{line}` in\n{out}");
+    }
 }
 
 #[test]

@@ -116,8 +116,8 @@ pub struct ReadmeDoctests;
 pub mod prelude {
     pub use crate::cells::{GruCell, LstmCell, RnnReluCell, RnnTanhCell};
     pub use crate::loss::{
-        bce_with_logits, cross_entropy, log_softmax, mse_loss, nll_loss, softmax, ClassLoss,
-        Reduction,
+        bce_with_logits, cross_entropy, log_softmax, log_softmax_backward, mse_loss, nll_loss,
+        softmax, ClassLoss, Reduction,
     };
     pub use crate::nalgebra::{DMatrix, DVector};
     pub use crate::{

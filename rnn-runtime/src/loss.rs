@@ -78,6 +78,29 @@ pub fn log_softmax<T: Scalar>(logits: &DMatrix<T>) -> DMatrix<T> {
     out
 }
 
+/// The gradient of a loss with respect to the logits, from its gradient with respect to
+/// `log_probs = log_softmax(logits)`: `d_logits = d − softmax · Σ d` per column. With
+/// [`nll_loss`] this is the backward of PyTorch's `log_softmax` + `NLLLoss` pair.
+pub fn log_softmax_backward<T: Scalar>(
+    log_probs: &DMatrix<T>,
+    d_log_probs: &DMatrix<T>,
+) -> Result<DMatrix<T>> {
+    ensure!(
+        log_probs.shape() == d_log_probs.shape(),
+        "log_softmax_backward: the gradient is {:?} but the log-probabilities are {:?}",
+        d_log_probs.shape(),
+        log_probs.shape()
+    );
+    let mut d_logits = d_log_probs.clone();
+    for (mut column, lp) in d_logits.column_iter_mut().zip(log_probs.column_iter()) {
+        let total = column.sum();
+        for (d, &l) in column.iter_mut().zip(lp.iter()) {
+            *d -= l.exp() * total;
+        }
+    }
+    Ok(d_logits)
+}
+
 /// Softmax down each column.
 pub fn softmax<T: Scalar>(logits: &DMatrix<T>) -> DMatrix<T> {
     log_softmax(logits).map(|v| v.exp())
@@ -312,6 +335,20 @@ mod tests {
             err.to_string().contains("(2, 2)") && err.to_string().contains("(3, 2)"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn log_softmax_then_nll_is_cross_entropy() {
+        let logits = DMatrix::from_fn(4, 3, |i, j| ((i * 3 + j) as f64 * 0.7).sin() * 2.0);
+        let targets = [1, 3, 0];
+        let log_probs = log_softmax(&logits);
+        let nll = nll_loss(&log_probs, &targets, &ClassLoss::default()).unwrap();
+        let d_logits = log_softmax_backward(&log_probs, &nll.grad).unwrap();
+        let ce = cross_entropy(&logits, &targets, &ClassLoss::default()).unwrap();
+        assert!((nll.value - ce.value).abs() < 1e-12);
+        assert!((d_logits - ce.grad).amax() < 1e-12);
+        let err = log_softmax_backward(&log_probs, &DMatrix::zeros(4, 2)).unwrap_err();
+        assert!(err.to_string().contains("(4, 2)"), "{err}");
     }
 
     #[test]
