@@ -11,6 +11,8 @@
 //!
 //! Run: `cargo run --release --example char_rnn [-- --cell lstm --layers 3 --batch 5]`
 
+use std::process::ExitCode;
+
 use clap::{Parser, ValueEnum};
 use rnn_runtime::modules::{Linear, LinearGrads};
 use rnn_runtime::prelude::*;
@@ -148,17 +150,12 @@ impl<C: Cell<f32>> CharModel<C> {
     }
 }
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
+fn main() -> ExitCode {
     let args = Args::parse();
-    let reproduced = match args.cell {
-        CellKind::Rnn => run::<Elman<f32>>(&args)?,
-        CellKind::Lstm => run::<Lstm<f32>>(&args)?,
-    };
-    if !reproduced {
-        eprintln!("error: the network did not reproduce the sentence");
-        std::process::exit(1);
-    }
-    Ok(())
+    rnn_suite::exit(match args.cell {
+        CellKind::Rnn => run::<Elman<f32>>(&args),
+        CellKind::Lstm => run::<Lstm<f32>>(&args),
+    })
 }
 
 /// The sentence between the start and end symbols, one-hot: (35, len + 2).
@@ -196,8 +193,8 @@ fn symbol(column: rnn_runtime::nalgebra::DVectorView<'_, f32>) -> char {
         .expect("a symbol of the alphabet")
 }
 
-/// Trains and reproduces; returns whether the reproduction is exact.
-fn run<C: Cell<f32>>(args: &Args) -> Result<bool, Box<dyn std::error::Error>> {
+/// Trains, reproduces the sentence, and fails unless the reproduction is exact.
+fn run<C: Cell<f32>>(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     let alphabet = ALPHABET.chars().count();
     let text = args.text.clone().unwrap_or_else(|| {
         match args.cell {
@@ -294,5 +291,8 @@ fn run<C: Cell<f32>>(args: &Args) -> Result<bool, Box<dyn std::error::Error>> {
         println!("decoded: {decoded}");
         decoded.strip_suffix('1') == Some(text.as_str())
     };
-    Ok(reproduced)
+    if !reproduced {
+        return Err("the network did not reproduce the sentence".into());
+    }
+    Ok(())
 }

@@ -7,6 +7,7 @@
 //!
 //! Run: `cargo run --release --example packed_bidirectional [-- --hidden 512]`
 
+use std::process::ExitCode;
 use std::time::Instant;
 
 use clap::Parser;
@@ -85,8 +86,11 @@ struct Report {
     failures: Vec<String>,
 }
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let args = Args::parse();
+fn main() -> ExitCode {
+    rnn_suite::exit(run(&Args::parse()))
+}
+
+fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     let lengths: Vec<usize> = DATA.iter().map(|s| s.len()).collect();
     let (batch, longest) = (DATA.len(), *lengths.iter().max().expect("ten sequences"));
     // Time-major ids, padded with PAD: column t·B + b is token t of sequence b.
@@ -111,8 +115,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             ..RecurrentConfig::default()
         };
         for report in [
-            check::<Lstm<f32>>(&args, &config, &embedded, &lengths, &mut rng)?,
-            check::<Gru<f32>>(&args, &config, &embedded, &lengths, &mut rng)?,
+            check::<Lstm<f32>>(args, &config, &embedded, &lengths, &mut rng)?,
+            check::<Gru<f32>>(args, &config, &embedded, &lengths, &mut rng)?,
         ] {
             for line in report.lines {
                 progress.log(line);
@@ -128,10 +132,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         );
         Ok(())
     } else {
-        for failure in &failures {
-            eprintln!("error: {failure}");
-        }
-        std::process::exit(1);
+        Err(failures.join("\n").into())
     }
 }
 

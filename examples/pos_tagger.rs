@@ -5,6 +5,8 @@
 //!
 //! Run: `cargo run --release --example pos_tagger [-- --cell gru --epochs 300]`
 
+use std::process::ExitCode;
+
 use clap::{Parser, ValueEnum};
 use rnn_runtime::modules::{Embedding, EmbeddingGrads, Linear, LinearGrads};
 use rnn_runtime::prelude::*;
@@ -124,21 +126,16 @@ impl<C: Cell<f32>> Tagger<C> {
     }
 }
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
+fn main() -> ExitCode {
     let args = Args::parse();
-    let failures = match args.cell {
-        CellKind::Lstm => run::<Lstm<f32>>(&args)?,
-        CellKind::Gru => run::<Gru<f32>>(&args)?,
-    };
-    if failures > 0 {
-        eprintln!("error: {failures} words were tagged wrongly");
-        std::process::exit(1);
-    }
-    Ok(())
+    rnn_suite::exit(match args.cell {
+        CellKind::Lstm => run::<Lstm<f32>>(&args),
+        CellKind::Gru => run::<Gru<f32>>(&args),
+    })
 }
 
-/// Trains and reports; returns how many words of the training sentences are mis-tagged.
-fn run<C: Cell<f32>>(args: &Args) -> Result<usize, Box<dyn std::error::Error>> {
+/// Trains, reports, and fails if any word of the training sentences is mis-tagged.
+fn run<C: Cell<f32>>(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     // Words get ids in order of first appearance, as the tutorial's `word_to_ix`.
     let mut vocabulary: Vec<&str> = Vec::new();
     for (sentence, _) in TRAINING {
@@ -217,7 +214,10 @@ fn run<C: Cell<f32>>(args: &Args) -> Result<usize, Box<dyn std::error::Error>> {
         let verdict = if misses == 0 { "" } else { "  (wrong)" };
         println!("{sentence} -> {}{verdict}", predicted.join(" "));
     }
-    Ok(wrong)
+    if wrong > 0 {
+        return Err(format!("{wrong} words were tagged wrongly").into());
+    }
+    Ok(())
 }
 
 fn print_scores(scores: &DMatrix<f32>, sentence: &str) {

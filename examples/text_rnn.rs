@@ -4,6 +4,8 @@
 //!
 //! Run: `cargo run --release --example text_rnn [-- --epochs 500 --seed 1]`
 
+use std::process::ExitCode;
+
 use clap::Parser;
 use rnn_runtime::modules::Linear;
 use rnn_runtime::nalgebra::DMatrix;
@@ -39,8 +41,11 @@ struct Args {
     seed: u64,
 }
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let args = Args::parse();
+fn main() -> ExitCode {
+    rnn_suite::exit(run(&Args::parse()))
+}
+
+fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     let mut vocabulary: Vec<&str> = SENTENCES.iter().flat_map(|s| s.split(' ')).collect();
     vocabulary.sort_unstable();
     vocabulary.dedup();
@@ -111,8 +116,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     println!("final cost {loss_value:.6}");
     if wrong > 0 {
-        eprintln!("error: {wrong} of {batch} predictions are wrong");
-        std::process::exit(1);
+        return Err(format!("{wrong} of {batch} predictions are wrong").into());
     }
     Ok(())
 }

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use proptest::prelude::{prop_assert, proptest, ProptestConfig, TestCaseError};
-use rnn_runtime::checkpoint::{load_checkpoint, save_checkpoint};
+use rnn_runtime::checkpoint::{checkpoint_metadata, load_checkpoint, save_checkpoint};
 use rnn_runtime::modules::{Embedding, EmbeddingGrads, Linear, LinearGrads};
 use rnn_runtime::nalgebra::DMatrix;
 use rnn_runtime::nn::{Gru, GruConfig};
@@ -198,6 +198,7 @@ fn training_learns_and_the_checkpoint_keeps_its_metadata() {
         ("config".to_string(), "gru 2x6".to_string()),
     ]);
     save_checkpoint(&path, &model, &adam, &meta).unwrap();
+    assert_eq!(checkpoint_metadata(&path).unwrap(), meta);
     let mut restored = CharModel::new(&mut Rng::seed(99));
     let mut restored_adam = Adam::new(0.01);
     assert_eq!(

@@ -44,6 +44,13 @@ pub fn save_checkpoint<T: Scalar>(
     save_safetensors(path, &tensors, metadata)
 }
 
+/// The metadata [`save_checkpoint`] wrote, read without restoring anything: what a
+/// program needs to build the model (its sizes, its vocabulary) before loading into it.
+pub fn checkpoint_metadata(path: &Path) -> Result<BTreeMap<String, String>> {
+    let (_, metadata) = load_safetensors::<f64>(path)?;
+    Ok(metadata)
+}
+
 /// Restores what [`save_checkpoint`] wrote into `model` and `optimizer`; returns the
 /// metadata. Every parameter must be there with its shape; otherwise nothing changes.
 pub fn load_checkpoint<T: Scalar>(
