@@ -2,12 +2,15 @@
 //! memorise a sentence, as the seed notebook does with `nn.LSTM`: one-hot characters in,
 //! the cell's output compared by MSE with the next character's one-hot, Adam at 0.01.
 //!
-//! Run: `cargo run --release --example lstm_from_equations`
+//! Run: `cargo run --release --example lstm_from_equations [-- --epochs 1000 --seed 42]`
 
+use std::process::ExitCode;
 use std::time::Instant;
 
+use clap::Parser;
 use rnn_runtime::prelude::*;
 use rnn_runtime::sequence::Trajectory;
+use rnn_suite::progress::Progress;
 
 /// Long short-term memory, as the PyTorch docs write it.
 #[recurrent]
@@ -23,10 +26,26 @@ pub fn lstm(x: Input, h: State, c: State) {
 const TEXT: &str = "hello pytorch. how long can a rnn cell remember? show me your limit!";
 /// The notebook's alphabet; its last two symbols mark the start and the end.
 const CHARS: &str = "abcdefghijklmnopqrstuvwxyz ?!.,:;01";
-const EPOCHS: usize = 1000;
-const SEED: u64 = 42;
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
+#[derive(Parser)]
+#[command(about = "An LSTM from its equations memorises a sentence")]
+struct Args {
+    /// Training epochs (one Adam step on the whole sentence each).
+    #[arg(long, default_value_t = 1000)]
+    epochs: usize,
+    /// Adam learning rate.
+    #[arg(long, default_value_t = 0.01)]
+    lr: f64,
+    /// Seed of the initialisation.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+}
+
+fn main() -> ExitCode {
+    rnn_suite::exit(run(&Args::parse()))
+}
+
+fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     let alphabet: Vec<char> = CHARS.chars().collect();
     let symbols = alphabet.len();
     let (start, end) = (symbols - 2, symbols - 1);
@@ -54,17 +73,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let inputs = one_hot(&ids[..ids.len() - 1]);
     let targets = one_hot(&ids[1..]);
 
-    let mut rng = Rng::seed(SEED);
+    let mut rng = Rng::seed(args.seed);
     let mut cell: Lstm = Lstm::new(symbols, symbols, &mut rng);
-    let mut adam = Adam::new(0.01);
+    let mut adam = Adam::new(args.lr);
     println!(
         "{} parameters; {} steps of one-hot inputs over {symbols} symbols",
         cell.num_parameters(),
         steps.len()
     );
 
+    let progress = Progress::new(args.epochs, "epochs");
     let began = Instant::now();
-    for epoch in 0..EPOCHS {
+    for epoch in 0..args.epochs {
         let mut run: Trajectory<f32> =
             forward(&cell, &steps, &[&inputs], None, Direction::Forward)?;
         // The notebook sums one MSE (mean over the symbols) per step.
@@ -72,15 +92,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let scale = 1.0 / symbols as f32;
         let grads = run.backward(&cell, Some(&(loss.grad * scale)), &[])?;
         adam.step(&mut cell, &grads.params)?;
-        if epoch % 100 == 0 || epoch == EPOCHS - 1 {
-            println!("epoch {epoch:4}  loss {:.4}", loss.value * scale);
+        if epoch % 100 == 0 || epoch + 1 == args.epochs {
+            progress.log(format!("epoch {epoch:4}  loss {:.4}", loss.value * scale));
         }
+        progress.tick(format!("loss {:.4}", loss.value * scale));
     }
+    progress.finish();
     let elapsed = began.elapsed();
     println!(
-        "trained {EPOCHS} epochs in {:.2} s ({:.2} ms per epoch)",
+        "trained {} epochs in {:.2} s ({:.2} ms per epoch)",
+        args.epochs,
         elapsed.as_secs_f64(),
-        elapsed.as_secs_f64() * 1e3 / EPOCHS as f64
+        elapsed.as_secs_f64() * 1e3 / args.epochs.max(1) as f64
     );
 
     // Greedy decoding: the most likely symbol at each step, reading the true sentence.
@@ -97,8 +120,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .collect();
     println!("decoded: {decoded}");
     if decoded != TEXT || predicted.last() != Some(&end) {
-        eprintln!("error: the decoded text differs from the original:\n  expected: {TEXT}\n  decoded:  {decoded}");
-        std::process::exit(1);
+        return Err(format!(
+            "the decoded text differs from the original:\n  expected: {TEXT}\n  decoded:  {decoded}"
+        )
+        .into());
     }
     println!("the cell remembers the whole sentence");
     Ok(())

@@ -42,6 +42,14 @@ fn lstm_from_equations_remembers_the_sentence() {
 }
 
 #[test]
+fn lstm_from_equations_fails_when_undertrained() {
+    assert!(
+        fails("lstm_from_equations", &["--epochs", "10"]),
+        "ten epochs passed the check"
+    );
+}
+
+#[test]
 fn text_rnn_predicts_every_third_word() {
     let out = run("text_rnn", &[]);
     for line in [
