@@ -515,94 +515,141 @@ fn fused_loop(
             }
         }
     }
+    // Every access is to a block of `rows` values of one column of one buffer, at a
+    // row offset. Each distinct block becomes a slice of exactly `rows` values before
+    // the loop over rows, so that indexing by the loop counter needs no bounds check
+    // and the loop vectorises; blocks of a buffer that is written are split from it
+    // disjointly.
+    let mut blocks: Blocks = Vec::new();
+    let mut stored: Vec<usize> = Vec::new();
+    let mut body = Vec::new();
+    for stmt in &kernel.body {
+        body.push(match stmt {
+            KStmt::Let { id, op } => {
+                let local = format_ident!("__v{}", id);
+                let expr = match op {
+                    KOp::Call(f, a) => call(*f, false, operand(&mut blocks, syms, a)),
+                    KOp::Deriv(f, a) => call(*f, true, operand(&mut blocks, syms, a)),
+                    KOp::Neg(a) => {
+                        let a = operand(&mut blocks, syms, a);
+                        quote!(-#a)
+                    }
+                    KOp::Bin(op, a, b) => {
+                        let (a, b) = (operand(&mut blocks, syms, a), operand(&mut blocks, syms, b));
+                        match op {
+                            BinOp::Add => quote!(#a + #b),
+                            BinOp::Sub => quote!(#a - #b),
+                            BinOp::Mul => quote!(#a * #b),
+                        }
+                    }
+                };
+                quote!(let #local: T = #expr;)
+            }
+            KStmt::Store { value: v, dst } => {
+                let v = operand(&mut blocks, syms, v);
+                if !stored.contains(&dst.buf) {
+                    stored.push(dst.buf);
+                }
+                let block = block(&mut blocks, syms, dst.buf, &dst.row);
+                quote!(#block[__j] = #v;)
+            }
+            KStmt::Accumulate { param, value: v } => {
+                let local = format_ident!("__grad{}", param);
+                let v = operand(&mut blocks, syms, v);
+                quote!(#local[__j] += #v;)
+            }
+        });
+    }
     let buf_vars: Vec<Ident> = bufs.iter().map(|b| format_ident!("__buf{}", b)).collect();
-    let col_vars: Vec<Ident> = bufs.iter().map(|b| format_ident!("__col{}", b)).collect();
-    let col_bases = bufs.iter().map(|&b| {
+    let column_blocks = bufs.iter().map(|&b| {
+        let (buf, col) = (format_ident!("__buf{}", b), format_ident!("__col{}", b));
         let ld = plan.buffers[b].rows.tokens(syms);
         let col0 = col0(plan, b, which);
-        quote!((#col0 + __c) * #ld)
+        let mine: Vec<(Ident, &TokenStream)> = blocks
+            .iter()
+            .enumerate()
+            .filter(|(_, (owner, _, _))| *owner == b)
+            .map(|(k, (_, _, row))| (format_ident!("__block{}", k), row))
+            .collect();
+        let names: Vec<&Ident> = mine.iter().map(|(name, _)| name).collect();
+        let rows: Vec<&TokenStream> = mine.iter().map(|(_, row)| *row).collect();
+        let split = if !stored.contains(&b) {
+            quote!(#(let #names = &#buf[#col + #rows..][..__rows];)*)
+        } else if mine.len() == 1 {
+            quote!(#(let #names = &mut #buf[#col + #rows..][..__rows];)*)
+        } else {
+            quote! {
+                let [#(#names),*] = #buf[#col..]
+                    .get_disjoint_mut([#(#rows..#rows + __rows),*])
+                    .expect("the blocks of a buffer are disjoint");
+                #(let #names = &mut #names[..__rows];)*
+            }
+        };
+        quote! {
+            let #col = (#col0 + __c) * #ld;
+            #split
+        }
     });
     let param_bindings = vec_params.iter().map(|p| {
         let (local, field) = (format_ident!("__param{}", p), &params[*p]);
-        quote!(let #local = self.#field.as_slice();)
+        quote!(let #local = &self.#field.as_slice()[..__rows];)
     });
     let grad_bindings = grad_params.iter().map(|p| {
         let (local, field) = (format_ident!("__grad{}", p), &params[*p]);
-        quote!(let #local = __grads.#field.as_mut_slice();)
-    });
-    let value = |operand: &Operand| -> TokenStream {
-        match operand {
-            Operand::Local(id) => {
-                let local = format_ident!("__v{}", id);
-                quote!(#local)
-            }
-            Operand::Load(l) => {
-                let (buf, col) = (
-                    format_ident!("__buf{}", l.buf),
-                    format_ident!("__col{}", l.buf),
-                );
-                let row = l.row.tokens(syms);
-                quote!(#buf[#col + #row + __j])
-            }
-            Operand::Param(p) => {
-                let local = format_ident!("__param{}", p);
-                quote!(#local[__j])
-            }
-            Operand::Lit(v) => {
-                let lit = Literal::f64_suffixed(*v);
-                quote!(<T as ::rnn_runtime::Scalar>::of(#lit))
-            }
-        }
-    };
-    let body = kernel.body.iter().map(|stmt| match stmt {
-        KStmt::Let { id, op } => {
-            let local = format_ident!("__v{}", id);
-            let expr = match op {
-                KOp::Call(f, a) => call(*f, false, value(a)),
-                KOp::Deriv(f, a) => call(*f, true, value(a)),
-                KOp::Neg(a) => {
-                    let a = value(a);
-                    quote!(-#a)
-                }
-                KOp::Bin(op, a, b) => {
-                    let (a, b) = (value(a), value(b));
-                    match op {
-                        BinOp::Add => quote!(#a + #b),
-                        BinOp::Sub => quote!(#a - #b),
-                        BinOp::Mul => quote!(#a * #b),
-                    }
-                }
-            };
-            quote!(let #local: T = #expr;)
-        }
-        KStmt::Store { value: v, dst } => {
-            let (buf, col) = (
-                format_ident!("__buf{}", dst.buf),
-                format_ident!("__col{}", dst.buf),
-            );
-            let row = dst.row.tokens(syms);
-            let v = value(v);
-            quote!(#buf[#col + #row + __j] = #v;)
-        }
-        KStmt::Accumulate { param, value: v } => {
-            let local = format_ident!("__grad{}", param);
-            let v = value(v);
-            quote!(#local[__j] += #v;)
-        }
+        quote!(let #local = &mut __grads.#field.as_mut_slice()[..__rows];)
     });
     let rows = kernel.rows.tokens(syms);
     quote! {
         {
+            let __rows: usize = #rows;
             #(#param_bindings)*
             #(#grad_bindings)*
-            let __rows: usize = #rows;
             let [#(#buf_vars),*] = __tape.buffers_mut([#(#bufs),*]);
             for __c in 0..__n {
-                #(let #col_vars = #col_bases;)*
+                #(#column_blocks)*
                 for __j in 0..__rows {
                     #(#body)*
                 }
             }
+        }
+    }
+}
+
+/// The blocks a fused loop reads and writes: (buffer, row offset's text, row offset).
+type Blocks = Vec<(usize, String, TokenStream)>;
+
+/// The slice of the block at `row` of `buf`, numbered in order of first use.
+fn block(blocks: &mut Blocks, syms: &[String], buf: usize, row: &Size) -> Ident {
+    let tokens = row.tokens(syms);
+    let key = tokens.to_string();
+    let k = match blocks.iter().position(|(b, r, _)| *b == buf && *r == key) {
+        Some(k) => k,
+        None => {
+            blocks.push((buf, key, tokens));
+            blocks.len() - 1
+        }
+    };
+    format_ident!("__block{}", k)
+}
+
+/// An operand's value at row `__j`.
+fn operand(blocks: &mut Blocks, syms: &[String], operand: &Operand) -> TokenStream {
+    match operand {
+        Operand::Local(id) => {
+            let local = format_ident!("__v{}", id);
+            quote!(#local)
+        }
+        Operand::Load(l) => {
+            let block = block(blocks, syms, l.buf, &l.row);
+            quote!(#block[__j])
+        }
+        Operand::Param(p) => {
+            let local = format_ident!("__param{}", p);
+            quote!(#local[__j])
+        }
+        Operand::Lit(v) => {
+            let lit = Literal::f64_suffixed(*v);
+            quote!(<T as ::rnn_runtime::Scalar>::of(#lit))
         }
     }
 }

