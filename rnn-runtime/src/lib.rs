@@ -76,6 +76,7 @@ pub mod modules;
 pub mod nn;
 pub mod optim;
 pub mod pack;
+mod packed;
 mod params;
 pub mod recurrent;
 mod rng;
@@ -83,6 +84,7 @@ mod scalar;
 pub mod sequence;
 mod tape;
 pub mod tensor_io;
+mod threads;
 pub mod torch;
 
 pub use nalgebra;
@@ -102,10 +104,11 @@ pub use crate::params::{
 };
 pub use crate::recurrent::{Mode, Recurrent, RecurrentConfig, RecurrentGrads, RecurrentRun};
 pub use crate::rng::{Init, Rng};
-pub use crate::scalar::{set_threads, Scalar};
+pub use crate::scalar::Scalar;
 pub use crate::sequence::{forward, Direction, SequenceGrads, Steps, Trajectory};
 pub use crate::tape::Tape;
 pub use crate::tensor_io::{load_safetensors, save_safetensors, Tensor};
+pub use crate::threads::set_threads;
 
 /// The README's example, compiled and run with the doctests.
 #[doc = include_str!("../../README.md")]

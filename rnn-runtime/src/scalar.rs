@@ -17,6 +17,10 @@ pub trait Scalar: RealField + Copy + Send + Sync + Default + 'static {
     /// tanh for the activations (see `fast_exp`).
     fn fast_tanh(self) -> Self;
 
+    /// The pool of tape buffers of this type.
+    #[doc(hidden)]
+    fn buffer_pool() -> &'static std::sync::Mutex<crate::tape::BufferPool<Self>>;
+
     /// `C = alpha * A * B + beta * C` over raw strided memory (matrixmultiply's kernels).
     ///
     /// # Safety
@@ -97,6 +101,12 @@ macro_rules! impl_scalar {
                 self as f64
             }
 
+            fn buffer_pool() -> &'static std::sync::Mutex<crate::tape::BufferPool<Self>> {
+                static POOL: std::sync::Mutex<crate::tape::BufferPool<$t>> =
+                    std::sync::Mutex::new(crate::tape::BufferPool::new());
+                &POOL
+            }
+
             unsafe fn gemm_raw(
                 m: usize,
                 k: usize,
@@ -119,14 +129,6 @@ macro_rules! impl_scalar {
 
 impl_scalar!(f32, matrixmultiply::sgemm, exp_f32, tanh_f32);
 impl_scalar!(f64, matrixmultiply::dgemm, f64::exp, f64::tanh);
-
-/// Sets how many threads the matrix products use (by default, every core). Call it
-/// before the first forward pass: matrixmultiply reads the count once.
-pub fn set_threads(threads: usize) -> crate::Result<()> {
-    crate::ensure!(threads > 0, "the thread count must be positive");
-    std::env::set_var("MATMUL_NUM_THREADS", threads.to_string());
-    Ok(())
-}
 
 /// A strided view of a matrix inside a slice: element (i, j) is at
 /// `offset + i * row_stride + j * col_stride`.

@@ -6,9 +6,12 @@
 //! equal lengths is the time-major (T, B, I) tensor read as an (I, T·B) matrix; a packed
 //! batch is PyTorch's `PackedSequence.data` with its `batch_sizes`.
 
+use std::sync::Arc;
+
 use nalgebra::DMatrix;
 
-use crate::{ensure, Cell, Result, Scalar, Tape};
+use crate::tape::WeightPacks;
+use crate::{ensure, Cell, Parameters, Result, Scalar, Tape};
 
 /// How many sequences run at each step, and where each step's columns start.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -134,7 +137,9 @@ impl Direction {
 /// A forward pass that can be differentiated: its outputs, and the tape that the
 /// backward pass reads.
 pub struct Trajectory<T: Scalar> {
-    tape: Tape<T>,
+    /// The batch in parts that ran on threads of their own (one part for small
+    /// batches), each with its tape.
+    shards: Vec<ShardRun<T>>,
     steps: Steps,
     direction: Direction,
     /// Which cell ran forward: its type's name and its sizes.
@@ -165,7 +170,6 @@ pub fn forward<T: Scalar, C: Cell<T>>(
     direction: Direction,
 ) -> Result<Trajectory<T>> {
     let spec = C::SPEC;
-    let roles = &spec.roles;
     ensure!(
         inputs.len() == spec.inputs.len(),
         "`{}` takes {} inputs but {} were given",
@@ -185,11 +189,6 @@ pub fn forward<T: Scalar, C: Cell<T>>(
         );
     }
     let batch = steps.batch();
-    let mut tape = Tape::new(&cell.tape_buffers(), steps.columns(), batch);
-    for (k, input) in inputs.iter().enumerate() {
-        tape.buffer_mut(roles.inputs[k])
-            .copy_from_slice(input.as_slice());
-    }
     if let Some(states) = initial_states {
         ensure!(
             states.len() == spec.states.len(),
@@ -208,6 +207,185 @@ pub fn forward<T: Scalar, C: Cell<T>>(
                 expected,
                 state.shape()
             );
+        }
+    }
+    let shards = shards(steps);
+    let packs = WeightPacks::new(&cell.tape_buffers());
+    let (shards, output, final_states) = if let [only] = shards.as_slice() {
+        let (tape, output, finals) =
+            unroll(cell, &only.steps, inputs, initial_states, direction, packs);
+        let run = ShardRun {
+            shard: only.clone(),
+            tape,
+        };
+        (vec![run], output, finals)
+    } else {
+        // Each part of the batch unrolls on a thread of its own; their results are
+        // put back in the batch's columns.
+        let results: Vec<Unrolled<T>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = shards
+                .iter()
+                .map(|shard| {
+                    let inputs: Vec<DMatrix<T>> =
+                        inputs.iter().map(|x| shard.gather(steps, x)).collect();
+                    let states: Option<Vec<DMatrix<T>>> = initial_states
+                        .map(|states| states.iter().map(|s| shard.batch_columns(s)).collect());
+                    let packs = Arc::clone(&packs);
+                    scope.spawn(move || {
+                        let refs: Vec<&DMatrix<T>> = inputs.iter().collect();
+                        unroll(
+                            cell,
+                            &shard.steps,
+                            &refs,
+                            states.as_deref(),
+                            direction,
+                            packs,
+                        )
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("a shard's forward pass panicked"))
+                .collect()
+        });
+        let mut output = DMatrix::zeros(cell.output_size(), steps.columns());
+        let mut finals: Vec<DMatrix<T>> = (0..spec.states.len())
+            .map(|k| DMatrix::zeros(cell.state_size(k), batch))
+            .collect();
+        let mut runs = Vec::with_capacity(shards.len());
+        for (shard, (tape, part_output, part_finals)) in shards.into_iter().zip(results) {
+            shard.scatter(steps, &part_output, &mut output);
+            for (all, part) in finals.iter_mut().zip(&part_finals) {
+                all.columns_mut(shard.start, shard.batch()).copy_from(part);
+            }
+            runs.push(ShardRun { shard, tape });
+        }
+        (runs, output, finals)
+    };
+    let ran = (spec.name, cell.dims().to_vec());
+    Ok(Trajectory {
+        shards,
+        steps: steps.clone(),
+        direction,
+        cell: ran,
+        output,
+        final_states,
+    })
+}
+
+/// Below this many sequences a batch unrolls on one thread: splitting would cost more
+/// than it saves.
+const MIN_SHARD_BATCH: usize = 4;
+
+/// Sequences `start..start + steps.batch()` of a batch, as a batch of their own.
+#[derive(Clone, Debug)]
+struct Shard {
+    start: usize,
+    steps: Steps,
+}
+
+/// A shard's forward pass: what its backward pass reads.
+struct ShardRun<T: Scalar> {
+    shard: Shard,
+    tape: Tape<T>,
+}
+
+/// The batch split into as many parts as there are cores (at most), each of at least
+/// `MIN_SHARD_BATCH` sequences; one part when the batch is small. Sequences keep their
+/// order, so a part of a sorted (packed) batch is sorted.
+fn shards(steps: &Steps) -> Vec<Shard> {
+    let batch = steps.batch();
+    let parts = crate::threads::threads()
+        .min(batch / MIN_SHARD_BATCH)
+        .max(1);
+    if parts == 1 {
+        return vec![Shard {
+            start: 0,
+            steps: steps.clone(),
+        }];
+    }
+    (0..parts)
+        .map(|p| {
+            let (start, end) = (p * batch / parts, (p + 1) * batch / parts);
+            let sizes: Vec<usize> = steps
+                .batch_sizes()
+                .iter()
+                .map(|&n| n.min(end).saturating_sub(start))
+                .take_while(|&n| n > 0)
+                .collect();
+            Shard {
+                start,
+                steps: Steps::from_batch_sizes(sizes).expect("a part of a valid batch is valid"),
+            }
+        })
+        .collect()
+}
+
+impl Shard {
+    fn batch(&self) -> usize {
+        self.steps.batch()
+    }
+
+    /// The shard's columns of a per-batch matrix (initial or final states).
+    fn batch_columns<T: Scalar>(&self, all: &DMatrix<T>) -> DMatrix<T> {
+        all.columns(self.start, self.batch()).into_owned()
+    }
+
+    /// The shard's columns of a per-column matrix of the whole batch, in the shard's
+    /// own layout.
+    fn gather<T: Scalar>(&self, steps: &Steps, all: &DMatrix<T>) -> DMatrix<T> {
+        let mut part = DMatrix::zeros(all.nrows(), self.steps.columns());
+        for t in 0..self.steps.len() {
+            let (off, _) = steps.step(t);
+            let (part_off, n) = self.steps.step(t);
+            part.columns_mut(part_off, n)
+                .copy_from(&all.columns(off + self.start, n));
+        }
+        part
+    }
+
+    /// Puts the shard's per-column matrix back in the batch's columns.
+    fn scatter<T: Scalar>(&self, steps: &Steps, part: &DMatrix<T>, all: &mut DMatrix<T>) {
+        for t in 0..self.steps.len() {
+            let (off, _) = steps.step(t);
+            let (part_off, n) = self.steps.step(t);
+            all.columns_mut(off + self.start, n)
+                .copy_from(&part.columns(part_off, n));
+        }
+    }
+}
+
+/// A part of a batch unrolled: its tape, its output and its final states.
+type Unrolled<T> = (Tape<T>, DMatrix<T>, Vec<DMatrix<T>>);
+
+/// Runs `cell` over checked inputs and states on a fresh tape: the tape, the output and
+/// the final states.
+fn unroll<T: Scalar, C: Cell<T>>(
+    cell: &C,
+    steps: &Steps,
+    inputs: &[&DMatrix<T>],
+    initial_states: Option<&[DMatrix<T>]>,
+    direction: Direction,
+    packs: Arc<WeightPacks>,
+) -> Unrolled<T> {
+    let spec = C::SPEC;
+    let roles = &spec.roles;
+    let batch = steps.batch();
+    // Input gradients: a cell that never reads an input never writes its gradient.
+    let mut tape = Tape::sharing_packs(
+        &cell.tape_buffers(),
+        steps.columns(),
+        batch,
+        packs,
+        roles.d_inputs,
+    );
+    for (k, input) in inputs.iter().enumerate() {
+        tape.buffer_mut(roles.inputs[k])
+            .copy_from_slice(input.as_slice());
+    }
+    if let Some(states) = initial_states {
+        for (k, state) in states.iter().enumerate() {
             tape.buffer_mut(roles.state[k])
                 .copy_from_slice(state.as_slice());
         }
@@ -233,15 +411,68 @@ pub fn forward<T: Scalar, C: Cell<T>>(
     let final_states = (0..spec.states.len())
         .map(|k| DMatrix::from_column_slice(cell.state_size(k), batch, tape.buffer(roles.state[k])))
         .collect();
-    let ran = (spec.name, cell.dims().to_vec());
-    Ok(Trajectory {
-        tape,
-        steps: steps.clone(),
-        direction,
-        cell: ran,
-        output,
-        final_states,
-    })
+    (tape, output, final_states)
+}
+
+/// Backpropagation through one shard's tape, from checked gradients in the shard's
+/// layout: the parameters', the inputs' and the initial states' gradients.
+fn unroll_backward<T: Scalar, C: Cell<T>>(
+    cell: &C,
+    run: &mut ShardRun<T>,
+    direction: Direction,
+    d_output: Option<&DMatrix<T>>,
+    d_final_states: &[Option<DMatrix<T>>],
+) -> SequenceGrads<T, C::Grads> {
+    let spec = C::SPEC;
+    let roles = &spec.roles;
+    let (steps, tape) = (&run.shard.steps, &mut run.tape);
+    let batch = steps.batch();
+    for k in 0..spec.states.len() {
+        let buf = tape.buffer_mut(roles.d_state[k]);
+        match d_final_states.get(k).and_then(Option::as_ref) {
+            Some(d) => buf.copy_from_slice(d.as_slice()),
+            None => buf.fill(T::zero()),
+        }
+    }
+    let mut grads = cell.zero_grads();
+    let out = spec.output;
+    let out_rows = cell.output_size();
+    let order: Vec<usize> = direction.order(steps.len()).collect();
+    for &t in order.iter().rev() {
+        let (off, n) = steps.step(t);
+        if let Some(d) = d_output {
+            let from = &d.as_slice()[off * out_rows..(off + n) * out_rows];
+            for (acc, g) in tape.buffer_mut(roles.d_state[out]).iter_mut().zip(from) {
+                *acc += *g;
+            }
+        }
+        cell.step_backward(tape, off, n, &mut grads);
+        for k in 0..spec.states.len() {
+            tape.copy(
+                (roles.d_prev[k], 0, 0),
+                (roles.d_state[k], 0, 0),
+                cell.state_size(k),
+                n,
+            );
+        }
+    }
+    cell.finish_backward(tape, &mut grads);
+    let columns = steps.columns();
+    let inputs = (0..spec.inputs.len())
+        .map(|k| {
+            DMatrix::from_column_slice(cell.input_size(k), columns, tape.buffer(roles.d_inputs[k]))
+        })
+        .collect();
+    let initial_states = (0..spec.states.len())
+        .map(|k| {
+            DMatrix::from_column_slice(cell.state_size(k), batch, tape.buffer(roles.d_state[k]))
+        })
+        .collect();
+    SequenceGrads {
+        params: grads,
+        inputs,
+        initial_states,
+    }
 }
 
 impl<T: Scalar> Trajectory<T> {
@@ -260,7 +491,6 @@ impl<T: Scalar> Trajectory<T> {
         d_final_states: &[Option<&DMatrix<T>>],
     ) -> Result<SequenceGrads<T, C::Grads>> {
         let spec = C::SPEC;
-        let roles = &spec.roles;
         let batch = self.steps.batch();
         ensure!(
             self.cell.0 == spec.name && self.cell.1 == cell.dims(),
@@ -285,72 +515,73 @@ impl<T: Scalar> Trajectory<T> {
                 d.shape()
             );
         }
-        for k in 0..spec.states.len() {
-            let buf = self.tape.buffer_mut(roles.d_state[k]);
-            match d_final_states.get(k).copied().flatten() {
-                Some(d) => {
-                    let expected = (cell.state_size(k), batch);
-                    ensure!(
-                        d.shape() == expected,
-                        "the gradient of final state `{}` must be {:?} but is {:?}",
-                        spec.states[k].name,
-                        expected,
-                        d.shape()
-                    );
-                    buf.copy_from_slice(d.as_slice());
-                }
-                None => buf.fill(T::zero()),
-            }
-        }
-        let mut grads = cell.zero_grads();
-        let out = spec.output;
-        let out_rows = cell.output_size();
-        let order: Vec<usize> = self.direction.order(self.steps.len()).collect();
-        for &t in order.iter().rev() {
-            let (off, n) = self.steps.step(t);
-            if let Some(d) = d_output {
-                let from = &d.as_slice()[off * out_rows..(off + n) * out_rows];
-                for (acc, g) in self
-                    .tape
-                    .buffer_mut(roles.d_state[out])
-                    .iter_mut()
-                    .zip(from)
-                {
-                    *acc += *g;
-                }
-            }
-            cell.step_backward(&mut self.tape, off, n, &mut grads);
-            for k in 0..spec.states.len() {
-                self.tape.copy(
-                    (roles.d_prev[k], 0, 0),
-                    (roles.d_state[k], 0, 0),
-                    cell.state_size(k),
-                    n,
+        for (k, d) in d_final_states.iter().enumerate() {
+            if let Some(d) = d {
+                let expected = (cell.state_size(k), batch);
+                ensure!(
+                    d.shape() == expected,
+                    "the gradient of final state `{}` must be {:?} but is {:?}",
+                    spec.states[k].name,
+                    expected,
+                    d.shape()
                 );
             }
         }
-        cell.finish_backward(&mut self.tape, &mut grads);
-        let columns = self.steps.columns();
-        let inputs = (0..spec.inputs.len())
-            .map(|k| {
-                DMatrix::from_column_slice(
-                    cell.input_size(k),
-                    columns,
-                    self.tape.buffer(roles.d_inputs[k]),
-                )
-            })
+        let direction = self.direction;
+        if let [only] = self.shards.as_mut_slice() {
+            let d_final: Vec<Option<DMatrix<T>>> =
+                d_final_states.iter().map(|d| d.cloned()).collect();
+            return Ok(unroll_backward(cell, only, direction, d_output, &d_final));
+        }
+        // Each shard's backward pass on its own thread, from its part of the gradients.
+        let steps = &self.steps;
+        let parts: Vec<SequenceGrads<T, C::Grads>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = self
+                .shards
+                .iter_mut()
+                .map(|run| {
+                    let d_output = d_output.map(|d| run.shard.gather(steps, d));
+                    let d_final: Vec<Option<DMatrix<T>>> = d_final_states
+                        .iter()
+                        .map(|d| d.map(|d| run.shard.batch_columns(d)))
+                        .collect();
+                    scope.spawn(move || {
+                        unroll_backward(cell, run, direction, d_output.as_ref(), &d_final)
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("a shard's backward pass panicked"))
+                .collect()
+        });
+        let mut params = cell.zero_grads();
+        let mut inputs: Vec<DMatrix<T>> = (0..spec.inputs.len())
+            .map(|k| DMatrix::zeros(cell.input_size(k), steps.columns()))
             .collect();
-        let initial_states = (0..spec.states.len())
-            .map(|k| {
-                DMatrix::from_column_slice(
-                    cell.state_size(k),
-                    batch,
-                    self.tape.buffer(roles.d_state[k]),
-                )
-            })
+        let mut initial_states: Vec<DMatrix<T>> = (0..spec.states.len())
+            .map(|k| DMatrix::zeros(cell.state_size(k), batch))
             .collect();
+        for (run, part) in self.shards.iter().zip(parts) {
+            for (total, p) in params
+                .parameters_mut()
+                .into_iter()
+                .zip(part.params.parameters())
+            {
+                for (t, v) in total.values.iter_mut().zip(p.values) {
+                    *t += *v;
+                }
+            }
+            for (all, p) in inputs.iter_mut().zip(&part.inputs) {
+                run.shard.scatter(steps, p, all);
+            }
+            for (all, p) in initial_states.iter_mut().zip(&part.initial_states) {
+                all.columns_mut(run.shard.start, run.shard.batch())
+                    .copy_from(p);
+            }
+        }
         Ok(SequenceGrads {
-            params: grads,
+            params,
             inputs,
             initial_states,
         })

@@ -1,0 +1,383 @@
+//! The per-step product of a recurrent weight, with the weight packed once per sequence.
+//!
+//! A recurrent step multiplies the same weight by a new state, T times over. A general
+//! GEMM (matrixmultiply) copies its left operand into cache-sized panels at every call:
+//! for the medium LSTM that is 4 MB per step, as much memory traffic as the product's
+//! own reads. Here the weight is copied once, into panels of `MR` rows stored k-major
+//! (each panel one sequential stream), and every step's product runs a register-blocked
+//! AVX-512 or AVX2 kernel over them. Where neither instruction set is present, or for
+//! f64, the tape keeps the general GEMM: this module only speeds up f32.
+
+use std::any::TypeId;
+
+/// The instruction set a weight was packed for; its panel height follows from it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Isa {
+    /// 32 rows per panel: two 16-lane registers.
+    Avx512,
+    /// 16 rows per panel: two 8-lane registers.
+    Avx2,
+}
+
+impl Isa {
+    /// The best kernel this processor runs, if any.
+    fn detect() -> Option<Isa> {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                return Some(Isa::Avx512);
+            }
+            if std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+            {
+                return Some(Isa::Avx2);
+            }
+        }
+        None
+    }
+
+    /// Rows per panel.
+    fn panel_rows(self) -> usize {
+        match self {
+            Isa::Avx512 => 32,
+            Isa::Avx2 => 16,
+        }
+    }
+}
+
+/// Columns of the state handled per kernel call: 8 columns of a 32-row panel keep
+/// 16 of AVX-512's 32 registers accumulating; 6 of a 16-row panel, 12 of AVX2's 16.
+fn block_cols(isa: Isa) -> usize {
+    match isa {
+        Isa::Avx512 => 8,
+        Isa::Avx2 => 6,
+    }
+}
+
+/// The values as f32, when `T` is f32.
+pub(crate) fn as_f32<T: 'static>(values: &[T]) -> Option<&[f32]> {
+    (TypeId::of::<T>() == TypeId::of::<f32>()).then(|| {
+        // SAFETY: `T` is `f32`, so the slice already has this type.
+        unsafe { std::slice::from_raw_parts(values.as_ptr().cast::<f32>(), values.len()) }
+    })
+}
+
+/// The values as f32 to be changed, when `T` is f32.
+pub(crate) fn as_f32_mut<T: 'static>(values: &mut [T]) -> Option<&mut [f32]> {
+    (TypeId::of::<T>() == TypeId::of::<f32>()).then(|| {
+        // SAFETY: `T` is `f32`, so the slice already has this type; the borrow is unique.
+        unsafe { std::slice::from_raw_parts_mut(values.as_mut_ptr().cast::<f32>(), values.len()) }
+    })
+}
+
+/// Whether products with `T` go through packed weights on this processor.
+pub(crate) fn available<T: 'static>() -> bool {
+    TypeId::of::<T>() == TypeId::of::<f32>() && Isa::detect().is_some()
+}
+
+/// A matrix (the weight, or its transpose) in panels of `isa.panel_rows()` rows: panel
+/// `p` holds rows `p·MR..p·MR + MR` column after column, the last panel padded with zeros.
+pub(crate) struct PackedMatrix {
+    isa: Isa,
+    rows: usize,
+    cols: usize,
+    panels: Vec<f32>,
+}
+
+impl PackedMatrix {
+    /// Packs the `rows` × `cols` matrix whose element (i, k) is
+    /// `values[i * row_stride + k * col_stride]`; `None` where no kernel runs.
+    pub(crate) fn pack(
+        values: &[f32],
+        rows: usize,
+        cols: usize,
+        (row_stride, col_stride): (usize, usize),
+    ) -> Option<PackedMatrix> {
+        let isa = Isa::detect()?;
+        let mr = isa.panel_rows();
+        let panel_count = rows.div_ceil(mr);
+        let mut panels = vec![0.0; panel_count * mr * cols];
+        // (With no columns there are no panels; `max` keeps the chunk size nonzero.)
+        for (p, panel) in panels.chunks_exact_mut(mr * cols.max(1)).enumerate() {
+            let first = p * mr;
+            let height = mr.min(rows - first);
+            for (k, column) in panel.chunks_exact_mut(mr).enumerate() {
+                for (r, v) in column[..height].iter_mut().enumerate() {
+                    *v = values[(first + r) * row_stride + k * col_stride];
+                }
+            }
+        }
+        Some(PackedMatrix {
+            isa,
+            rows,
+            cols,
+            panels,
+        })
+    }
+
+    /// `C = P · B` for `n` columns: B's column j starts at `b[b_offset + j * ldb]` and
+    /// has as many values as P has columns, C's at `c[c_offset + j * ldc]` as many as P has rows.
+    ///
+    /// # Panics
+    /// When a column of B or C reaches past its slice: the tape computes these extents
+    /// from its own buffers, so that is a bug, not a user's mistake.
+    pub(crate) fn multiply(
+        &self,
+        b: &[f32],
+        (b_offset, ldb): (usize, usize),
+        c: &mut [f32],
+        (c_offset, ldc): (usize, usize),
+        n: usize,
+    ) {
+        if n == 0 || self.rows == 0 {
+            return;
+        }
+        assert!(
+            b_offset + (n - 1) * ldb + self.cols <= b.len()
+                && c_offset + (n - 1) * ldc + self.rows <= c.len(),
+            "packed product: operands out of bounds"
+        );
+        let (mr, nr) = (self.isa.panel_rows(), block_cols(self.isa));
+        let k = self.cols;
+        for (p, panel) in self.panels.chunks_exact(mr * k.max(1)).enumerate() {
+            let height = mr.min(self.rows - p * mr);
+            let mut j = 0;
+            while j < n {
+                let width = nr.min(n - j);
+                let block = Block {
+                    k,
+                    a: panel.as_ptr(),
+                    b: b[b_offset + j * ldb..].as_ptr(),
+                    ldb,
+                    c: c[c_offset + j * ldc + p * mr..].as_mut_ptr(),
+                    ldc,
+                    height,
+                };
+                // SAFETY: the kernel reads `k` packed columns of this panel, `k` values of
+                // `width` columns of B, and writes `height` values of `width` columns of C,
+                // all in bounds by the assertion above; `detect` found the instructions.
+                unsafe { block.run(self.isa, width) };
+                j += width;
+            }
+        }
+        if k == 0 {
+            // An empty inner dimension (no panels were read): the product is zero.
+            for j in 0..n {
+                c[c_offset + j * ldc..][..self.rows].fill(0.0);
+            }
+        }
+    }
+}
+
+/// One kernel call: a panel of `height` valid rows times `width` columns of B.
+struct Block {
+    k: usize,
+    a: *const f32,
+    b: *const f32,
+    ldb: usize,
+    c: *mut f32,
+    ldc: usize,
+    height: usize,
+}
+
+impl Block {
+    /// Dispatches on the instruction set and the block's width (a constant inside each
+    /// kernel, so that its accumulators live in registers).
+    ///
+    /// # Safety
+    /// The pointers address what `PackedMatrix::multiply` checked, and the processor
+    /// has `isa`'s instructions.
+    unsafe fn run(&self, isa: Isa, width: usize) {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: forwarded from the caller.
+        unsafe {
+            match (isa, width) {
+                (Isa::Avx512, 8) => x86::avx512::<8>(self),
+                (Isa::Avx512, 7) => x86::avx512::<7>(self),
+                (Isa::Avx512, 6) => x86::avx512::<6>(self),
+                (Isa::Avx512, 5) => x86::avx512::<5>(self),
+                (Isa::Avx512, 4) => x86::avx512::<4>(self),
+                (Isa::Avx512, 3) => x86::avx512::<3>(self),
+                (Isa::Avx512, 2) => x86::avx512::<2>(self),
+                (Isa::Avx512, _) => x86::avx512::<1>(self),
+                (Isa::Avx2, 6) => x86::avx2::<6>(self),
+                (Isa::Avx2, 5) => x86::avx2::<5>(self),
+                (Isa::Avx2, 4) => x86::avx2::<4>(self),
+                (Isa::Avx2, 3) => x86::avx2::<3>(self),
+                (Isa::Avx2, 2) => x86::avx2::<2>(self),
+                (Isa::Avx2, _) => x86::avx2::<1>(self),
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = (isa, width);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::Block;
+    use std::arch::x86_64::*;
+
+    /// How far ahead in the panel (in values) the AVX-512 kernel prefetches.
+    const PREFETCH_AHEAD: usize = 32 * 16;
+
+    /// A 32-row panel times `NR` columns: two 16-lane accumulators per column, one
+    /// fused multiply-add each per packed column of the panel.
+    ///
+    /// # Safety
+    /// As `Block::run`, with AVX-512F present.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn avx512<const NR: usize>(blk: &Block) {
+        let mut lo = [_mm512_setzero_ps(); NR];
+        let mut hi = [_mm512_setzero_ps(); NR];
+        // SAFETY: every read is inside the panel or a column of B (see `Block::run`).
+        unsafe {
+            for p in 0..blk.k {
+                // The panel streams from L3 when the weight outgrows L2: ask for it
+                // early (prefetches never fault, past the panel's end included).
+                let ahead = blk.a.wrapping_add(p * 32 + PREFETCH_AHEAD).cast::<i8>();
+                _mm_prefetch::<_MM_HINT_T0>(ahead);
+                _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(64));
+                let a_lo = _mm512_loadu_ps(blk.a.add(p * 32));
+                let a_hi = _mm512_loadu_ps(blk.a.add(p * 32 + 16));
+                for j in 0..NR {
+                    let x = _mm512_set1_ps(*blk.b.add(p + j * blk.ldb));
+                    lo[j] = _mm512_fmadd_ps(a_lo, x, lo[j]);
+                    hi[j] = _mm512_fmadd_ps(a_hi, x, hi[j]);
+                }
+            }
+        }
+        // Masked stores write only the panel's valid rows (the last panel is partial).
+        let rows_lo = blk.height.min(16);
+        let rows_hi = blk.height.saturating_sub(16);
+        let mask_lo: __mmask16 = ((1u32 << rows_lo) - 1) as u16;
+        let mask_hi: __mmask16 = ((1u32 << rows_hi) - 1) as u16;
+        for j in 0..NR {
+            // SAFETY: column j of C has `height` writable values from `c + j * ldc`.
+            unsafe {
+                let out = blk.c.add(j * blk.ldc);
+                _mm512_mask_storeu_ps(out, mask_lo, lo[j]);
+                _mm512_mask_storeu_ps(out.add(16), mask_hi, hi[j]);
+            }
+        }
+    }
+
+    /// A 16-row panel times `NR` columns, with 8-lane registers.
+    ///
+    /// # Safety
+    /// As `Block::run`, with AVX2 and FMA present.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn avx2<const NR: usize>(blk: &Block) {
+        let mut lo = [_mm256_setzero_ps(); NR];
+        let mut hi = [_mm256_setzero_ps(); NR];
+        // SAFETY: every read is inside the panel or a column of B (see `Block::run`).
+        unsafe {
+            for p in 0..blk.k {
+                let a_lo = _mm256_loadu_ps(blk.a.add(p * 16));
+                let a_hi = _mm256_loadu_ps(blk.a.add(p * 16 + 8));
+                for j in 0..NR {
+                    let x = _mm256_set1_ps(*blk.b.add(p + j * blk.ldb));
+                    lo[j] = _mm256_fmadd_ps(a_lo, x, lo[j]);
+                    hi[j] = _mm256_fmadd_ps(a_hi, x, hi[j]);
+                }
+            }
+        }
+        // AVX2 has no masked store of this kind worth its cost: full panels store
+        // directly, the partial last one through a buffer.
+        for j in 0..NR {
+            // SAFETY: column j of C has `height` writable values from `c + j * ldc`.
+            unsafe {
+                let out = blk.c.add(j * blk.ldc);
+                if blk.height == 16 {
+                    _mm256_storeu_ps(out, lo[j]);
+                    _mm256_storeu_ps(out.add(8), hi[j]);
+                } else {
+                    let mut column = [0.0f32; 16];
+                    _mm256_storeu_ps(column.as_mut_ptr(), lo[j]);
+                    _mm256_storeu_ps(column.as_mut_ptr().add(8), hi[j]);
+                    std::ptr::copy_nonoverlapping(column.as_ptr(), out, blk.height);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The naive product, in f64, of the strided matrix with B's columns.
+    fn reference(
+        a: &[f32],
+        (m, k): (usize, usize),
+        (rs, cs): (usize, usize),
+        b: &[f32],
+        ldb: usize,
+        n: usize,
+    ) -> Vec<f64> {
+        let mut c = vec![0.0; m * n];
+        for j in 0..n {
+            for i in 0..m {
+                c[i + j * m] = (0..k)
+                    .map(|p| a[i * rs + p * cs] as f64 * b[p + j * ldb] as f64)
+                    .sum();
+            }
+        }
+        c
+    }
+
+    fn values(len: usize, seed: u32) -> Vec<f32> {
+        (0..len)
+            .map(|i| ((i as f32 * 0.37 + seed as f32).sin() * 2.0).round() / 4.0)
+            .collect()
+    }
+
+    /// Every panel height and block width, both orientations, strided B and C: exact,
+    /// since the values are quarters and the sums are short.
+    #[test]
+    fn packed_products_match_the_naive_product() {
+        if Isa::detect().is_none() {
+            return;
+        }
+        for &(m, k, n) in &[
+            (1, 1, 1),
+            (140, 35, 1),
+            (33, 7, 9),
+            (16, 20, 6),
+            (64, 3, 17),
+            (100, 50, 13),
+            (5, 0, 3),
+        ] {
+            for transposed in [false, true] {
+                // A stored column-major (m × k), or as the transpose of a (k × m) buffer.
+                let a = values(m * k, 1);
+                let strides = if transposed { (k, 1) } else { (1, m) };
+                let packed = PackedMatrix::pack(&a, m, k, strides).expect("detected above");
+                let (ldb, ldc) = (k + 3, m + 2);
+                let b = values(ldb * n + 5, 2);
+                let mut c = vec![f32::NAN; 1 + ldc * n];
+                packed.multiply(&b, (2, ldb), &mut c, (1, ldc), n);
+                let b_view: Vec<f32> = b[2..].to_vec();
+                let want = reference(&a, (m, k), strides, &b_view, ldb, n);
+                for j in 0..n {
+                    for i in 0..m {
+                        let got = c[1 + i + j * ldc];
+                        assert_eq!(got as f64, want[i + j * m], "({m},{k},{n}) at ({i},{j})");
+                    }
+                    // The padding rows between columns of C are left alone.
+                    for pad in m..ldc {
+                        assert!(c[1 + pad + j * ldc].is_nan(), "wrote padding at {pad}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn only_f32_is_viewed_as_f32() {
+        assert!(as_f32(&[1.0f32]).is_some());
+        assert!(as_f32(&[1.0f64]).is_none());
+        assert!(as_f32_mut(&mut [1.0f64]).is_none());
+        assert!(!available::<f64>());
+    }
+}
