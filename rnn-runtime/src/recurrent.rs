@@ -11,6 +11,7 @@ use nalgebra::DMatrix;
 use crate::pack::{transpose_batch, PackedSequence};
 use crate::params::{prefixed, prefixed_mut};
 use crate::sequence::{forward, Direction, Steps, Trajectory};
+use crate::threads::each_in_parallel;
 use crate::{ensure, Cell, Init, ParamMut, ParamRef, Parameters, Result, Rng, Scalar};
 
 /// How cells are arranged into layers.
@@ -297,8 +298,8 @@ impl<C> Recurrent<C> {
             .map(|k| DMatrix::zeros(first.state_size(k), n_layers * directions * batch))
             .collect();
         for (l, layer) in self.layers.iter().enumerate() {
-            let mut layer_runs = Vec::with_capacity(directions);
-            for (d, cell) in layer.iter().enumerate() {
+            // The directions are independent: each runs on a thread of its own.
+            let layer_runs = each_in_parallel(layer.iter().enumerate().collect(), |(d, cell)| {
                 let part = l * directions + d;
                 let init: Option<Vec<DMatrix<T>>> = initial_states.map(|states| {
                     states
@@ -311,11 +312,20 @@ impl<C> Recurrent<C> {
                 } else {
                     Direction::Reverse
                 };
-                let run = forward(cell, &steps, &[&x], init.as_deref(), direction)?;
+                forward(cell, &steps, &[&x], init.as_deref(), direction)
+            })
+            .into_iter()
+            .collect::<Result<Vec<_>>>()?;
+            for (d, run) in layer_runs.iter().enumerate() {
                 for (k, state) in run.final_states.iter().enumerate() {
-                    scatter(&mut final_states[k], state, part, batch, &order);
+                    scatter(
+                        &mut final_states[k],
+                        state,
+                        l * directions + d,
+                        batch,
+                        &order,
+                    );
                 }
-                layer_runs.push(run);
             }
             let mut out = stack_rows(layer_runs.iter().map(|r| &r.output));
             let dropout = self.config.dropout;
@@ -490,10 +500,11 @@ impl<T: Scalar> RecurrentRun<T> {
             if let (Some(d), Some(mask)) = (d_x.as_mut(), &self.masks[l]) {
                 d.component_mul_assign(mask);
             }
-            let mut grads_l = Vec::with_capacity(directions);
-            let mut d_input: Option<DMatrix<T>> = None;
+            // Each direction's share of the gradients, then their backward passes, each
+            // on a thread of its own.
             let mut row = 0;
-            for d in 0..directions {
+            let mut work = Vec::with_capacity(directions);
+            for (d, run) in self.runs[l].iter_mut().enumerate() {
                 let cell = &model.layers[l][d];
                 let part = l * directions + d;
                 let rows = cell.output_size();
@@ -508,9 +519,18 @@ impl<T: Scalar> RecurrentRun<T> {
                             .map(|s| gather(s, part, batch, &self.order))
                     })
                     .collect();
+                work.push((run, cell, d_out, d_final));
+            }
+            let results = each_in_parallel(work, |(run, cell, d_out, d_final)| {
                 let d_final_refs: Vec<Option<&DMatrix<T>>> =
                     d_final.iter().map(Option::as_ref).collect();
-                let grads = self.runs[l][d].backward(cell, d_out.as_ref(), &d_final_refs)?;
+                run.backward(cell, d_out.as_ref(), &d_final_refs)
+            });
+            let mut grads_l = Vec::with_capacity(directions);
+            let mut d_input: Option<DMatrix<T>> = None;
+            for (d, grads) in results.into_iter().enumerate() {
+                let grads = grads?;
+                let part = l * directions + d;
                 for (k, state) in grads.initial_states.iter().enumerate() {
                     scatter(&mut initial_states[k], state, part, batch, &self.order);
                 }

@@ -5,6 +5,7 @@
 //! never outnumber the cores. (matrixmultiply's own threading is off: inside two
 //! parts it would run four threads on two cores, measured slower than either alone.)
 
+use std::cell::Cell;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// The count `set_threads` chose; 0 means every core.
@@ -20,10 +21,52 @@ pub fn set_threads(threads: usize) -> crate::Result<()> {
     Ok(())
 }
 
+thread_local! {
+    /// This thread's share of the threads, when work running beside it took the rest.
+    static SHARE: Cell<usize> = const { Cell::new(0) };
+}
+
 /// The threads a pass may use.
 pub(crate) fn threads() -> usize {
+    let share = SHARE.with(Cell::get);
+    if share > 0 {
+        return share;
+    }
     match THREADS.load(Ordering::Relaxed) {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
     }
+}
+
+/// `work` applied to each item, the items on threads of their own when more than one
+/// thread is allowed (the two directions of a bidirectional layer), each sharing out
+/// the allowed threads so that together they use no more.
+pub(crate) fn each_in_parallel<I: Send, R: Send>(
+    items: Vec<I>,
+    work: impl Fn(I) -> R + Sync,
+) -> Vec<R> {
+    let allowed = threads();
+    if items.len() < 2 || allowed < 2 {
+        return items.into_iter().map(work).collect();
+    }
+    let share = (allowed / items.len()).max(1);
+    let work = &work;
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = items
+            .into_iter()
+            .map(|item| {
+                scope.spawn(move || {
+                    SHARE.with(|s| s.set(share));
+                    work(item)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+            })
+            .collect()
+    })
 }
