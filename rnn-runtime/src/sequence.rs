@@ -11,6 +11,7 @@ use std::sync::Arc;
 use nalgebra::DMatrix;
 
 use crate::tape::WeightPacks;
+use crate::threads::each_in_parallel;
 use crate::{ensure, Cell, Parameters, Result, Scalar, Tape};
 
 /// How many sequences run at each step, and where each step's columns start.
@@ -222,32 +223,27 @@ pub fn forward<T: Scalar, C: Cell<T>>(
     } else {
         // Each part of the batch unrolls on a thread of its own; their results are
         // put back in the batch's columns.
-        let results: Vec<Unrolled<T>> = std::thread::scope(|scope| {
-            let handles: Vec<_> = shards
-                .iter()
-                .map(|shard| {
-                    let inputs: Vec<DMatrix<T>> =
-                        inputs.iter().map(|x| shard.gather(steps, x)).collect();
-                    let states: Option<Vec<DMatrix<T>>> = initial_states
-                        .map(|states| states.iter().map(|s| shard.batch_columns(s)).collect());
-                    let packs = Arc::clone(&packs);
-                    scope.spawn(move || {
-                        let refs: Vec<&DMatrix<T>> = inputs.iter().collect();
-                        unroll(
-                            cell,
-                            &shard.steps,
-                            &refs,
-                            states.as_deref(),
-                            direction,
-                            packs,
-                        )
-                    })
-                })
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| h.join().expect("a shard's forward pass panicked"))
-                .collect()
+        let parts: Vec<_> = shards
+            .iter()
+            .map(|shard| {
+                let inputs: Vec<DMatrix<T>> =
+                    inputs.iter().map(|x| shard.gather(steps, x)).collect();
+                let states: Option<Vec<DMatrix<T>>> = initial_states
+                    .map(|states| states.iter().map(|s| shard.batch_columns(s)).collect());
+                (shard, inputs, states)
+            })
+            .collect();
+        let results = each_in_parallel(parts, |(shard, inputs, states)| {
+            let refs: Vec<&DMatrix<T>> = inputs.iter().collect();
+            let packs = Arc::clone(&packs);
+            unroll(
+                cell,
+                &shard.steps,
+                &refs,
+                states.as_deref(),
+                direction,
+                packs,
+            )
         });
         let mut output = DMatrix::zeros(cell.output_size(), steps.columns());
         let mut finals: Vec<DMatrix<T>> = (0..spec.states.len())
@@ -535,25 +531,20 @@ impl<T: Scalar> Trajectory<T> {
         }
         // Each shard's backward pass on its own thread, from its part of the gradients.
         let steps = &self.steps;
-        let parts: Vec<SequenceGrads<T, C::Grads>> = std::thread::scope(|scope| {
-            let handles: Vec<_> = self
-                .shards
-                .iter_mut()
-                .map(|run| {
-                    let d_output = d_output.map(|d| run.shard.gather(steps, d));
-                    let d_final: Vec<Option<DMatrix<T>>> = d_final_states
-                        .iter()
-                        .map(|d| d.map(|d| run.shard.batch_columns(d)))
-                        .collect();
-                    scope.spawn(move || {
-                        unroll_backward(cell, run, direction, d_output.as_ref(), &d_final)
-                    })
-                })
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| h.join().expect("a shard's backward pass panicked"))
-                .collect()
+        let work: Vec<_> = self
+            .shards
+            .iter_mut()
+            .map(|run| {
+                let d_output = d_output.map(|d| run.shard.gather(steps, d));
+                let d_final: Vec<Option<DMatrix<T>>> = d_final_states
+                    .iter()
+                    .map(|d| d.map(|d| run.shard.batch_columns(d)))
+                    .collect();
+                (run, d_output, d_final)
+            })
+            .collect();
+        let parts = each_in_parallel(work, |(run, d_output, d_final)| {
+            unroll_backward(cell, run, direction, d_output.as_ref(), &d_final)
         });
         let mut params = cell.zero_grads();
         let mut inputs: Vec<DMatrix<T>> = (0..spec.inputs.len())

@@ -235,13 +235,8 @@ impl<T: Scalar> Tape<T> {
             return;
         }
         let s_view = Strided::column_major(s_rows, 0, 0, s_rows, s_cols);
-        let (s_view, inner) = if transpose {
-            (s_view.t(), s_rows)
-        } else {
-            (s_view, s_cols)
-        };
-        let src_view = self.view(src, inner, n);
-        let dst_view = self.view(dst, s_view.rows, n);
+        let src_view = self.view(src, s_cols, n);
+        let dst_view = self.view(dst, s_rows, n);
         let [s, b, c] = self
             .bufs
             .get_disjoint_mut([stack, src.0, dst.0])
