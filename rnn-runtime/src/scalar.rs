@@ -54,7 +54,8 @@ fn exp_f32(x: f32) -> f32 {
     const ROUND: f32 = 12_582_912.0;
     // Beyond these, 2ⁿ leaves the normal range of f32.
     let x = x.clamp(-87.3, 88.0);
-    let n = (x * LOG2E + ROUND) - ROUND;
+    let shifted = x * LOG2E + ROUND;
+    let n = shifted - ROUND;
     let r = x - n * LN2_HI - n * LN2_LO;
     let mut p = 1.987_569_2e-4_f32;
     p = p * r + 1.398_199_9e-3;
@@ -63,19 +64,37 @@ fn exp_f32(x: f32) -> f32 {
     p = p * r + 1.666_666_5e-1;
     p = p * r + 0.5;
     let er = p * r * r + r + 1.0;
-    let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
+    // 2ⁿ from the bits: `shifted` holds n in its low mantissa bits. Reading n from
+    // there, not with `n as i32` (a saturating cast LLVM cannot vectorise), keeps the
+    // whole function in vector registers. n + 127 lies in 1..=254 after the clamp.
+    let biased = shifted
+        .to_bits()
+        .wrapping_sub(ROUND.to_bits())
+        .wrapping_add(127);
+    let scale = f32::from_bits(biased << 23);
     er * scale
 }
 
-/// tanh in f32 from `exp_f32`; near 0 its odd Taylor series keeps the relative error.
+/// tanh in f32 as a rational function of x (Eigen's `ptanh_float`): odd polynomials
+/// of degree 13 over 6, relative error ~4e-7, no `exp`, one division. Beyond ±7.9
+/// tanh rounds to ±1 in f32, and the clamp gives exactly that. It took half the time
+/// of tanh built from `exp_f32` with a Taylor branch near 0.
 #[inline(always)]
 fn tanh_f32(x: f32) -> f32 {
-    let e = exp_f32(-2.0 * x.abs());
-    let t = (1.0 - e) / (1.0 + e);
+    let x = x.clamp(-7.905_311, 7.905_311);
     let x2 = x * x;
-    let small = x * (1.0 - x2 * (1.0 / 3.0 - x2 * (2.0 / 15.0)));
-    let magnitude = if x.abs() < 0.05 { small.abs() } else { t };
-    magnitude.copysign(x)
+    let mut p = -2.760_768_5e-16_f32;
+    p = p * x2 + 2.000_187_9e-13;
+    p = p * x2 - 8.604_671_5e-11;
+    p = p * x2 + 5.122_297e-8;
+    p = p * x2 + 1.485_722_4e-5;
+    p = p * x2 + 6.372_619_3e-4;
+    p = p * x2 + 4.893_524_6e-3;
+    let mut q = 1.198_258_4e-6_f32;
+    q = q * x2 + 1.185_347_1e-4;
+    q = q * x2 + 2.268_434_6e-3;
+    q = q * x2 + 4.893_525e-3;
+    p * x / q
 }
 
 macro_rules! impl_scalar {
@@ -376,7 +395,15 @@ mod tests {
             worst_tanh = worst_tanh.max(((tanh_f32(x) as f64) - t).abs() / t.abs().max(1e-30));
         }
         assert!(worst_exp < 3e-7, "exp: {worst_exp}");
-        assert!(worst_tanh < 3e-6, "tanh: {worst_tanh}");
+        // Near 0 too, where tanh x ≈ x, and at the clamp.
+        for e in -30..0 {
+            let x = 1.7f32 * 10f32.powi(e);
+            let t = (x as f64).tanh();
+            worst_tanh = worst_tanh.max(((tanh_f32(x) as f64) - t).abs() / t);
+        }
+        assert!(worst_tanh < 1e-6, "tanh: {worst_tanh}");
+        assert_eq!(tanh_f32(-30.0), -1.0);
+        assert!(tanh_f32(7.9) < 1.0 && tanh_f32(7.9) > 0.999_999);
         assert_eq!(exp_f32(-1000.0), exp_f32(-87.3));
         assert!(exp_f32(1000.0).is_finite());
         assert_eq!(tanh_f32(0.0), 0.0);
