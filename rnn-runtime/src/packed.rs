@@ -101,9 +101,20 @@ impl PackedMatrix {
         for (p, panel) in panels.chunks_exact_mut(mr * cols.max(1)).enumerate() {
             let first = p * mr;
             let height = mr.min(rows - first);
-            for (k, column) in panel.chunks_exact_mut(mr).enumerate() {
-                for (r, v) in column[..height].iter_mut().enumerate() {
-                    *v = values[(first + r) * row_stride + k * col_stride];
+            if row_stride == 1 {
+                // Column-major: each packed column is a run of the source.
+                for (k, column) in panel.chunks_exact_mut(mr).enumerate() {
+                    let start = first + k * col_stride;
+                    column[..height].copy_from_slice(&values[start..start + height]);
+                }
+            } else {
+                // A transpose: read each source row in order, and scatter it into the
+                // panel (which sits in L1), rather than stride through the whole source.
+                for r in 0..height {
+                    let row = (first + r) * row_stride;
+                    for k in 0..cols {
+                        panel[k * mr + r] = values[row + k * col_stride];
+                    }
                 }
             }
         }
@@ -470,6 +481,7 @@ mod tests {
             (16, 20, 6),
             (64, 3, 17),
             (100, 50, 13),
+            (40, 5, 300),
             (5, 0, 3),
         ] {
             for transposed in [false, true] {
