@@ -93,7 +93,23 @@ impl PackedMatrix {
         cols: usize,
         (row_stride, col_stride): (usize, usize),
     ) -> Option<PackedMatrix> {
-        let isa = Isa::detect()?;
+        Some(PackedMatrix::pack_for(
+            Isa::detect()?,
+            values,
+            rows,
+            cols,
+            (row_stride, col_stride),
+        ))
+    }
+
+    /// `pack` for the kernels of `isa`, which the processor must have.
+    fn pack_for(
+        isa: Isa,
+        values: &[f32],
+        rows: usize,
+        cols: usize,
+        (row_stride, col_stride): (usize, usize),
+    ) -> PackedMatrix {
         let mr = isa.panel_rows();
         let panel_count = rows.div_ceil(mr);
         let mut panels = vec![0.0; panel_count * mr * cols];
@@ -118,12 +134,12 @@ impl PackedMatrix {
                 }
             }
         }
-        Some(PackedMatrix {
+        PackedMatrix {
             isa,
             rows,
             cols,
             panels,
-        })
+        }
     }
 
     /// `C = P · B` for `n` columns: B's column j starts at `b[b_offset + j * ldb]` and
@@ -151,7 +167,7 @@ impl PackedMatrix {
         let (mr, nr) = (self.isa.panel_rows(), block_cols(self.isa));
         let k = self.cols;
         let streamed = self.panels.len() * size_of::<f32>() > STREAMED_BYTES;
-        if n == 1 && self.isa == Isa::Avx512 && k > 0 {
+        if n == 1 && k > 0 {
             self.multiply_one_column(&b[b_offset..], &mut c[c_offset..], streamed);
             return;
         }
@@ -187,7 +203,7 @@ impl PackedMatrix {
 }
 
 impl PackedMatrix {
-    /// `c = P · b` for one column (a batch of one, the notebooks' case), AVX-512 only.
+    /// `c = P · b` for one column (a batch of one, the notebooks' case).
     /// Per panel, one column gives the kernel two chains of dependent multiply-adds,
     /// each waiting on the last: the product ran at the multiply-add's latency, not its
     /// throughput. Here up to `GROUP` panels run side by side, with even and odd `k` in
@@ -211,18 +227,23 @@ impl PackedMatrix {
                 streamed,
             };
             // SAFETY: `multiply` checked that b holds `k` values and c `rows` values past
-            // the offsets; the group reads `count` whole panels; the processor has AVX-512.
+            // the offsets; the group reads `count` whole panels; `pack` found the
+            // instructions of `self.isa`.
             #[cfg(target_arch = "x86_64")]
             unsafe {
-                match (count, streamed) {
-                    (4, true) => x86::avx512_one_column::<4, true>(&group),
-                    (3, true) => x86::avx512_one_column::<3, true>(&group),
-                    (2, true) => x86::avx512_one_column::<2, true>(&group),
-                    (_, true) => x86::avx512_one_column::<1, true>(&group),
-                    (4, false) => x86::avx512_one_column::<4, false>(&group),
-                    (3, false) => x86::avx512_one_column::<3, false>(&group),
-                    (2, false) => x86::avx512_one_column::<2, false>(&group),
-                    (_, false) => x86::avx512_one_column::<1, false>(&group),
+                match (self.isa, count, streamed) {
+                    (Isa::Avx512, 4, true) => x86::avx512_one_column::<4, true>(&group),
+                    (Isa::Avx512, 3, true) => x86::avx512_one_column::<3, true>(&group),
+                    (Isa::Avx512, 2, true) => x86::avx512_one_column::<2, true>(&group),
+                    (Isa::Avx512, _, true) => x86::avx512_one_column::<1, true>(&group),
+                    (Isa::Avx512, 4, false) => x86::avx512_one_column::<4, false>(&group),
+                    (Isa::Avx512, 3, false) => x86::avx512_one_column::<3, false>(&group),
+                    (Isa::Avx512, 2, false) => x86::avx512_one_column::<2, false>(&group),
+                    (Isa::Avx512, _, false) => x86::avx512_one_column::<1, false>(&group),
+                    (Isa::Avx2, 4, _) => x86::avx2_one_column::<4>(&group),
+                    (Isa::Avx2, 3, _) => x86::avx2_one_column::<3>(&group),
+                    (Isa::Avx2, 2, _) => x86::avx2_one_column::<2>(&group),
+                    (Isa::Avx2, _, _) => x86::avx2_one_column::<1>(&group),
                 }
             }
             first += count;
@@ -393,6 +414,50 @@ mod x86 {
         }
     }
 
+    /// `avx512_one_column` for 16-row panels, with 8-lane registers.
+    ///
+    /// # Safety
+    /// As `Block::run`, for `G` panels, with AVX2 and FMA present.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn avx2_one_column<const G: usize>(blk: &Block) {
+        let mut even = [[_mm256_setzero_ps(); 2]; G];
+        let mut odd = [[_mm256_setzero_ps(); 2]; G];
+        let panel_len = 16 * blk.k;
+        // SAFETY: every read is inside the G panels or the column of B.
+        unsafe {
+            let column = |acc: &mut [[__m256; 2]; G], p: usize| {
+                let x = _mm256_set1_ps(*blk.b.add(p));
+                for (g, pair) in acc.iter_mut().enumerate() {
+                    let a = blk.a.add(g * panel_len + p * 16);
+                    pair[0] = _mm256_fmadd_ps(_mm256_loadu_ps(a), x, pair[0]);
+                    pair[1] = _mm256_fmadd_ps(_mm256_loadu_ps(a.add(8)), x, pair[1]);
+                }
+            };
+            let mut p = 0;
+            while p + 1 < blk.k {
+                column(&mut even, p);
+                column(&mut odd, p + 1);
+                p += 2;
+            }
+            if p < blk.k {
+                column(&mut even, p);
+            }
+        }
+        for g in 0..G {
+            let rows = blk.height.saturating_sub(g * 16).min(16);
+            let mut panel = [0.0f32; 16];
+            // SAFETY: C has `height` writable values, `rows` of them from `g * 16`.
+            unsafe {
+                _mm256_storeu_ps(panel.as_mut_ptr(), _mm256_add_ps(even[g][0], odd[g][0]));
+                _mm256_storeu_ps(
+                    panel.as_mut_ptr().add(8),
+                    _mm256_add_ps(even[g][1], odd[g][1]),
+                );
+                std::ptr::copy_nonoverlapping(panel.as_ptr(), blk.c.add(g * blk.ldc), rows);
+            }
+        }
+    }
+
     /// A 16-row panel times `NR` columns, with 8-lane registers.
     ///
     /// # Safety
@@ -467,9 +532,25 @@ mod tests {
     /// since the values are quarters and the sums are short.
     #[test]
     fn packed_products_match_the_naive_product() {
-        if Isa::detect().is_none() {
-            return;
+        // Every kernel this processor runs: an AVX-512 machine also tests the AVX2 ones.
+        let mut isas = Vec::new();
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                isas.push(Isa::Avx512);
+            }
+            if std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+            {
+                isas.push(Isa::Avx2);
+            }
         }
+        for isa in isas {
+            products_match_the_naive_product(isa);
+        }
+    }
+
+    fn products_match_the_naive_product(isa: Isa) {
         for &(m, k, n) in &[
             (1, 1, 1),
             (140, 35, 1),
@@ -488,7 +569,7 @@ mod tests {
                 // A stored column-major (m × k), or as the transpose of a (k × m) buffer.
                 let a = values(m * k, 1);
                 let strides = if transposed { (k, 1) } else { (1, m) };
-                let packed = PackedMatrix::pack(&a, m, k, strides).expect("detected above");
+                let packed = PackedMatrix::pack_for(isa, &a, m, k, strides);
                 let (ldb, ldc) = (k + 3, m + 2);
                 let b = values(ldb * n + 5, 2);
                 let mut c = vec![f32::NAN; 1 + ldc * n];
@@ -498,7 +579,8 @@ mod tests {
                 for j in 0..n {
                     for i in 0..m {
                         let got = c[1 + i + j * ldc];
-                        assert_eq!(got as f64, want[i + j * m], "({m},{k},{n}) at ({i},{j})");
+                        let want = want[i + j * m];
+                        assert_eq!(got as f64, want, "{isa:?} ({m},{k},{n}) at ({i},{j})");
                     }
                     // The padding rows between columns of C are left alone.
                     for pad in m..ldc {
