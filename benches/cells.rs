@@ -29,7 +29,8 @@ fn bench_cell<C: Cell<f32>>(c: &mut Criterion, name: &str) {
             bench.iter(|| {
                 let mut run =
                     forward(&cell, &steps, &[&x], None, Direction::Forward).expect("valid sizes");
-                run.backward(&cell, Some(&ones), &[]).expect("valid sizes")
+                run.backward_with(&cell, Some(&ones), &[], InputGrads::Skip)
+                    .expect("valid sizes")
             })
         });
         group.finish();

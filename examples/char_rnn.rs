@@ -144,7 +144,8 @@ impl<C: Cell<f32>> CharModel<C> {
             }
             None => (None, d_prediction),
         };
-        let rnn = run.backward(&self.rnn, Some(&d_output), &[])?;
+        // One-hot data: the input's gradient is never needed.
+        let rnn = run.backward_with(&self.rnn, Some(&d_output), &[], InputGrads::Skip)?;
         adam.step(self, &CharModelGrads { rnn, head })?;
         Ok(loss.value * steps)
     }

@@ -138,7 +138,8 @@ fn train<C: Cell<f32>, C64: Cell<f64>>(args: &Args, progress: &Progress) -> Resu
         let step_loss = cross_entropy(&logits, &task.targets, &ClassLoss::default())?;
         let (head_grads, d_output): (LinearGrads<f32>, _) =
             head.backward(&run.output, &step_loss.grad)?;
-        let grads: SequenceGrads<f32, C::Grads> = run.backward(&cell, Some(&d_output), &[])?;
+        let grads: SequenceGrads<f32, C::Grads> =
+            run.backward_with(&cell, Some(&d_output), &[], InputGrads::Skip)?;
         cell_adam.step(&mut cell, &grads.params)?;
         head_adam.step(&mut head, &head_grads)?;
         training += started.elapsed();

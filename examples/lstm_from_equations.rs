@@ -90,7 +90,9 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
         // The notebook sums one MSE (mean over the symbols) per step.
         let loss = mse_loss(&run.output, &targets, Reduction::Sum)?;
         let scale = 1.0 / symbols as f32;
-        let grads = run.backward(&cell, Some(&(loss.grad * scale)), &[])?;
+        // One-hot data: the input's gradient is never needed.
+        let d_output = loss.grad * scale;
+        let grads = run.backward_with(&cell, Some(&d_output), &[], InputGrads::Skip)?;
         adam.step(&mut cell, &grads.params)?;
         if epoch % 100 == 0 || epoch + 1 == args.epochs {
             progress.log(format!("epoch {epoch:4}  loss {:.4}", loss.value * scale));

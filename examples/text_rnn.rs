@@ -89,7 +89,8 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
         let (head_grads, d_last) = head.backward(&last, &loss.grad)?;
         let mut d_output = DMatrix::zeros(args.hidden, 2 * batch);
         d_output.columns_mut(batch, batch).copy_from(&d_last);
-        let grads = run.backward(&rnn, Some(&d_output), &[])?;
+        // One-hot words: the input's gradient is never needed.
+        let grads = run.backward_with(&rnn, Some(&d_output), &[], InputGrads::Skip)?;
         rnn_adam.step(&mut rnn, &grads.params)?;
         head_adam.step(&mut head, &head_grads)?;
         loss_value = loss.value;

@@ -6,7 +6,9 @@
 //!
 //! Times are medians of repeated runs after warm-up, in milliseconds; GFLOP/s counts
 //! 2·G·H·(I+H)·B·T forward FLOPs (G = 4 LSTM, 3 GRU, 1 RNN) and 3x that for forward +
-//! backward, as the team's PyTorch benchmark (`bench/torch_bench.py`) does.
+//! backward, as the team's PyTorch benchmark (`bench/torch_bench.py`) does. Backward
+//! computes the gradients of the parameters, not of the input, which is data (in the
+//! PyTorch benchmark a tensor without `requires_grad`); `--input-grads` adds them.
 
 use std::time::Instant;
 
@@ -30,6 +32,9 @@ struct Args {
     /// Threads to use (default: every core).
     #[arg(long)]
     threads: Option<usize>,
+    /// Compute the input's gradient in backward too.
+    #[arg(long)]
+    input_grads: bool,
 }
 
 struct Row {
@@ -61,6 +66,7 @@ fn time_cell<C: Cell<f32>>(
     i: usize,
     h: usize,
     reps: usize,
+    input_grads: InputGrads,
 ) -> Result<(f64, f64), Error> {
     let mut rng = Rng::seed(0);
     let cell = C::with_dims(&[i, h], &Init::pytorch_default(h), &mut rng)?;
@@ -72,7 +78,8 @@ fn time_cell<C: Cell<f32>>(
     });
     let fwdbwd = median_ms(reps, || {
         let mut run = forward(&cell, &steps, &[&x], None, Direction::Forward).expect("valid sizes");
-        run.backward(&cell, Some(&ones), &[]).expect("valid sizes");
+        run.backward_with(&cell, Some(&ones), &[], input_grads)
+            .expect("valid sizes");
     });
     Ok((fwd, fwdbwd))
 }
@@ -82,6 +89,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     if let Some(threads) = args.threads {
         rnn_runtime::set_threads(threads)?;
     }
+    let input_grads = if args.input_grads {
+        InputGrads::Compute
+    } else {
+        InputGrads::Skip
+    };
     let mut rows = Vec::new();
     for size in args.sizes.split(',') {
         let (_, (t, b, i, h)) = *SIZES
@@ -92,11 +104,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         for cell in args.cells.split(',') {
             let g = gates(cell).ok_or_else(|| format!("unknown cell `{cell}`"))?;
             let (fwd_ms, fwdbwd_ms) = match cell {
-                "lstm" => time_cell::<LstmCell<f32>>(t, b, i, h, reps)?,
-                "gru" => time_cell::<GruCell<f32>>(t, b, i, h, reps)?,
-                "rnn_tanh" => time_cell::<RnnTanhCell<f32>>(t, b, i, h, reps)?,
-                "peephole_lstm" => time_cell::<PeepholeLstm<f32>>(t, b, i, h, reps)?,
-                _ => time_cell::<Mgu<f32>>(t, b, i, h, reps)?,
+                "lstm" => time_cell::<LstmCell<f32>>(t, b, i, h, reps, input_grads)?,
+                "gru" => time_cell::<GruCell<f32>>(t, b, i, h, reps, input_grads)?,
+                "rnn_tanh" => time_cell::<RnnTanhCell<f32>>(t, b, i, h, reps, input_grads)?,
+                "peephole_lstm" => time_cell::<PeepholeLstm<f32>>(t, b, i, h, reps, input_grads)?,
+                _ => time_cell::<Mgu<f32>>(t, b, i, h, reps, input_grads)?,
             };
             let flops = (2 * g * h * (i + h) * b * t) as f64;
             let row = Row {

@@ -128,6 +128,41 @@ fn stacked_bidirectional_packed_layers_of_a_custom_cell_have_exact_gradients() {
     );
 }
 
+/// Skipping the input's gradient in a stacked bidirectional layer still passes every
+/// upper layer's input gradient down: the parameters' and initial states' gradients
+/// are those of the full pass, to the bit, and the input's gradient has no rows.
+#[test]
+fn a_layer_over_data_skips_only_the_input_gradient() {
+    let mut rng = Rng::seed(4);
+    let config = LstmConfig {
+        num_layers: 2,
+        bidirectional: true,
+        batch_first: true,
+        ..LstmConfig::new(3, 5)
+    };
+    let lstm = config.init::<f64>(&mut rng).unwrap();
+    let (len, batch) = (6, 3);
+    let x = random(3, len * batch, &mut rng);
+    let d_out = random(10, len * batch, &mut rng);
+    let d_h = random(5, 2 * 2 * batch, &mut rng);
+    let mut out = lstm.forward(&x, batch, None, Mode::Eval).unwrap();
+    let all = lstm.backward(&mut out, Some(&d_out), Some(&d_h), None).unwrap();
+    let mut out = lstm.forward(&x, batch, None, Mode::Eval).unwrap();
+    let skipped = lstm
+        .backward_with(&mut out, Some(&d_out), Some(&d_h), None, InputGrads::Skip)
+        .unwrap();
+    assert_eq!(all.input.shape(), (3, len * batch));
+    assert_eq!(skipped.input.shape(), (0, len * batch));
+    assert!(all.input.iter().any(|v| *v != 0.0));
+    let bits = |g: &rnn_runtime::nn::ModuleGrads<f64>| -> Vec<u64> {
+        let params = g.params.parameters();
+        let values = params.iter().flat_map(|p| p.values.iter());
+        let states = g.h_0.iter().chain(g.c_0.iter().flatten());
+        values.chain(states).map(|v| v.to_bits()).collect()
+    };
+    assert!(bits(&all) == bits(&skipped));
+}
+
 #[test]
 fn dropout_applies_in_training_only() {
     let mut rng = Rng::seed(1);

@@ -2,7 +2,7 @@
 
 use rnn_runtime::nalgebra::DMatrix;
 use rnn_runtime::prelude::*;
-use rnn_runtime::{BufferSpec, ParamMut, ParamRef, Tape};
+use rnn_runtime::{BufferSpec, ParamMut, ParamRef, SequenceGrads, Tape};
 
 fn random(rows: usize, cols: usize, rng: &mut Rng) -> DMatrix<f64> {
     DMatrix::from_fn(rows, cols, |_, _| rng.range(-1.0, 1.0))
@@ -397,4 +397,61 @@ fn reused_tape_buffers_change_nothing() {
     leftover_buffers_change_nothing::<rnn_runtime::cells::LstmProjCell<f32>>(&[5, 9, 4]);
     leftover_buffers_change_nothing::<ConcatMgu<f32>>(&[5, 9]);
     leftover_buffers_change_nothing::<InputFree<f32>>(&[5, 9]);
+}
+
+/// A cell whose parameter `p` scales the input elementwise: its gradient reads the
+/// product `Wᵀ · dz` that the input's gradient reads too.
+#[recurrent]
+pub fn scaled_input(x: Input, h: State) {
+    h = tanh(W * (p * x) + U * h + b);
+}
+
+/// The gradients a backward pass returns, as bits, besides the inputs'.
+fn gradient_bits<G: Parameters<f32>>(grads: &SequenceGrads<f32, G>) -> Vec<u32> {
+    let params = grads.params.parameters();
+    let values = params.iter().flat_map(|p| p.values.iter());
+    let states = grads.initial_states.iter().flat_map(|s| s.iter());
+    values.chain(states).map(|v| v.to_bits()).collect()
+}
+
+/// `InputGrads::Skip` leaves out the inputs' gradients and changes no other bit: for
+/// cells that read the input through a matrix, elementwise, through a concatenation or
+/// not at all, over a packed batch split across threads, in both directions.
+fn skipping_input_gradients_changes_nothing_else<C: Cell<f32>>(dims: &[usize]) {
+    let mut rng = Rng::seed(12);
+    let cell = C::with_dims(dims, &Init::pytorch_default(dims[1]), &mut rng).unwrap();
+    let lengths = [9, 8, 8, 6, 5, 5, 4, 3, 3, 2, 1];
+    let steps = Steps::from_sorted_lengths(&lengths).unwrap();
+    let x = DMatrix::from_fn(dims[0], steps.columns(), |_, _| rng.range(-1.0, 1.0) as f32);
+    let d_out = DMatrix::from_fn(cell.output_size(), steps.columns(), |_, _| {
+        rng.range(-1.0, 1.0) as f32
+    });
+    for direction in [Direction::Forward, Direction::Reverse] {
+        let mut run = forward(&cell, &steps, &[&x], None, direction).unwrap();
+        let all = run.backward(&cell, Some(&d_out), &[]).unwrap();
+        let mut run = forward(&cell, &steps, &[&x], None, direction).unwrap();
+        let skipped = run
+            .backward_with(&cell, Some(&d_out), &[], InputGrads::Skip)
+            .unwrap();
+        assert_eq!(all.inputs.len(), 1);
+        assert!(skipped.inputs.is_empty(), "`{}`: input gradients returned", C::SPEC.name);
+        assert!(
+            gradient_bits(&all) == gradient_bits(&skipped),
+            "`{}` {direction:?}: skipping the input gradients changed another gradient",
+            C::SPEC.name
+        );
+    }
+}
+
+#[test]
+fn skipping_input_gradients_changes_no_other_gradient() {
+    skipping_input_gradients_changes_nothing_else::<LstmCell<f32>>(&[5, 9]);
+    skipping_input_gradients_changes_nothing_else::<GruCell<f32>>(&[5, 9]);
+    skipping_input_gradients_changes_nothing_else::<RnnTanhCell<f32>>(&[5, 9]);
+    skipping_input_gradients_changes_nothing_else::<rnn_runtime::cells::LstmProjCell<f32>>(&[
+        5, 9, 4,
+    ]);
+    skipping_input_gradients_changes_nothing_else::<ConcatMgu<f32>>(&[5, 9]);
+    skipping_input_gradients_changes_nothing_else::<InputFree<f32>>(&[5, 9]);
+    skipping_input_gradients_changes_nothing_else::<ScaledInput<f32>>(&[5, 9]);
 }

@@ -463,6 +463,14 @@ fn program(c: &Compiled, plan: &Plan, which: Program, params: &[Ident]) -> Token
         }
         Stage::Kernel(kernel) => fused_loop(c, plan, which, kernel, params),
     });
+    let input_only = |k: usize| which == Program::Finish && plan.finish_input_only[k];
+    let code = code.enumerate().map(|(k, stage)| {
+        if input_only(k) {
+            quote!(if __tape.input_grads() { #stage })
+        } else {
+            stage
+        }
+    });
     quote!(#(#code)*)
 }
 

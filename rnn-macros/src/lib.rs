@@ -3,7 +3,8 @@
 //!
 //! Use it through `rnn_runtime`, which re-exports it and documents the language. The
 //! compiler runs in pipeline order: `parse` → `validate` → `ir` → `shape` →
-//! `optimize` → `autodiff` → `schedule` (into a `plan`) → `expand`.
+//! `optimize` → `autodiff` → `schedule` (into a `plan`, whose input-only stages
+//! `input_only` marks) → `expand`.
 
 mod autodiff;
 mod compile;
@@ -13,6 +14,7 @@ mod expand;
 mod func;
 #[cfg(test)]
 mod interp;
+mod input_only;
 mod ir;
 mod optimize;
 mod parse;

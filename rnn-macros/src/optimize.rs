@@ -320,7 +320,7 @@ pub fn stack_products(ir: &CellIr, shapes: &Shapes) -> (CellIr, Shapes) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_util::compile_ir;
+    use crate::test_util::{compile_ir, lstm};
     use quote::quote;
 
     fn ops(ir: &CellIr) -> Vec<String> {
@@ -333,16 +333,7 @@ mod tests {
 
     #[test]
     fn lstm_stacks_four_gates_per_vector_and_hoists_the_biases() {
-        let (ir, _) = compile_ir(quote! {
-            fn lstm(x: Input, h: State, c: State) {
-                let i = sigmoid(W_ii * x + b_ii + W_hi * h + b_hi);
-                let f = sigmoid(W_if * x + b_if + W_hf * h + b_hf);
-                let g = tanh(W_ig * x + b_ig + W_hg * h + b_hg);
-                let o = sigmoid(W_io * x + b_io + W_ho * h + b_ho);
-                c = f * c + i * g;
-                h = o * tanh(c);
-            }
-        });
+        let (ir, _) = compile_ir(lstm());
         let gemms: Vec<&Op> = ir
             .graph
             .nodes

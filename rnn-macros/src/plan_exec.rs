@@ -16,6 +16,9 @@ pub struct Exec<'a> {
     offsets: Vec<usize>,
     columns: usize,
     bufs: Vec<Vec<f64>>,
+    /// Whether the finish program's input-only stages run (the runtime's
+    /// `InputGrads::Compute`).
+    pub input_grads: bool,
 }
 
 /// The results of a forward and a backward pass.
@@ -43,6 +46,7 @@ impl<'a> Exec<'a> {
             offsets,
             columns,
             bufs: Vec::new(),
+            input_grads: true,
         }
     }
 
@@ -149,7 +153,14 @@ impl<'a> Exec<'a> {
                 self.bufs[plan.roles.d_state[k]][..rows * n].copy_from_slice(&prev);
             }
         }
-        self.stages(&plan.finish, false, 0, columns, params, &mut grads);
+        let finish: Vec<Stage> = plan
+            .finish
+            .iter()
+            .zip(&plan.finish_input_only)
+            .filter(|(_, &input_only)| self.input_grads || !input_only)
+            .map(|(stage, _)| stage.clone())
+            .collect();
+        self.stages(&finish, false, 0, columns, params, &mut grads);
         for w in &plan.weight_grads {
             let (rows, cols) = (w.rows.eval(&self.dims), w.cols.eval(&self.dims));
             let param_rows = self.c.shapes.params[w.param].0.eval(&self.dims);
@@ -364,6 +375,16 @@ mod tests {
             .collect();
         let mut exec = Exec::new(&compiled, &plan, dims.clone(), batch_sizes.clone());
         let results = exec.run(&params, &inputs, &initial, &d_output, &d_final);
+
+        // Without the input-only stages, every other gradient is the same to the bit.
+        let mut exec = Exec::new(&compiled, &plan, dims.clone(), batch_sizes.clone());
+        exec.input_grads = false;
+        let without = exec.run(&params, &inputs, &initial, &d_output, &d_final);
+        let bits = |values: &[Vec<f64>]| -> Vec<Vec<u64>> {
+            values.iter().map(|v| v.iter().map(|x| x.to_bits()).collect()).collect()
+        };
+        prop_assert_eq!(bits(&without.d_params), bits(&results.d_params), "{}", source);
+        prop_assert_eq!(bits(&without.d_initial), bits(&results.d_initial), "{}", source);
 
         // Forward: each sequence through the interpreter, step by step.
         let offsets: Vec<usize> = batch_sizes

@@ -140,7 +140,7 @@ impl<'a> Scheduler<'a> {
             }
         }
         let finish = self.stages(Program::Finish);
-        Plan {
+        let mut plan = Plan {
             buffers: self.buffers,
             stacks: self.stacks,
             roles: self.roles,
@@ -148,8 +148,11 @@ impl<'a> Scheduler<'a> {
             step_forward,
             step_backward,
             finish,
+            finish_input_only: Vec::new(),
             weight_grads,
-        }
+        };
+        plan.finish_input_only = crate::input_only::finish_input_only(&plan);
+        plan
     }
 
     fn op(&self, id: NodeId) -> &Op {
@@ -665,20 +668,10 @@ impl<'a> Scheduler<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_util::compile_full;
-    use quote::quote;
+    use crate::test_util::{compile_full, lstm};
 
     fn lstm_plan() -> Plan {
-        schedule(&compile_full(quote! {
-            fn lstm(x: Input, h: State, c: State) {
-                let i = sigmoid(W_ii * x + b_ii + W_hi * h + b_hi);
-                let f = sigmoid(W_if * x + b_if + W_hf * h + b_hf);
-                let g = tanh(W_ig * x + b_ig + W_hg * h + b_hg);
-                let o = sigmoid(W_io * x + b_io + W_ho * h + b_ho);
-                c = f * c + i * g;
-                h = o * tanh(c);
-            }
-        }))
+        schedule(&compile_full(lstm()))
     }
 
     fn count(stages: &[Stage], f: impl Fn(&Stage) -> bool) -> usize {

@@ -9,6 +9,20 @@ use crate::ctxt::Ctxt;
 use crate::ir::CellIr;
 use crate::shape::Shapes;
 
+/// The LSTM as the PyTorch docs write it, the cell most tests look at.
+pub fn lstm() -> TokenStream {
+    quote! {
+        fn lstm(x: Input, h: State, c: State) {
+            let i = sigmoid(W_ii * x + b_ii + W_hi * h + b_hi);
+            let f = sigmoid(W_if * x + b_if + W_hf * h + b_hf);
+            let g = tanh(W_ig * x + b_ig + W_hg * h + b_hg);
+            let o = sigmoid(W_io * x + b_io + W_ho * h + b_ho);
+            c = f * c + i * g;
+            h = o * tanh(c);
+        }
+    }
+}
+
 /// The optimised forward IR of a valid cell (panics with the errors otherwise).
 pub fn compile_ir(item: TokenStream) -> (CellIr, Shapes) {
     let compiled = compile_full(item);

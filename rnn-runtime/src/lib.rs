@@ -105,7 +105,7 @@ pub use crate::params::{
 pub use crate::recurrent::{Mode, Recurrent, RecurrentConfig, RecurrentGrads, RecurrentRun};
 pub use crate::rng::{Init, Rng};
 pub use crate::scalar::Scalar;
-pub use crate::sequence::{forward, Direction, SequenceGrads, Steps, Trajectory};
+pub use crate::sequence::{forward, Direction, InputGrads, SequenceGrads, Steps, Trajectory};
 pub use crate::tape::Tape;
 pub use crate::tensor_io::{load_safetensors, save_safetensors, Tensor};
 pub use crate::threads::set_threads;
@@ -125,6 +125,6 @@ pub mod prelude {
     pub use crate::nalgebra::{DMatrix, DVector};
     pub use crate::{
         forward, gradcheck, recurrent, Adagrad, Adam, AdamW, Cell, Direction, Error, Init,
-        Optimizer, Parameters, RmsProp, Rng, Scalar, Sgd, Steps,
+        InputGrads, Optimizer, Parameters, RmsProp, Rng, Scalar, Sgd, Steps,
     };
 }

@@ -35,7 +35,9 @@ use crate::cells::{
 use crate::pack::PackedSequence;
 use crate::recurrent::{Mode, Recurrent, RecurrentConfig, RecurrentRun};
 use crate::tensor_io::{load_safetensors, save_safetensors, Tensor};
-use crate::{ensure, Init, ParamMut, ParamRef, ParamSet, Parameters, Result, Rng, Scalar};
+use crate::{
+    ensure, Init, InputGrads, ParamMut, ParamRef, ParamSet, Parameters, Result, Rng, Scalar,
+};
 
 /// The nonlinearity of an Elman RNN.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -306,7 +308,7 @@ pub struct ModuleGrads<T: Scalar> {
     pub params: ParamSet<T>,
     /// The same gradients under PyTorch's names and shapes (`weight_ih_l0`).
     pub torch: Vec<(String, Tensor<T>)>,
-    /// Like the input.
+    /// Like the input; with no rows when the pass skipped it ([`InputGrads::Skip`]).
     pub input: DMatrix<T>,
     /// Like `h_0`.
     pub h_0: DMatrix<T>,
@@ -388,10 +390,23 @@ impl<T: Scalar> BuiltinLayers<T> {
         d_h_n: Option<&DMatrix<T>>,
         d_c_n: Option<&DMatrix<T>>,
     ) -> Result<ModuleGrads<T>> {
+        self.backward_with(out, d_output, d_h_n, d_c_n, InputGrads::Compute)
+    }
+
+    /// [`backward`](Self::backward), computing the input's gradient only if
+    /// `input_grads` asks for it.
+    pub fn backward_with(
+        &self,
+        out: &mut RnnOutput<T>,
+        d_output: Option<&DMatrix<T>>,
+        d_h_n: Option<&DMatrix<T>>,
+        d_c_n: Option<&DMatrix<T>>,
+        input_grads: InputGrads,
+    ) -> Result<ModuleGrads<T>> {
         let d_final = [d_h_n, d_c_n];
         let states = out.run.final_states.len();
         with_layers!(self, net => {
-            let grads = out.run.backward(net, d_output, &d_final[..states])?;
+            let grads = out.run.backward_with(net, d_output, &d_final[..states], input_grads)?;
             let torch = net.torch_grads(&grads);
             let mut initial = grads.initial_states.iter().cloned();
             let h_0 = initial.next().expect("a cell has a state");
@@ -447,6 +462,13 @@ macro_rules! module {
             /// Gradients for a loss with the given gradients of (output, h_n, c_n).
             pub fn backward(&self, out: &mut RnnOutput<T>, d_output: Option<&DMatrix<T>>, d_h_n: Option<&DMatrix<T>>, d_c_n: Option<&DMatrix<T>>) -> Result<ModuleGrads<T>> {
                 self.layers.backward(out, d_output, d_h_n, d_c_n)
+            }
+
+            /// [`backward`](Self::backward) without the input's gradient when
+            /// `input_grads` is [`InputGrads::Skip`] (the input is data, as a tensor
+            /// without `requires_grad` in PyTorch).
+            pub fn backward_with(&self, out: &mut RnnOutput<T>, d_output: Option<&DMatrix<T>>, d_h_n: Option<&DMatrix<T>>, d_c_n: Option<&DMatrix<T>>, input_grads: InputGrads) -> Result<ModuleGrads<T>> {
+                self.layers.backward_with(out, d_output, d_h_n, d_c_n, input_grads)
             }
 
             /// Every parameter under PyTorch's name and shape.

@@ -151,56 +151,120 @@ impl PackedMatrix {
     pub(crate) fn multiply(
         &self,
         b: &[f32],
+        b_at: (usize, usize),
+        c: &mut [f32],
+        c_at: (usize, usize),
+        n: usize,
+    ) {
+        self.check_bounds(b, b_at, c, c_at, n);
+        let (k, (b_offset, _), (c_offset, ldc)) = (self.cols, b_at, c_at);
+        if n == 0 || self.rows == 0 {
+            return;
+        }
+        if k == 0 {
+            // An empty inner dimension: the product is zero.
+            for j in 0..n {
+                c[c_offset + j * ldc..][..self.rows].fill(0.0);
+            }
+            return;
+        }
+        let streamed = self.panels.len() * size_of::<f32>() > STREAMED_BYTES;
+        if n == 1 {
+            self.multiply_one_column(&b[b_offset..], &mut c[c_offset..], streamed);
+            return;
+        }
+        self.blocks(b, b_at, c, c_at, n, (0, k), streamed, false);
+    }
+
+    /// `C += P · B`, addressed as in `multiply`, over the inner dimension in blocks: for
+    /// the weight gradients, whose inner dimension is every (step, sequence) column of
+    /// a batch. Without the blocks, each panel (32 rows by thousands of columns) would
+    /// leave L1 before the next block of B's columns reads it again.
+    ///
+    /// # Panics
+    /// As `multiply`.
+    pub(crate) fn multiply_add(
+        &self,
+        b: &[f32],
+        b_at: (usize, usize),
+        c: &mut [f32],
+        c_at: (usize, usize),
+        n: usize,
+    ) {
+        self.check_bounds(b, b_at, c, c_at, n);
+        if n == 0 || self.rows == 0 {
+            return;
+        }
+        for first in (0..self.cols).step_by(INNER_BLOCK) {
+            let depth = INNER_BLOCK.min(self.cols - first);
+            self.blocks(b, b_at, c, c_at, n, (first, depth), false, true);
+        }
+    }
+
+    /// The bounds that `multiply` and `multiply_add` rely on.
+    fn check_bounds(
+        &self,
+        b: &[f32],
+        (b_offset, ldb): (usize, usize),
+        c: &[f32],
+        (c_offset, ldc): (usize, usize),
+        n: usize,
+    ) {
+        assert!(
+            n == 0
+                || (b_offset + (n - 1) * ldb + self.cols <= b.len()
+                    && c_offset + (n - 1) * ldc + self.rows <= c.len()),
+            "packed product: operands out of bounds"
+        );
+    }
+
+    /// Every panel times every block of B's columns, over the packed columns
+    /// `first..first + depth` (nonempty, within `self.cols`).
+    #[allow(clippy::too_many_arguments)]
+    fn blocks(
+        &self,
+        b: &[f32],
         (b_offset, ldb): (usize, usize),
         c: &mut [f32],
         (c_offset, ldc): (usize, usize),
         n: usize,
+        (first, depth): (usize, usize),
+        streamed: bool,
+        accumulate: bool,
     ) {
-        if n == 0 || self.rows == 0 {
-            return;
-        }
-        assert!(
-            b_offset + (n - 1) * ldb + self.cols <= b.len()
-                && c_offset + (n - 1) * ldc + self.rows <= c.len(),
-            "packed product: operands out of bounds"
-        );
         let (mr, nr) = (self.isa.panel_rows(), block_cols(self.isa));
-        let k = self.cols;
-        let streamed = self.panels.len() * size_of::<f32>() > STREAMED_BYTES;
-        if n == 1 && k > 0 {
-            self.multiply_one_column(&b[b_offset..], &mut c[c_offset..], streamed);
-            return;
-        }
-        for (p, panel) in self.panels.chunks_exact(mr * k.max(1)).enumerate() {
+        for (p, panel) in self.panels.chunks_exact(mr * self.cols).enumerate() {
             let height = mr.min(self.rows - p * mr);
             let mut j = 0;
             while j < n {
                 let width = nr.min(n - j);
                 let block = Block {
-                    k,
-                    a: panel.as_ptr(),
-                    b: b[b_offset + j * ldb..].as_ptr(),
+                    k: depth,
+                    a: panel[first * mr..].as_ptr(),
+                    b: b[b_offset + j * ldb + first..].as_ptr(),
                     ldb,
                     c: c[c_offset + j * ldc + p * mr..].as_mut_ptr(),
                     ldc,
                     height,
                     streamed,
+                    accumulate,
                 };
-                // SAFETY: the kernel reads `k` packed columns of this panel, `k` values of
-                // `width` columns of B, and writes `height` values of `width` columns of C,
-                // all in bounds by the assertion above; `detect` found the instructions.
+                // SAFETY: the kernel reads `depth` packed columns of this panel from
+                // `first`, `depth` values of `width` columns of B from `first`, and
+                // writes (with `accumulate`, reads and writes) `height` values of
+                // `width` columns of C: all in bounds by `check_bounds`, since
+                // `first + depth <= self.cols`; `detect` found the instructions.
                 unsafe { block.run(self.isa, width) };
                 j += width;
             }
         }
-        if k == 0 {
-            // An empty inner dimension (no panels were read): the product is zero.
-            for j in 0..n {
-                c[c_offset + j * ldc..][..self.rows].fill(0.0);
-            }
-        }
     }
 }
+
+/// The inner dimension's block in `multiply_add`: 128 packed columns of a 32-row panel
+/// are 16 KiB, half of a core's L1 cache, so the block stays there while it meets every
+/// column of B (whose blocks stream from L2).
+const INNER_BLOCK: usize = 128;
 
 impl PackedMatrix {
     /// `c = P · b` for one column (a batch of one, the notebooks' case).
@@ -225,6 +289,7 @@ impl PackedMatrix {
                 ldc: mr,
                 height: rows,
                 streamed,
+                accumulate: false,
             };
             // SAFETY: `multiply` checked that b holds `k` values and c `rows` values past
             // the offsets; the group reads `count` whole panels; `pack` found the
@@ -262,6 +327,8 @@ struct Block {
     height: usize,
     /// Whether to prefetch the panel ahead of its use (see `STREAMED_BYTES`).
     streamed: bool,
+    /// Whether to add the product to C rather than overwrite C.
+    accumulate: bool,
 }
 
 /// Weights larger than this (the size of a core's L1 cache) stream from L2 or L3 at
@@ -281,29 +348,13 @@ impl Block {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: forwarded from the caller.
         unsafe {
-            match (isa, width, self.streamed) {
-                (Isa::Avx512, 8, true) => x86::avx512::<8, true>(self),
-                (Isa::Avx512, 7, true) => x86::avx512::<7, true>(self),
-                (Isa::Avx512, 6, true) => x86::avx512::<6, true>(self),
-                (Isa::Avx512, 5, true) => x86::avx512::<5, true>(self),
-                (Isa::Avx512, 4, true) => x86::avx512::<4, true>(self),
-                (Isa::Avx512, 3, true) => x86::avx512::<3, true>(self),
-                (Isa::Avx512, 2, true) => x86::avx512::<2, true>(self),
-                (Isa::Avx512, _, true) => x86::avx512::<1, true>(self),
-                (Isa::Avx512, 8, false) => x86::avx512::<8, false>(self),
-                (Isa::Avx512, 7, false) => x86::avx512::<7, false>(self),
-                (Isa::Avx512, 6, false) => x86::avx512::<6, false>(self),
-                (Isa::Avx512, 5, false) => x86::avx512::<5, false>(self),
-                (Isa::Avx512, 4, false) => x86::avx512::<4, false>(self),
-                (Isa::Avx512, 3, false) => x86::avx512::<3, false>(self),
-                (Isa::Avx512, 2, false) => x86::avx512::<2, false>(self),
-                (Isa::Avx512, _, false) => x86::avx512::<1, false>(self),
-                (Isa::Avx2, 6, _) => x86::avx2::<6>(self),
-                (Isa::Avx2, 5, _) => x86::avx2::<5>(self),
-                (Isa::Avx2, 4, _) => x86::avx2::<4>(self),
-                (Isa::Avx2, 3, _) => x86::avx2::<3>(self),
-                (Isa::Avx2, 2, _) => x86::avx2::<2>(self),
-                (Isa::Avx2, _, _) => x86::avx2::<1>(self),
+            match (isa, self.streamed, self.accumulate) {
+                (Isa::Avx512, true, false) => x86::avx512_of_width::<true, false>(self, width),
+                (Isa::Avx512, false, false) => x86::avx512_of_width::<false, false>(self, width),
+                (Isa::Avx512, true, true) => x86::avx512_of_width::<true, true>(self, width),
+                (Isa::Avx512, false, true) => x86::avx512_of_width::<false, true>(self, width),
+                (Isa::Avx2, _, false) => x86::avx2_of_width::<false>(self, width),
+                (Isa::Avx2, _, true) => x86::avx2_of_width::<true>(self, width),
             }
         }
         #[cfg(not(target_arch = "x86_64"))]
@@ -316,18 +367,78 @@ mod x86 {
     use super::Block;
     use std::arch::x86_64::*;
 
+    /// `avx512` for a block `width` columns wide (a constant inside the kernel).
+    ///
+    /// # Safety
+    /// As `avx512`.
+    pub(super) unsafe fn avx512_of_width<const PREFETCH: bool, const ACC: bool>(
+        blk: &Block,
+        width: usize,
+    ) {
+        // SAFETY: forwarded from the caller.
+        unsafe {
+            match width {
+                8 => avx512::<8, PREFETCH, ACC>(blk),
+                7 => avx512::<7, PREFETCH, ACC>(blk),
+                6 => avx512::<6, PREFETCH, ACC>(blk),
+                5 => avx512::<5, PREFETCH, ACC>(blk),
+                4 => avx512::<4, PREFETCH, ACC>(blk),
+                3 => avx512::<3, PREFETCH, ACC>(blk),
+                2 => avx512::<2, PREFETCH, ACC>(blk),
+                _ => avx512::<1, PREFETCH, ACC>(blk),
+            }
+        }
+    }
+
+    /// `avx2` for a block `width` columns wide.
+    ///
+    /// # Safety
+    /// As `avx2`.
+    pub(super) unsafe fn avx2_of_width<const ACC: bool>(blk: &Block, width: usize) {
+        // SAFETY: forwarded from the caller.
+        unsafe {
+            match width {
+                6 => avx2::<6, ACC>(blk),
+                5 => avx2::<5, ACC>(blk),
+                4 => avx2::<4, ACC>(blk),
+                3 => avx2::<3, ACC>(blk),
+                2 => avx2::<2, ACC>(blk),
+                _ => avx2::<1, ACC>(blk),
+            }
+        }
+    }
+
     /// How far ahead in the panel (in values) the AVX-512 kernel prefetches.
     const PREFETCH_AHEAD: usize = 32 * 16;
 
     /// A 32-row panel times `NR` columns: two 16-lane accumulators per column, one
-    /// fused multiply-add each per packed column of the panel.
+    /// fused multiply-add each per packed column of the panel. With `ACC`, the
+    /// accumulators start from C's values, so the product is added to C.
     ///
     /// # Safety
     /// As `Block::run`, with AVX-512F present.
     #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn avx512<const NR: usize, const PREFETCH: bool>(blk: &Block) {
+    pub(super) unsafe fn avx512<const NR: usize, const PREFETCH: bool, const ACC: bool>(
+        blk: &Block,
+    ) {
         let mut lo = [_mm512_setzero_ps(); NR];
         let mut hi = [_mm512_setzero_ps(); NR];
+        // Masked loads and stores touch only the panel's valid rows (the last panel is
+        // partial).
+        let rows_lo = blk.height.min(16);
+        let rows_hi = blk.height.saturating_sub(16);
+        let mask_lo: __mmask16 = ((1u32 << rows_lo) - 1) as u16;
+        let mask_hi: __mmask16 = ((1u32 << rows_hi) - 1) as u16;
+        if ACC {
+            for j in 0..NR {
+                // SAFETY: column j of C has `height` valid values from `c + j * ldc`.
+                unsafe {
+                    let out = blk.c.add(j * blk.ldc);
+                    lo[j] = _mm512_maskz_loadu_ps(mask_lo, out);
+                    hi[j] = _mm512_maskz_loadu_ps(mask_hi, out.add(16));
+                }
+            }
+        }
         // SAFETY: every read is inside the panel or a column of B (see `Block::run`).
         unsafe {
             for p in 0..blk.k {
@@ -347,11 +458,6 @@ mod x86 {
                 }
             }
         }
-        // Masked stores write only the panel's valid rows (the last panel is partial).
-        let rows_lo = blk.height.min(16);
-        let rows_hi = blk.height.saturating_sub(16);
-        let mask_lo: __mmask16 = ((1u32 << rows_lo) - 1) as u16;
-        let mask_hi: __mmask16 = ((1u32 << rows_hi) - 1) as u16;
         for j in 0..NR {
             // SAFETY: column j of C has `height` writable values from `c + j * ldc`.
             unsafe {
@@ -458,14 +564,27 @@ mod x86 {
         }
     }
 
-    /// A 16-row panel times `NR` columns, with 8-lane registers.
+    /// A 16-row panel times `NR` columns, with 8-lane registers; with `ACC`, added to C.
     ///
     /// # Safety
     /// As `Block::run`, with AVX2 and FMA present.
     #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn avx2<const NR: usize>(blk: &Block) {
+    pub(super) unsafe fn avx2<const NR: usize, const ACC: bool>(blk: &Block) {
         let mut lo = [_mm256_setzero_ps(); NR];
         let mut hi = [_mm256_setzero_ps(); NR];
+        if ACC {
+            for j in 0..NR {
+                // SAFETY: column j of C has `height` valid values from `c + j * ldc`;
+                // a partial panel is read through a buffer.
+                unsafe {
+                    let out = blk.c.add(j * blk.ldc);
+                    let mut column = [0.0f32; 16];
+                    std::ptr::copy_nonoverlapping(out, column.as_mut_ptr(), blk.height);
+                    lo[j] = _mm256_loadu_ps(column.as_ptr());
+                    hi[j] = _mm256_loadu_ps(column.as_ptr().add(8));
+                }
+            }
+        }
         // SAFETY: every read is inside the panel or a column of B (see `Block::run`).
         unsafe {
             for p in 0..blk.k {
@@ -533,20 +652,29 @@ mod tests {
     #[test]
     fn packed_products_match_the_naive_product() {
         // Every kernel this processor runs: an AVX-512 machine also tests the AVX2 ones.
-        let mut isas = Vec::new();
-        #[cfg(target_arch = "x86_64")]
-        {
-            if std::arch::is_x86_feature_detected!("avx512f") {
-                isas.push(Isa::Avx512);
-            }
-            if std::arch::is_x86_feature_detected!("avx2")
-                && std::arch::is_x86_feature_detected!("fma")
-            {
-                isas.push(Isa::Avx2);
+        for isa in [Isa::Avx512, Isa::Avx2] {
+            if kernel_runs(isa) {
+                products_match_the_naive_product(isa);
             }
         }
-        for isa in isas {
-            products_match_the_naive_product(isa);
+    }
+
+    /// Whether this processor runs `isa`'s kernels.
+    fn kernel_runs(isa: Isa) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            match isa {
+                Isa::Avx512 => std::arch::is_x86_feature_detected!("avx512f"),
+                Isa::Avx2 => {
+                    std::arch::is_x86_feature_detected!("avx2")
+                        && std::arch::is_x86_feature_detected!("fma")
+                }
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let _ = isa;
+            false
         }
     }
 
@@ -585,6 +713,47 @@ mod tests {
                     // The padding rows between columns of C are left alone.
                     for pad in m..ldc {
                         assert!(c[1 + pad + j * ldc].is_nan(), "wrote padding at {pad}");
+                    }
+                }
+            }
+        }
+    }
+
+    /// `C += P · B` with inner dimensions below, at and past the inner block, every
+    /// panel height and block width: exact, as above.
+    #[test]
+    fn blocked_products_add_the_naive_product() {
+        for isa in [Isa::Avx512, Isa::Avx2] {
+            if !kernel_runs(isa) {
+                continue;
+            }
+            for &(m, k, n) in &[
+                (1, 1, 1),
+                (33, 300, 9),
+                (64, 129, 17),
+                (5, 256, 3),
+                (40, 128, 8),
+                (100, 7, 13),
+            ] {
+                let a = values(m * k, 3);
+                let packed = PackedMatrix::pack_for(isa, &a, m, k, (1, m));
+                let (ldb, ldc) = (k + 1, m + 3);
+                let b = values(ldb * n + 2, 4);
+                let before = values(2 + ldc * n, 5);
+                let mut c = before.clone();
+                packed.multiply_add(&b, (1, ldb), &mut c, (2, ldc), n);
+                let want = reference(&a, (m, k), (1, m), &b[1..], ldb, n);
+                for j in 0..n {
+                    for i in 0..m {
+                        let at = 2 + i + j * ldc;
+                        let want = before[at] as f64 + want[i + j * m];
+                        assert_eq!(c[at] as f64, want, "{isa:?} ({m},{k},{n}) at ({i},{j})");
+                    }
+                    for pad in m..ldc {
+                        let at = 2 + pad + j * ldc;
+                        if at < c.len() {
+                            assert_eq!(c[at], before[at], "wrote padding at {pad}");
+                        }
                     }
                 }
             }

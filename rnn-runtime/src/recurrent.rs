@@ -10,7 +10,7 @@ use nalgebra::DMatrix;
 
 use crate::pack::{transpose_batch, PackedSequence};
 use crate::params::{prefixed, prefixed_mut};
-use crate::sequence::{forward, Direction, Steps, Trajectory};
+use crate::sequence::{forward, Direction, InputGrads, Steps, Trajectory};
 use crate::threads::each_in_parallel;
 use crate::{ensure, Cell, Init, ParamMut, ParamRef, Parameters, Result, Rng, Scalar};
 
@@ -81,7 +81,8 @@ pub struct RecurrentRun<T: Scalar> {
 pub struct RecurrentGrads<T: Scalar, G> {
     /// `layers[l][d]`: the gradients of that cell's parameters.
     pub layers: Vec<Vec<G>>,
-    /// In the input's layout.
+    /// In the input's layout; with no rows when the pass skipped it
+    /// ([`InputGrads::Skip`]).
     pub input: DMatrix<T>,
     /// Per state, (state size, L·D·B), like the initial states.
     pub initial_states: Vec<DMatrix<T>>,
@@ -444,6 +445,18 @@ impl<T: Scalar> RecurrentRun<T> {
         d_output: Option<&DMatrix<T>>,
         d_final_states: &[Option<&DMatrix<T>>],
     ) -> Result<RecurrentGrads<T, C::Grads>> {
+        self.backward_with(model, d_output, d_final_states, InputGrads::Compute)
+    }
+
+    /// [`backward`](Self::backward), computing the gradient of the input only if
+    /// `input_grads` asks for it (the layers above the first always pass theirs down).
+    pub fn backward_with<C: Cell<T>>(
+        &mut self,
+        model: &Recurrent<C>,
+        d_output: Option<&DMatrix<T>>,
+        d_final_states: &[Option<&DMatrix<T>>],
+        input_grads: InputGrads,
+    ) -> Result<RecurrentGrads<T, C::Grads>> {
         let spec = C::SPEC;
         let (batch, directions) = (self.steps.batch(), model.directions());
         ensure!(
@@ -521,10 +534,15 @@ impl<T: Scalar> RecurrentRun<T> {
                     .collect();
                 work.push((run, cell, d_out, d_final));
             }
+            let wanted = if l == 0 {
+                input_grads
+            } else {
+                InputGrads::Compute
+            };
             let results = each_in_parallel(work, |(run, cell, d_out, d_final)| {
                 let d_final_refs: Vec<Option<&DMatrix<T>>> =
                     d_final.iter().map(Option::as_ref).collect();
-                run.backward(cell, d_out.as_ref(), &d_final_refs)
+                run.backward_with(cell, d_out.as_ref(), &d_final_refs, wanted)
             });
             let mut grads_l = Vec::with_capacity(directions);
             let mut d_input: Option<DMatrix<T>> = None;
@@ -534,17 +552,23 @@ impl<T: Scalar> RecurrentRun<T> {
                 for (k, state) in grads.initial_states.iter().enumerate() {
                     scatter(&mut initial_states[k], state, part, batch, &self.order);
                 }
-                d_input = Some(match d_input {
-                    None => grads.inputs[0].clone(),
-                    Some(acc) => acc + &grads.inputs[0],
-                });
+                if let Some(input) = grads.inputs.first() {
+                    d_input = Some(match d_input {
+                        None => input.clone(),
+                        Some(acc) => acc + input,
+                    });
+                }
                 grads_l.push(grads.params);
             }
             layer_grads.push(grads_l);
             d_x = d_input;
         }
         layer_grads.reverse();
-        let d_x = d_x.unwrap_or_else(|| DMatrix::zeros(first.input_size(0), self.steps.columns()));
+        let rows = match input_grads {
+            InputGrads::Compute => first.input_size(0),
+            InputGrads::Skip => 0,
+        };
+        let d_x = d_x.unwrap_or_else(|| DMatrix::zeros(rows, self.steps.columns()));
         let input = match self.layout {
             Layout::Padded {
                 batch,

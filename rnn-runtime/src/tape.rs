@@ -24,6 +24,13 @@ pub struct Tape<T: Scalar> {
     transposed: Vec<Option<Vec<T>>>,
     /// Stacked weights packed for the per-step kernel, made once per sequence.
     packed: Arc<WeightPacks>,
+    /// Whether the backward pass computes the inputs' gradients.
+    input_grads: bool,
+    /// Transposes of the vectors that weight gradients read, by (buffer, first row,
+    /// rows): each step's vector a contiguous column of the product `dz · vᵀ`. The
+    /// gate blocks of a stacked weight read the same vector, so one transpose serves
+    /// them all.
+    transposed_vectors: Vec<((usize, usize, usize), Vec<T>)>,
 }
 
 /// Per buffer, the stacked weight packed as it is and transposed, each made at its
@@ -106,6 +113,7 @@ impl<T: Scalar> Drop for Tape<T> {
             .bufs
             .drain(..)
             .chain(self.transposed.drain(..).flatten())
+            .chain(self.transposed_vectors.drain(..).map(|(_, values)| values))
         {
             pool.give(buffer);
         }
@@ -171,7 +179,20 @@ impl<T: Scalar> Tape<T> {
             columns,
             transposed,
             packed,
+            input_grads: true,
+            transposed_vectors: Vec::new(),
         }
+    }
+
+    /// Whether the backward pass computes the inputs' gradients: the generated code
+    /// skips the stages that serve only them when it does not.
+    pub fn input_grads(&self) -> bool {
+        self.input_grads
+    }
+
+    /// Sets whether the backward pass computes the inputs' gradients.
+    pub(crate) fn set_input_grads(&mut self, wanted: bool) {
+        self.input_grads = wanted;
     }
 
     /// The number of (step, sequence) columns.
@@ -330,7 +351,7 @@ impl<T: Scalar> Tape<T> {
     /// a weight's gradient from every step in one GEMM.
     #[allow(clippy::too_many_arguments)]
     pub fn weight_grad(
-        &self,
+        &mut self,
         grad: &mut [T],
         grad_rows: usize,
         col_start: usize,
@@ -339,6 +360,9 @@ impl<T: Scalar> Tape<T> {
         v: (usize, usize),
         cols: usize,
     ) {
+        if packed::available::<T>() && self.columns > 0 {
+            return self.packed_weight_grad(grad, grad_rows, col_start, dz, rows, v, cols);
+        }
         let dz_view = self.view((dz.0, dz.1, 0), rows, self.columns);
         let v_view = self.view((v.0, v.1, 0), cols, self.columns).t();
         let grad_view = Strided::column_major(grad_rows, 0, col_start, rows, cols);
@@ -351,5 +375,77 @@ impl<T: Scalar> Tape<T> {
             grad,
             grad_view,
         );
+    }
+
+    /// `weight_grad` through the packed kernel: dz's rows packed into panels (one
+    /// sequential copy), v transposed once for all the gradients that read it, and the
+    /// product blocked over the columns. matrixmultiply ran these at about 71% of the
+    /// multiply-add peak (`perf` of the medium LSTM); see `benches/README.md`.
+    #[allow(clippy::too_many_arguments)]
+    fn packed_weight_grad(
+        &mut self,
+        grad: &mut [T],
+        grad_rows: usize,
+        col_start: usize,
+        dz: (usize, usize),
+        rows: usize,
+        v: (usize, usize),
+        cols: usize,
+    ) {
+        let columns = self.columns;
+        let dz_values = packed::as_f32(&self.bufs[dz.0]).expect("`available` checked f32");
+        let dz_ld = self.rows[dz.0];
+        let panels = PackedMatrix::pack(&dz_values[dz.1..], rows, columns, (1, dz_ld))
+            .expect("`available` checked the instructions");
+        let key = (v.0, v.1, cols);
+        let at = match self.transposed_vectors.iter().position(|(k, _)| *k == key) {
+            Some(at) => at,
+            None => {
+                let mut transposed = pool::<T>().take(cols * columns, false);
+                transpose_rows(
+                    &self.bufs[v.0],
+                    self.rows[v.0],
+                    v.1,
+                    cols,
+                    columns,
+                    &mut transposed,
+                );
+                self.transposed_vectors.push((key, transposed));
+                self.transposed_vectors.len() - 1
+            }
+        };
+        let vt = packed::as_f32(&self.transposed_vectors[at].1).expect("f32");
+        let grad = packed::as_f32_mut(grad).expect("f32");
+        panels.multiply_add(
+            vt,
+            (0, columns),
+            grad,
+            (col_start * grad_rows, grad_rows),
+            cols,
+        );
+    }
+}
+
+/// `out[j * columns + k] = values[k * ld + row + j]` for `j < rows`, `k < columns`: rows
+/// `row..row + rows` of a column-major buffer, each as a contiguous run. Tiles of
+/// 16 × 16 keep both the reads and the scattered writes within a few cache lines.
+fn transpose_rows<T: Copy>(
+    values: &[T],
+    ld: usize,
+    row: usize,
+    rows: usize,
+    columns: usize,
+    out: &mut [T],
+) {
+    const TILE: usize = 16;
+    for k0 in (0..columns).step_by(TILE) {
+        for j0 in (0..rows).step_by(TILE) {
+            for k in k0..(k0 + TILE).min(columns) {
+                let column = &values[k * ld + row..];
+                for j in j0..(j0 + TILE).min(rows) {
+                    out[j * columns + k] = column[j];
+                }
+            }
+        }
     }
 }
