@@ -86,25 +86,55 @@ pub(crate) struct PackedMatrix {
 
 impl PackedMatrix {
     /// Packs the `rows` × `cols` matrix whose element (i, k) is
-    /// `values[i * row_stride + k * col_stride]`; `None` where no kernel runs.
-    pub(crate) fn pack(
+    /// `values[i * row_stride + k * col_stride]`, into `storage` (a finished matrix's,
+    /// from `into_storage`, or empty): fresh memory costs a page fault per page and a
+    /// clearing pass. `None` where no kernel runs.
+    pub(crate) fn pack_into(
+        storage: Vec<f32>,
         values: &[f32],
         rows: usize,
         cols: usize,
-        (row_stride, col_stride): (usize, usize),
+        strides: (usize, usize),
     ) -> Option<PackedMatrix> {
-        Some(PackedMatrix::pack_for(
+        Some(PackedMatrix::pack_for_into(
             Isa::detect()?,
+            storage,
             values,
             rows,
             cols,
-            (row_stride, col_stride),
+            strides,
         ))
     }
 
-    /// `pack` for the kernels of `isa`, which the processor must have.
+    /// The number of values a matrix of this shape packs into.
+    pub(crate) fn packed_len(rows: usize, cols: usize) -> usize {
+        Isa::detect().map_or(0, |isa| {
+            let mr = isa.panel_rows();
+            rows.div_ceil(mr) * mr * cols
+        })
+    }
+
+    /// The panels' memory, for another matrix to reuse.
+    pub(crate) fn into_storage(self) -> Vec<f32> {
+        self.panels
+    }
+
+    /// `pack_into` fresh memory, for the kernels of `isa`.
+    #[cfg(test)]
     fn pack_for(
         isa: Isa,
+        values: &[f32],
+        rows: usize,
+        cols: usize,
+        strides: (usize, usize),
+    ) -> PackedMatrix {
+        PackedMatrix::pack_for_into(isa, Vec::new(), values, rows, cols, strides)
+    }
+
+    /// `pack_into` for the kernels of `isa`, which the processor must have.
+    fn pack_for_into(
+        isa: Isa,
+        mut panels: Vec<f32>,
         values: &[f32],
         rows: usize,
         cols: usize,
@@ -112,7 +142,19 @@ impl PackedMatrix {
     ) -> PackedMatrix {
         let mr = isa.panel_rows();
         let panel_count = rows.div_ceil(mr);
-        let mut panels = vec![0.0; panel_count * mr * cols];
+        let len = panel_count * mr * cols;
+        if panels.len() != len {
+            panels.clear();
+            panels.resize(len, 0.0);
+        }
+        // Every valid value is written below; the rows that pad the last panel are
+        // zeroed here (the kernels read them, and mask them out of C).
+        if let Some(last) = panels.chunks_exact_mut(mr * cols.max(1)).last() {
+            let height = rows - (panel_count - 1) * mr;
+            for column in last.chunks_exact_mut(mr) {
+                column[height..].fill(0.0);
+            }
+        }
         // (With no columns there are no panels; `max` keeps the chunk size nonzero.)
         for (p, panel) in panels.chunks_exact_mut(mr * cols.max(1)).enumerate() {
             let first = p * mr;
@@ -292,7 +334,7 @@ impl PackedMatrix {
                 accumulate: false,
             };
             // SAFETY: `multiply` checked that b holds `k` values and c `rows` values past
-            // the offsets; the group reads `count` whole panels; `pack` found the
+            // the offsets; the group reads `count` whole panels; `pack_into` found the
             // instructions of `self.isa`.
             #[cfg(target_arch = "x86_64")]
             unsafe {
@@ -697,7 +739,11 @@ mod tests {
                 // A stored column-major (m × k), or as the transpose of a (k × m) buffer.
                 let a = values(m * k, 1);
                 let strides = if transposed { (k, 1) } else { (1, m) };
-                let packed = PackedMatrix::pack_for(isa, &a, m, k, strides);
+                // Packed into storage a finished matrix left full of NaN: every value
+                // the kernels read is written.
+                let mr = isa.panel_rows();
+                let used = vec![f32::NAN; m.div_ceil(mr) * mr * k];
+                let packed = PackedMatrix::pack_for_into(isa, used, &a, m, k, strides);
                 let (ldb, ldc) = (k + 3, m + 2);
                 let b = values(ldb * n + 5, 2);
                 let mut c = vec![f32::NAN; 1 + ldc * n];

@@ -226,52 +226,31 @@ pub fn forward<T: Scalar, C: Cell<T>>(
             );
         }
     }
-    let shards = shards(steps);
+    // Each part of the batch unrolls on a thread of its own (one part for a small
+    // batch), reading its columns of the inputs straight into its tape.
     let packs = WeightPacks::new(&cell.tape_buffers());
-    let (shards, output, final_states) = if let [only] = shards.as_slice() {
+    let mut results = each_in_parallel(shards(steps), |shard| {
+        let packs = Arc::clone(&packs);
         let (tape, output, finals) =
-            unroll(cell, &only.steps, inputs, initial_states, direction, packs);
-        let run = ShardRun {
-            shard: only.clone(),
-            tape,
-        };
+            unroll(cell, steps, &shard, inputs, initial_states, direction, packs);
+        (ShardRun { shard, tape }, output, finals)
+    });
+    let (shards, output, final_states) = if results.len() == 1 {
+        let (run, output, finals) = results.pop().expect("one part");
         (vec![run], output, finals)
     } else {
-        // Each part of the batch unrolls on a thread of its own; their results are
-        // put back in the batch's columns.
-        let parts: Vec<_> = shards
-            .iter()
-            .map(|shard| {
-                let inputs: Vec<DMatrix<T>> =
-                    inputs.iter().map(|x| shard.gather(steps, x)).collect();
-                let states: Option<Vec<DMatrix<T>>> = initial_states
-                    .map(|states| states.iter().map(|s| shard.batch_columns(s)).collect());
-                (shard, inputs, states)
-            })
-            .collect();
-        let results = each_in_parallel(parts, |(shard, inputs, states)| {
-            let refs: Vec<&DMatrix<T>> = inputs.iter().collect();
-            let packs = Arc::clone(&packs);
-            unroll(
-                cell,
-                &shard.steps,
-                &refs,
-                states.as_deref(),
-                direction,
-                packs,
-            )
-        });
+        // The parts' results put back in the batch's columns.
         let mut output = DMatrix::zeros(cell.output_size(), steps.columns());
         let mut finals: Vec<DMatrix<T>> = (0..spec.states.len())
             .map(|k| DMatrix::zeros(cell.state_size(k), batch))
             .collect();
-        let mut runs = Vec::with_capacity(shards.len());
-        for (shard, (tape, part_output, part_finals)) in shards.into_iter().zip(results) {
-            shard.scatter(steps, &part_output, &mut output);
+        let mut runs = Vec::with_capacity(results.len());
+        for (run, part_output, part_finals) in results {
+            run.shard.scatter(steps, &part_output, &mut output);
             for (all, part) in finals.iter_mut().zip(&part_finals) {
-                all.columns_mut(shard.start, shard.batch()).copy_from(part);
+                run.shard.batch_columns_mut(all).copy_from_slice(part.as_slice());
             }
-            runs.push(ShardRun { shard, tape });
+            runs.push(run);
         }
         (runs, output, finals)
     };
@@ -340,30 +319,44 @@ impl Shard {
     }
 
     /// The shard's columns of a per-batch matrix (initial or final states).
-    fn batch_columns<T: Scalar>(&self, all: &DMatrix<T>) -> DMatrix<T> {
-        all.columns(self.start, self.batch()).into_owned()
+    fn batch_columns<'a, T: Scalar>(&self, all: &'a DMatrix<T>) -> &'a [T] {
+        let rows = all.nrows();
+        &all.as_slice()[self.start * rows..(self.start + self.batch()) * rows]
     }
 
-    /// The shard's columns of a per-column matrix of the whole batch, in the shard's
-    /// own layout.
-    fn gather<T: Scalar>(&self, steps: &Steps, all: &DMatrix<T>) -> DMatrix<T> {
-        let mut part = DMatrix::zeros(all.nrows(), self.steps.columns());
+    /// The same, to be changed.
+    fn batch_columns_mut<'a, T: Scalar>(&self, all: &'a mut DMatrix<T>) -> &'a mut [T] {
+        let rows = all.nrows();
+        &mut all.as_mut_slice()[self.start * rows..(self.start + self.batch()) * rows]
+    }
+
+    /// Step `t`'s columns of a per-column matrix of the whole batch: the shard's
+    /// sequences are consecutive columns of each step.
+    fn step_columns<'a, T: Scalar>(&self, steps: &Steps, all: &'a [T], rows: usize, t: usize) -> &'a [T] {
+        let (off, _) = steps.step(t);
+        let n = self.steps.batch_sizes()[t];
+        &all[(off + self.start) * rows..(off + self.start + n) * rows]
+    }
+
+    /// Copies the shard's columns of a per-column matrix of the whole batch (`rows`
+    /// values each) into `part`, in the shard's own layout.
+    fn gather_into<T: Scalar>(&self, steps: &Steps, all: &[T], rows: usize, part: &mut [T]) {
         for t in 0..self.steps.len() {
-            let (off, _) = steps.step(t);
             let (part_off, n) = self.steps.step(t);
-            part.columns_mut(part_off, n)
-                .copy_from(&all.columns(off + self.start, n));
+            part[part_off * rows..(part_off + n) * rows]
+                .copy_from_slice(self.step_columns(steps, all, rows, t));
         }
-        part
     }
 
     /// Puts the shard's per-column matrix back in the batch's columns.
     fn scatter<T: Scalar>(&self, steps: &Steps, part: &DMatrix<T>, all: &mut DMatrix<T>) {
+        let rows = part.nrows();
+        let (part, all) = (part.as_slice(), all.as_mut_slice());
         for t in 0..self.steps.len() {
             let (off, _) = steps.step(t);
             let (part_off, n) = self.steps.step(t);
-            all.columns_mut(off + self.start, n)
-                .copy_from(&part.columns(part_off, n));
+            all[(off + self.start) * rows..(off + self.start + n) * rows]
+                .copy_from_slice(&part[part_off * rows..(part_off + n) * rows]);
         }
     }
 }
@@ -371,11 +364,13 @@ impl Shard {
 /// A part of a batch unrolled: its tape, its output and its final states.
 type Unrolled<T> = (Tape<T>, DMatrix<T>, Vec<DMatrix<T>>);
 
-/// Runs `cell` over checked inputs and states on a fresh tape: the tape, the output and
-/// the final states.
+/// Runs `cell` over one shard of checked inputs and states (of the whole batch, laid
+/// out by `all_steps`) on a fresh tape: the tape, and the shard's output and final
+/// states.
 fn unroll<T: Scalar, C: Cell<T>>(
     cell: &C,
-    steps: &Steps,
+    all_steps: &Steps,
+    shard: &Shard,
     inputs: &[&DMatrix<T>],
     initial_states: Option<&[DMatrix<T>]>,
     direction: Direction,
@@ -383,6 +378,7 @@ fn unroll<T: Scalar, C: Cell<T>>(
 ) -> Unrolled<T> {
     let spec = C::SPEC;
     let roles = &spec.roles;
+    let steps = &shard.steps;
     let batch = steps.batch();
     // Input gradients: a cell that never reads an input never writes its gradient.
     let mut tape = Tape::sharing_packs(
@@ -393,13 +389,13 @@ fn unroll<T: Scalar, C: Cell<T>>(
         roles.d_inputs,
     );
     for (k, input) in inputs.iter().enumerate() {
-        tape.buffer_mut(roles.inputs[k])
-            .copy_from_slice(input.as_slice());
+        let rows = input.nrows();
+        shard.gather_into(all_steps, input.as_slice(), rows, tape.buffer_mut(roles.inputs[k]));
     }
     if let Some(states) = initial_states {
         for (k, state) in states.iter().enumerate() {
             tape.buffer_mut(roles.state[k])
-                .copy_from_slice(state.as_slice());
+                .copy_from_slice(shard.batch_columns(state));
         }
     }
     cell.prepare(&mut tape);
@@ -426,24 +422,27 @@ fn unroll<T: Scalar, C: Cell<T>>(
     (tape, output, final_states)
 }
 
-/// Backpropagation through one shard's tape, from checked gradients in the shard's
-/// layout: the parameters', the inputs' and the initial states' gradients.
+/// Backpropagation through one shard's tape, from checked gradients of the whole
+/// batch (laid out by `all_steps`): the shard's gradients of the parameters, the inputs
+/// (in the shard's layout) and the initial states.
 fn unroll_backward<T: Scalar, C: Cell<T>>(
     cell: &C,
     run: &mut ShardRun<T>,
+    all_steps: &Steps,
     direction: Direction,
     d_output: Option<&DMatrix<T>>,
-    d_final_states: &[Option<DMatrix<T>>],
+    d_final_states: &[Option<&DMatrix<T>>],
     input_grads: InputGrads,
 ) -> SequenceGrads<T, C::Grads> {
     let spec = C::SPEC;
     let roles = &spec.roles;
-    let (steps, tape) = (&run.shard.steps, &mut run.tape);
+    let (shard, tape) = (&run.shard, &mut run.tape);
+    let steps = &shard.steps;
     let batch = steps.batch();
     for k in 0..spec.states.len() {
         let buf = tape.buffer_mut(roles.d_state[k]);
-        match d_final_states.get(k).and_then(Option::as_ref) {
-            Some(d) => buf.copy_from_slice(d.as_slice()),
+        match d_final_states.get(k).copied().flatten() {
+            Some(d) => buf.copy_from_slice(shard.batch_columns(d)),
             None => buf.fill(T::zero()),
         }
     }
@@ -454,7 +453,7 @@ fn unroll_backward<T: Scalar, C: Cell<T>>(
     for &t in order.iter().rev() {
         let (off, n) = steps.step(t);
         if let Some(d) = d_output {
-            let from = &d.as_slice()[off * out_rows..(off + n) * out_rows];
+            let from = shard.step_columns(all_steps, d.as_slice(), out_rows, t);
             for (acc, g) in tape.buffer_mut(roles.d_state[out]).iter_mut().zip(from) {
                 *acc += *g;
             }
@@ -555,69 +554,69 @@ impl<T: Scalar> Trajectory<T> {
                 );
             }
         }
-        let direction = self.direction;
-        if let [only] = self.shards.as_mut_slice() {
-            let d_final: Vec<Option<DMatrix<T>>> =
-                d_final_states.iter().map(|d| d.cloned()).collect();
-            return Ok(unroll_backward(
-                cell,
-                only,
-                direction,
-                d_output,
-                &d_final,
-                input_grads,
-            ));
-        }
-        // Each shard's backward pass on its own thread, from its part of the gradients.
-        let steps = &self.steps;
-        let work: Vec<_> = self
-            .shards
-            .iter_mut()
-            .map(|run| {
-                let d_output = d_output.map(|d| run.shard.gather(steps, d));
-                let d_final: Vec<Option<DMatrix<T>>> = d_final_states
-                    .iter()
-                    .map(|d| d.map(|d| run.shard.batch_columns(d)))
-                    .collect();
-                (run, d_output, d_final)
-            })
-            .collect();
-        let parts = each_in_parallel(work, |(run, d_output, d_final)| {
-            unroll_backward(
+        // Each shard's backward pass on its own thread, reading its columns of the
+        // gradients straight from the batch's.
+        let (direction, steps) = (self.direction, &self.steps);
+        let runs: Vec<&mut ShardRun<T>> = self.shards.iter_mut().collect();
+        let mut parts = each_in_parallel(runs, |run| {
+            let grads = unroll_backward(
                 cell,
                 run,
+                steps,
                 direction,
-                d_output.as_ref(),
-                &d_final,
+                d_output,
+                d_final_states,
                 input_grads,
-            )
+            );
+            (run.shard.clone(), grads)
         });
-        let mut params = cell.zero_grads();
-        let mut inputs: Vec<DMatrix<T>> = (0..spec.inputs.len())
-            .filter(|_| input_grads == InputGrads::Compute)
-            .map(|k| DMatrix::zeros(cell.input_size(k), steps.columns()))
+        if parts.len() == 1 {
+            return Ok(parts.pop().expect("one part").1);
+        }
+        let mut parts = parts.into_iter();
+        let (first_shard, first) = parts.next().expect("several parts");
+        let SequenceGrads {
+            params: mut total,
+            inputs: first_inputs,
+            initial_states: first_states,
+        } = first;
+        let mut inputs: Vec<DMatrix<T>> = first_inputs
+            .iter()
+            .map(|p| {
+                let mut all = DMatrix::zeros(p.nrows(), steps.columns());
+                first_shard.scatter(steps, p, &mut all);
+                all
+            })
             .collect();
-        let mut initial_states: Vec<DMatrix<T>> = (0..spec.states.len())
-            .map(|k| DMatrix::zeros(cell.state_size(k), batch))
+        let mut initial_states: Vec<DMatrix<T>> = first_states
+            .iter()
+            .map(|p| {
+                let mut all = DMatrix::zeros(p.nrows(), batch);
+                first_shard.batch_columns_mut(&mut all).copy_from_slice(p.as_slice());
+                all
+            })
             .collect();
-        for (run, part) in self.shards.iter().zip(parts) {
-            for (total, p) in params
+        for (shard, part) in parts {
+            // The parameters' gradients summed one parameter per task, on the threads
+            // the passes used.
+            let pairs: Vec<_> = total
                 .parameters_mut()
                 .into_iter()
                 .zip(part.params.parameters())
-            {
+                .collect();
+            each_in_parallel(pairs, |(total, p)| {
                 for (t, v) in total.values.iter_mut().zip(p.values) {
                     *t += *v;
                 }
-            }
+            });
             for (all, p) in inputs.iter_mut().zip(&part.inputs) {
-                run.shard.scatter(steps, p, all);
+                shard.scatter(steps, p, all);
             }
             for (all, p) in initial_states.iter_mut().zip(&part.initial_states) {
-                all.columns_mut(run.shard.start, run.shard.batch())
-                    .copy_from(p);
+                shard.batch_columns_mut(all).copy_from_slice(p.as_slice());
             }
         }
+        let params = total;
         Ok(SequenceGrads {
             params,
             inputs,

@@ -31,6 +31,9 @@ pub struct Tape<T: Scalar> {
     /// gate blocks of a stacked weight read the same vector, so one transpose serves
     /// them all.
     transposed_vectors: Vec<((usize, usize, usize), Vec<T>)>,
+    /// Rows of dz packed for weight gradients, by (buffer, first row, rows): the
+    /// weights that multiply different vectors in one gate share its dz.
+    packed_dz: Vec<((usize, usize, usize), PackedMatrix)>,
 }
 
 /// Per buffer, the stacked weight packed as it is and transposed, each made at its
@@ -50,6 +53,39 @@ impl WeightPacks {
             .collect();
         Arc::new(WeightPacks { slots })
     }
+}
+
+impl Drop for WeightPacks {
+    fn drop(&mut self) {
+        let mut pool = pack_pool();
+        for slot in self.slots.iter_mut().flatten() {
+            if let Some(matrix) = slot.take() {
+                pool.give(matrix.into_storage());
+            }
+        }
+    }
+}
+
+/// Packs `values` for the kernels into storage from the pack pool.
+fn pack_pooled(
+    values: &[f32],
+    rows: usize,
+    cols: usize,
+    strides: (usize, usize),
+) -> PackedMatrix {
+    let storage = pack_pool().take(PackedMatrix::packed_len(rows, cols), false);
+    PackedMatrix::pack_into(storage, values, rows, cols, strides)
+        .expect("`available` checked the instructions")
+}
+
+/// Storage of packed matrices (f32 panels), reused like the tapes' buffers: a pass of
+/// the medium LSTM packs 6 MB of weights, and its weight gradients 12 MB of dz.
+static PACK_POOL: std::sync::Mutex<BufferPool<f32>> = std::sync::Mutex::new(BufferPool::new());
+
+fn pack_pool() -> std::sync::MutexGuard<'static, BufferPool<f32>> {
+    PACK_POOL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Buffers of finished tapes, by length, for the next tapes to reuse. A training loop
@@ -117,6 +153,11 @@ impl<T: Scalar> Drop for Tape<T> {
         {
             pool.give(buffer);
         }
+        drop(pool);
+        let mut packs = pack_pool();
+        for (_, matrix) in self.packed_dz.drain(..) {
+            packs.give(matrix.into_storage());
+        }
     }
 }
 
@@ -181,6 +222,7 @@ impl<T: Scalar> Tape<T> {
             packed,
             input_grads: true,
             transposed_vectors: Vec::new(),
+            packed_dz: Vec::new(),
         }
     }
 
@@ -271,11 +313,10 @@ impl<T: Scalar> Tape<T> {
         let matrix = self.packed.slots[stack][usize::from(transpose)].get_or_init(|| {
             let values = packed::as_f32(&self.bufs[stack]).expect("`available` checked f32");
             if transpose {
-                PackedMatrix::pack(values, s_cols, s_rows, (s_rows, 1))
+                pack_pooled(values, s_cols, s_rows, (s_rows, 1))
             } else {
-                PackedMatrix::pack(values, s_rows, s_cols, (1, s_rows))
+                pack_pooled(values, s_rows, s_cols, (1, s_rows))
             }
-            .expect("`available` checked the instructions")
         });
         let (src_ld, dst_ld) = (self.rows[src.0], self.rows[dst.0]);
         let [b, c] = self
@@ -393,10 +434,17 @@ impl<T: Scalar> Tape<T> {
         cols: usize,
     ) {
         let columns = self.columns;
-        let dz_values = packed::as_f32(&self.bufs[dz.0]).expect("`available` checked f32");
-        let dz_ld = self.rows[dz.0];
-        let panels = PackedMatrix::pack(&dz_values[dz.1..], rows, columns, (1, dz_ld))
-            .expect("`available` checked the instructions");
+        let dz_key = (dz.0, dz.1, rows);
+        let dz_at = match self.packed_dz.iter().position(|(k, _)| *k == dz_key) {
+            Some(at) => at,
+            None => {
+                let values = packed::as_f32(&self.bufs[dz.0]).expect("`available` checked f32");
+                let strides = (1, self.rows[dz.0]);
+                let panels = pack_pooled(&values[dz.1..], rows, columns, strides);
+                self.packed_dz.push((dz_key, panels));
+                self.packed_dz.len() - 1
+            }
+        };
         let key = (v.0, v.1, cols);
         let at = match self.transposed_vectors.iter().position(|(k, _)| *k == key) {
             Some(at) => at,
@@ -416,7 +464,7 @@ impl<T: Scalar> Tape<T> {
         };
         let vt = packed::as_f32(&self.transposed_vectors[at].1).expect("f32");
         let grad = packed::as_f32_mut(grad).expect("f32");
-        panels.multiply_add(
+        self.packed_dz[dz_at].1.multiply_add(
             vt,
             (0, columns),
             grad,
