@@ -434,43 +434,43 @@ impl<T: Scalar> Tape<T> {
         cols: usize,
     ) {
         let columns = self.columns;
-        let dz_key = (dz.0, dz.1, rows);
-        let dz_at = match self.packed_dz.iter().position(|(k, _)| *k == dz_key) {
-            Some(at) => at,
-            None => {
-                let values = packed::as_f32(&self.bufs[dz.0]).expect("`available` checked f32");
-                let strides = (1, self.rows[dz.0]);
-                let panels = pack_pooled(&values[dz.1..], rows, columns, strides);
-                self.packed_dz.push((dz_key, panels));
-                self.packed_dz.len() - 1
-            }
-        };
-        let key = (v.0, v.1, cols);
-        let at = match self.transposed_vectors.iter().position(|(k, _)| *k == key) {
-            Some(at) => at,
-            None => {
-                let mut transposed = pool::<T>().take(cols * columns, false);
-                transpose_rows(
-                    &self.bufs[v.0],
-                    self.rows[v.0],
-                    v.1,
-                    cols,
-                    columns,
-                    &mut transposed,
-                );
-                self.transposed_vectors.push((key, transposed));
-                self.transposed_vectors.len() - 1
-            }
-        };
-        let vt = packed::as_f32(&self.transposed_vectors[at].1).expect("f32");
+        let vt_at = self.transposed_vector(v, cols);
+        let dz_at = self.packed_dz_rows(dz, rows);
+        let vt = packed::as_f32(&self.transposed_vectors[vt_at].1).expect("f32");
         let grad = packed::as_f32_mut(grad).expect("f32");
-        self.packed_dz[dz_at].1.multiply_add(
-            vt,
-            (0, columns),
-            grad,
-            (col_start * grad_rows, grad_rows),
-            cols,
-        );
+        let c_at = (col_start * grad_rows, grad_rows);
+        self.packed_dz[dz_at]
+            .1
+            .multiply_add(vt, (0, columns), grad, c_at, cols);
+    }
+
+    /// Where in `transposed_vectors` rows `v.1..v.1 + cols` of buffer `v.0` are,
+    /// transposed on first use.
+    fn transposed_vector(&mut self, v: (usize, usize), cols: usize) -> usize {
+        let key = (v.0, v.1, cols);
+        if let Some(at) = self.transposed_vectors.iter().position(|(k, _)| *k == key) {
+            return at;
+        }
+        let columns = self.columns;
+        let mut transposed = pool::<T>().take(cols * columns, false);
+        let ld = self.rows[v.0];
+        transpose_rows(&self.bufs[v.0], ld, v.1, cols, columns, &mut transposed);
+        self.transposed_vectors.push((key, transposed));
+        self.transposed_vectors.len() - 1
+    }
+
+    /// Where in `packed_dz` rows `dz.1..dz.1 + rows` of buffer `dz.0` are, packed on
+    /// first use.
+    fn packed_dz_rows(&mut self, dz: (usize, usize), rows: usize) -> usize {
+        let key = (dz.0, dz.1, rows);
+        if let Some(at) = self.packed_dz.iter().position(|(k, _)| *k == key) {
+            return at;
+        }
+        let values = packed::as_f32(&self.bufs[dz.0]).expect("`available` checked f32");
+        let strides = (1, self.rows[dz.0]);
+        let panels = pack_pooled(&values[dz.1..], rows, self.columns, strides);
+        self.packed_dz.push((key, panels));
+        self.packed_dz.len() - 1
     }
 }
 
