@@ -418,6 +418,9 @@ impl<'a> Scheduler<'a> {
                     });
                     self.loc[id] = Some(base.offset(&start));
                 }
+                Role::Between if self.direct_target(id, &cols).is_some() => {
+                    self.loc[id] = self.direct_target(id, &cols);
+                }
                 Role::Leaf | Role::Between => {
                     let buf = self.new_buffer(self.size(id).clone(), cols, text);
                     self.loc[id] = Some(Loc::at(buf));
@@ -429,6 +432,25 @@ impl<'a> Scheduler<'a> {
                 Role::Kernel => {}
             }
         }
+    }
+
+    /// Where a GEMM can write its product straight into: the one place its program
+    /// delivers it to (the gradient of a previous state or of an input), when that
+    /// buffer holds the same columns. A copy per step (and per pass) less.
+    fn direct_target(&self, id: NodeId, cols: &Cols) -> Option<Loc> {
+        if !matches!(self.op(id), Op::Gemm { .. } | Op::GemmT { .. }) {
+            return None;
+        }
+        let mut targets = self.roots.iter().filter(|(_, value, _)| *value == id);
+        let (program, _, Target::Loc(dst)) = targets.next()? else {
+            return None;
+        };
+        let fits = targets.next().is_none()
+            && Some(*program) == self.program[id]
+            && dst.row == Size::zero()
+            && self.buffers[dst.buf].rows == *self.size(id)
+            && self.buffers[dst.buf].cols == *cols;
+        fits.then(|| dst.clone())
     }
 
     fn stack_for(&mut self, blocks: &[Block], vec_size: &Size) -> usize {
@@ -561,7 +583,10 @@ impl<'a> Scheduler<'a> {
                     .filter(|(v, _, l)| *l == level && *self.size(*v) == rows)
                     .map(|(v, t, _)| (*v, t.clone()))
                     .collect();
-                stages.push(Stage::Kernel(self.kernel(rows, &members, &these_roots)));
+                let kernel = self.kernel(rows, &members, &these_roots);
+                if !kernel.body.is_empty() {
+                    stages.push(Stage::Kernel(kernel));
+                }
             }
         }
         stages
@@ -648,6 +673,11 @@ impl<'a> Scheduler<'a> {
             }
         }
         for (value, target) in roots {
+            if let (Target::Loc(dst), Some(at)) = (target, &self.loc[*value]) {
+                if dst == at && !members.contains(value) {
+                    continue; // written there by the stage that computed it
+                }
+            }
             let value = operand(*value);
             body.push(match target {
                 Target::Loc(dst) => KStmt::Store {
@@ -689,8 +719,14 @@ mod tests {
         // Per step forward: W_h* stacked, then all gate math in one loop.
         assert_eq!(count(&plan.step_forward, gemm), 1);
         assert_eq!(count(&plan.step_forward, kernel), 1);
-        // Per step backward: one loop, then the stacked transposed GEMM for dh.
+        // Per step backward: one loop, then the stacked transposed GEMM, which writes
+        // dh straight into the gradient of the previous `h` (no copy after it).
         assert_eq!(count(&plan.step_backward, gemm), 1);
+        assert_eq!(count(&plan.step_backward, kernel), 1);
+        let Some(Stage::Gemm { dst, .. }) = plan.step_backward.last() else {
+            panic!("the step backward ends with its GEMM: {:#?}", plan.step_backward)
+        };
+        assert_eq!(dst.buf, plan.roles.d_prev[0]);
         // Weight gradients after the loop: one GEMM per matrix.
         assert_eq!(plan.weight_grads.len(), 8);
         assert_eq!(plan.stacks.len(), 2);
