@@ -358,6 +358,61 @@ impl PackedMatrix {
     }
 }
 
+/// `out[j * columns + k] = values[k * ld + row + j]` for `j < rows`, `k < columns`: rows
+/// `row..row + rows` of a column-major buffer, each as a contiguous run (the vectors
+/// that weight gradients read, one run per hidden unit). Blocks of 8 × 8 are
+/// transposed in AVX registers; element by element, the transposes took 6% of the
+/// medium MGU's time.
+///
+/// # Panics
+/// When a value lies outside `values` or `out` (a bug of the caller's).
+pub(crate) fn transpose_rows(
+    values: &[f32],
+    ld: usize,
+    row: usize,
+    rows: usize,
+    columns: usize,
+    out: &mut [f32],
+) {
+    if rows == 0 || columns == 0 {
+        return;
+    }
+    assert!(
+        (columns - 1) * ld + row + rows <= values.len() && rows * columns <= out.len(),
+        "transpose: operands out of bounds"
+    );
+    let (whole_rows, whole_columns) = (rows / 8 * 8, columns / 8 * 8);
+    let mut done = (0, 0);
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx") {
+        for k0 in (0..whole_columns).step_by(8) {
+            for j0 in (0..whole_rows).step_by(8) {
+                // SAFETY: the block reads values[(k0 + i) * ld + row + j0..][..8] and
+                // writes out[(j0 + i) * columns + k0..][..8] for i < 8, in bounds by
+                // the assertion above; AVX is present.
+                unsafe {
+                    x86::transpose8(
+                        values.as_ptr().add(k0 * ld + row + j0),
+                        ld,
+                        out.as_mut_ptr().add(j0 * columns + k0),
+                        columns,
+                    );
+                }
+            }
+        }
+        done = (whole_rows, whole_columns);
+    }
+    // What the blocks left: the last rows for every column, the last columns for the
+    // rows the blocks covered.
+    for k in 0..columns {
+        let first = if k < done.1 { done.0 } else { 0 };
+        let column = &values[k * ld + row..];
+        for j in first..rows {
+            out[j * columns + k] = column[j];
+        }
+    }
+}
+
 /// One kernel call: a panel of `height` valid rows times `width` columns of B.
 struct Block {
     k: usize,
@@ -446,6 +501,48 @@ mod x86 {
                 3 => avx2::<3, ACC>(blk),
                 2 => avx2::<2, ACC>(blk),
                 _ => avx2::<1, ACC>(blk),
+            }
+        }
+    }
+
+    /// Transposes the 8 × 8 block whose column i is `src[i * ld..][..8]` into rows
+    /// `dst[i * ldd..][..8]`.
+    ///
+    /// # Safety
+    /// Those 64 reads and 64 writes are valid, and AVX is present.
+    #[target_feature(enable = "avx")]
+    pub(super) unsafe fn transpose8(src: *const f32, ld: usize, dst: *mut f32, ldd: usize) {
+        // SAFETY: forwarded from the caller.
+        unsafe {
+            let r: [__m256; 8] = std::array::from_fn(|i| _mm256_loadu_ps(src.add(i * ld)));
+            let t0 = _mm256_unpacklo_ps(r[0], r[1]);
+            let t1 = _mm256_unpackhi_ps(r[0], r[1]);
+            let t2 = _mm256_unpacklo_ps(r[2], r[3]);
+            let t3 = _mm256_unpackhi_ps(r[2], r[3]);
+            let t4 = _mm256_unpacklo_ps(r[4], r[5]);
+            let t5 = _mm256_unpackhi_ps(r[4], r[5]);
+            let t6 = _mm256_unpacklo_ps(r[6], r[7]);
+            let t7 = _mm256_unpackhi_ps(r[6], r[7]);
+            let u0 = _mm256_shuffle_ps::<0b01_00_01_00>(t0, t2);
+            let u1 = _mm256_shuffle_ps::<0b11_10_11_10>(t0, t2);
+            let u2 = _mm256_shuffle_ps::<0b01_00_01_00>(t1, t3);
+            let u3 = _mm256_shuffle_ps::<0b11_10_11_10>(t1, t3);
+            let u4 = _mm256_shuffle_ps::<0b01_00_01_00>(t4, t6);
+            let u5 = _mm256_shuffle_ps::<0b11_10_11_10>(t4, t6);
+            let u6 = _mm256_shuffle_ps::<0b01_00_01_00>(t5, t7);
+            let u7 = _mm256_shuffle_ps::<0b11_10_11_10>(t5, t7);
+            let rows = [
+                _mm256_permute2f128_ps::<0x20>(u0, u4),
+                _mm256_permute2f128_ps::<0x20>(u1, u5),
+                _mm256_permute2f128_ps::<0x20>(u2, u6),
+                _mm256_permute2f128_ps::<0x20>(u3, u7),
+                _mm256_permute2f128_ps::<0x31>(u0, u4),
+                _mm256_permute2f128_ps::<0x31>(u1, u5),
+                _mm256_permute2f128_ps::<0x31>(u2, u6),
+                _mm256_permute2f128_ps::<0x31>(u3, u7),
+            ];
+            for (i, row) in rows.into_iter().enumerate() {
+                _mm256_storeu_ps(dst.add(i * ldd), row);
             }
         }
     }
@@ -801,6 +898,27 @@ mod tests {
                             assert_eq!(c[at], before[at], "wrote padding at {pad}");
                         }
                     }
+                }
+            }
+        }
+    }
+
+    /// Every shape of whole blocks and leftovers, at a row offset, against the
+    /// definition.
+    #[test]
+    fn transposes_match_the_definition() {
+        for &(rows, columns) in &[(1, 1), (8, 8), (16, 24), (9, 17), (35, 70), (7, 5), (64, 3)] {
+            let (ld, row) = (rows + 5, 3);
+            let values = values(ld * columns, 6);
+            let mut out = vec![f32::NAN; rows * columns];
+            transpose_rows(&values, ld, row, rows, columns, &mut out);
+            for j in 0..rows {
+                for k in 0..columns {
+                    assert_eq!(
+                        out[j * columns + k].to_bits(),
+                        values[k * ld + row + j].to_bits(),
+                        "({rows}, {columns}) at ({j}, {k})"
+                    );
                 }
             }
         }

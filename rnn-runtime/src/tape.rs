@@ -454,7 +454,9 @@ impl<T: Scalar> Tape<T> {
         let columns = self.columns;
         let mut transposed = pool::<T>().take(cols * columns, false);
         let ld = self.rows[v.0];
-        transpose_rows(&self.bufs[v.0], ld, v.1, cols, columns, &mut transposed);
+        let values = packed::as_f32(&self.bufs[v.0]).expect("`available` checked f32");
+        let out = packed::as_f32_mut(&mut transposed).expect("f32");
+        packed::transpose_rows(values, ld, v.1, cols, columns, out);
         self.transposed_vectors.push((key, transposed));
         self.transposed_vectors.len() - 1
     }
@@ -474,26 +476,3 @@ impl<T: Scalar> Tape<T> {
     }
 }
 
-/// `out[j * columns + k] = values[k * ld + row + j]` for `j < rows`, `k < columns`: rows
-/// `row..row + rows` of a column-major buffer, each as a contiguous run. Tiles of
-/// 16 × 16 keep both the reads and the scattered writes within a few cache lines.
-fn transpose_rows<T: Copy>(
-    values: &[T],
-    ld: usize,
-    row: usize,
-    rows: usize,
-    columns: usize,
-    out: &mut [T],
-) {
-    const TILE: usize = 16;
-    for k0 in (0..columns).step_by(TILE) {
-        for j0 in (0..rows).step_by(TILE) {
-            for k in k0..(k0 + TILE).min(columns) {
-                let column = &values[k * ld + row..];
-                for j in j0..(j0 + TILE).min(rows) {
-                    out[j * columns + k] = column[j];
-                }
-            }
-        }
-    }
-}
