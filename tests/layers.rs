@@ -146,7 +146,9 @@ fn a_layer_over_data_skips_only_the_input_gradient() {
     let d_out = random(10, len * batch, &mut rng);
     let d_h = random(5, 2 * 2 * batch, &mut rng);
     let mut out = lstm.forward(&x, batch, None, Mode::Eval).unwrap();
-    let all = lstm.backward(&mut out, Some(&d_out), Some(&d_h), None).unwrap();
+    let all = lstm
+        .backward(&mut out, Some(&d_out), Some(&d_h), None)
+        .unwrap();
     let mut out = lstm.forward(&x, batch, None, Mode::Eval).unwrap();
     let skipped = lstm
         .backward_with(&mut out, Some(&d_out), Some(&d_h), None, InputGrads::Skip)

@@ -434,7 +434,11 @@ fn skipping_input_gradients_changes_nothing_else<C: Cell<f32>>(dims: &[usize]) {
             .backward_with(&cell, Some(&d_out), &[], InputGrads::Skip)
             .unwrap();
         assert_eq!(all.inputs.len(), 1);
-        assert!(skipped.inputs.is_empty(), "`{}`: input gradients returned", C::SPEC.name);
+        assert!(
+            skipped.inputs.is_empty(),
+            "`{}`: input gradients returned",
+            C::SPEC.name
+        );
         assert!(
             gradient_bits(&all) == gradient_bits(&skipped),
             "`{}` {direction:?}: skipping the input gradients changed another gradient",

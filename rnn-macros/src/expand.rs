@@ -620,7 +620,9 @@ fn fused_loop(
             quote!(#name: &[T])
         }
     });
-    let block_args: Vec<Ident> = (0..blocks.len()).map(|k| format_ident!("__block{}", k)).collect();
+    let block_args: Vec<Ident> = (0..blocks.len())
+        .map(|k| format_ident!("__block{}", k))
+        .collect();
     // Each slice cut to exactly `__rows` values, so that indexing by the row carries no
     // bounds check.
     let reslices = (0..blocks.len()).map(|k| {
@@ -631,8 +633,14 @@ fn fused_loop(
             quote!(let #name = &#name[..__rows];)
         }
     });
-    let vec_params_idents: Vec<Ident> = vec_params.iter().map(|p| format_ident!("__param{}", p)).collect();
-    let grad_idents: Vec<Ident> = grad_params.iter().map(|p| format_ident!("__grad{}", p)).collect();
+    let vec_params_idents: Vec<Ident> = vec_params
+        .iter()
+        .map(|p| format_ident!("__param{}", p))
+        .collect();
+    let grad_idents: Vec<Ident> = grad_params
+        .iter()
+        .map(|p| format_ident!("__grad{}", p))
+        .collect();
     let rows = kernel.rows.tokens(syms);
     quote! {
         {

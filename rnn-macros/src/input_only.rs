@@ -49,9 +49,16 @@ pub fn finish_input_only(plan: &Plan) -> Vec<bool> {
 /// Whether the runtime reads or fills `buf` itself (inputs, states, their gradients).
 fn is_role(plan: &Plan, buf: usize) -> bool {
     let r = &plan.roles;
-    [&r.inputs, &r.d_inputs, &r.prev, &r.state, &r.d_state, &r.d_prev]
-        .iter()
-        .any(|bufs| bufs.contains(&buf))
+    [
+        &r.inputs,
+        &r.d_inputs,
+        &r.prev,
+        &r.state,
+        &r.d_state,
+        &r.d_prev,
+    ]
+    .iter()
+    .any(|bufs| bufs.contains(&buf))
 }
 
 /// The buffers a stage writes.
@@ -111,7 +118,18 @@ mod tests {
         plan.finish
             .iter()
             .zip(&plan.finish_input_only)
-            .map(|(s, &m)| (matches!(s, Stage::Gemm { transpose: true, .. }), m))
+            .map(|(s, &m)| {
+                (
+                    matches!(
+                        s,
+                        Stage::Gemm {
+                            transpose: true,
+                            ..
+                        }
+                    ),
+                    m,
+                )
+            })
             .collect()
     }
 
@@ -137,7 +155,13 @@ mod tests {
             }
         }));
         assert!(
-            plan.finish.iter().any(|s| matches!(s, Stage::Gemm { transpose: true, .. })),
+            plan.finish.iter().any(|s| matches!(
+                s,
+                Stage::Gemm {
+                    transpose: true,
+                    ..
+                }
+            )),
             "{:#?}",
             plan.finish
         );

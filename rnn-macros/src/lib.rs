@@ -12,9 +12,9 @@ mod ctxt;
 mod derive;
 mod expand;
 mod func;
+mod input_only;
 #[cfg(test)]
 mod interp;
-mod input_only;
 mod ir;
 mod optimize;
 mod parse;

@@ -381,10 +381,23 @@ mod tests {
         exec.input_grads = false;
         let without = exec.run(&params, &inputs, &initial, &d_output, &d_final);
         let bits = |values: &[Vec<f64>]| -> Vec<Vec<u64>> {
-            values.iter().map(|v| v.iter().map(|x| x.to_bits()).collect()).collect()
+            values
+                .iter()
+                .map(|v| v.iter().map(|x| x.to_bits()).collect())
+                .collect()
         };
-        prop_assert_eq!(bits(&without.d_params), bits(&results.d_params), "{}", source);
-        prop_assert_eq!(bits(&without.d_initial), bits(&results.d_initial), "{}", source);
+        prop_assert_eq!(
+            bits(&without.d_params),
+            bits(&results.d_params),
+            "{}",
+            source
+        );
+        prop_assert_eq!(
+            bits(&without.d_initial),
+            bits(&results.d_initial),
+            "{}",
+            source
+        );
 
         // Forward: each sequence through the interpreter, step by step.
         let offsets: Vec<usize> = batch_sizes

@@ -724,7 +724,10 @@ mod tests {
         assert_eq!(count(&plan.step_backward, gemm), 1);
         assert_eq!(count(&plan.step_backward, kernel), 1);
         let Some(Stage::Gemm { dst, .. }) = plan.step_backward.last() else {
-            panic!("the step backward ends with its GEMM: {:#?}", plan.step_backward)
+            panic!(
+                "the step backward ends with its GEMM: {:#?}",
+                plan.step_backward
+            )
         };
         assert_eq!(dst.buf, plan.roles.d_prev[0]);
         // Weight gradients after the loop: one GEMM per matrix.

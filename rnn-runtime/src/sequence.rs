@@ -231,8 +231,15 @@ pub fn forward<T: Scalar, C: Cell<T>>(
     let packs = WeightPacks::new(&cell.tape_buffers());
     let mut results = each_in_parallel(shards(steps), |shard| {
         let packs = Arc::clone(&packs);
-        let (tape, output, finals) =
-            unroll(cell, steps, &shard, inputs, initial_states, direction, packs);
+        let (tape, output, finals) = unroll(
+            cell,
+            steps,
+            &shard,
+            inputs,
+            initial_states,
+            direction,
+            packs,
+        );
         (ShardRun { shard, tape }, output, finals)
     });
     let (shards, output, final_states) = if results.len() == 1 {
@@ -248,7 +255,9 @@ pub fn forward<T: Scalar, C: Cell<T>>(
         for (run, part_output, part_finals) in results {
             run.shard.scatter(steps, &part_output, &mut output);
             for (all, part) in finals.iter_mut().zip(&part_finals) {
-                run.shard.batch_columns_mut(all).copy_from_slice(part.as_slice());
+                run.shard
+                    .batch_columns_mut(all)
+                    .copy_from_slice(part.as_slice());
             }
             runs.push(run);
         }
@@ -332,7 +341,13 @@ impl Shard {
 
     /// Step `t`'s columns of a per-column matrix of the whole batch: the shard's
     /// sequences are consecutive columns of each step.
-    fn step_columns<'a, T: Scalar>(&self, steps: &Steps, all: &'a [T], rows: usize, t: usize) -> &'a [T] {
+    fn step_columns<'a, T: Scalar>(
+        &self,
+        steps: &Steps,
+        all: &'a [T],
+        rows: usize,
+        t: usize,
+    ) -> &'a [T] {
         let (off, _) = steps.step(t);
         let n = self.steps.batch_sizes()[t];
         &all[(off + self.start) * rows..(off + self.start + n) * rows]
@@ -390,7 +405,12 @@ fn unroll<T: Scalar, C: Cell<T>>(
     );
     for (k, input) in inputs.iter().enumerate() {
         let rows = input.nrows();
-        shard.gather_into(all_steps, input.as_slice(), rows, tape.buffer_mut(roles.inputs[k]));
+        shard.gather_into(
+            all_steps,
+            input.as_slice(),
+            rows,
+            tape.buffer_mut(roles.inputs[k]),
+        );
     }
     if let Some(states) = initial_states {
         for (k, state) in states.iter().enumerate() {
@@ -592,7 +612,9 @@ impl<T: Scalar> Trajectory<T> {
             .iter()
             .map(|p| {
                 let mut all = DMatrix::zeros(p.nrows(), batch);
-                first_shard.batch_columns_mut(&mut all).copy_from_slice(p.as_slice());
+                first_shard
+                    .batch_columns_mut(&mut all)
+                    .copy_from_slice(p.as_slice());
                 all
             })
             .collect();

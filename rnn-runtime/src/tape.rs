@@ -67,12 +67,7 @@ impl Drop for WeightPacks {
 }
 
 /// Packs `values` for the kernels into storage from the pack pool.
-fn pack_pooled(
-    values: &[f32],
-    rows: usize,
-    cols: usize,
-    strides: (usize, usize),
-) -> PackedMatrix {
+fn pack_pooled(values: &[f32], rows: usize, cols: usize, strides: (usize, usize)) -> PackedMatrix {
     let storage = pack_pool().take(PackedMatrix::packed_len(rows, cols), false);
     PackedMatrix::pack_into(storage, values, rows, cols, strides)
         .expect("`available` checked the instructions")
@@ -475,4 +470,3 @@ impl<T: Scalar> Tape<T> {
         self.packed_dz.len() - 1
     }
 }
-
