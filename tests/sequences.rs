@@ -459,3 +459,28 @@ fn skipping_input_gradients_changes_no_other_gradient() {
     skipping_input_gradients_changes_nothing_else::<InputFree<f32>>(&[5, 9]);
     skipping_input_gradients_changes_nothing_else::<ScaledInput<f32>>(&[5, 9]);
 }
+
+/// A trajectory differentiated twice, for two losses, gives each loss the gradients a
+/// fresh forward pass would: nothing a backward pass keeps (packed or transposed
+/// operands of the weight gradients) leaks into the next.
+#[test]
+fn a_second_backward_pass_starts_afresh() {
+    let mut rng = Rng::seed(13);
+    let cell: LstmCell<f32> = LstmCell::new(5, 9, &mut rng);
+    let steps = Steps::from_sorted_lengths(&[6, 6, 5, 4, 4, 3, 2, 2, 1]).unwrap();
+    let x = DMatrix::from_fn(5, steps.columns(), |_, _| rng.range(-1.0, 1.0) as f32);
+    let losses: Vec<DMatrix<f32>> = (0..2)
+        .map(|_| DMatrix::from_fn(9, steps.columns(), |_, _| rng.range(-1.0, 1.0) as f32))
+        .collect();
+    let mut run = forward(&cell, &steps, &[&x], None, Direction::Forward).unwrap();
+    let first = run.backward(&cell, Some(&losses[0]), &[]).unwrap();
+    let second = run.backward(&cell, Some(&losses[1]), &[]).unwrap();
+    for (d_out, got) in losses.iter().zip([&first, &second]) {
+        let mut fresh = forward(&cell, &steps, &[&x], None, Direction::Forward).unwrap();
+        let want = fresh.backward(&cell, Some(d_out), &[]).unwrap();
+        assert!(
+            gradient_bits(got) == gradient_bits(&want),
+            "a backward pass saw the last one's values"
+        );
+    }
+}

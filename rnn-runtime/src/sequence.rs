@@ -491,6 +491,7 @@ fn unroll_backward<T: Scalar, C: Cell<T>>(
     let wanted = input_grads == InputGrads::Compute;
     tape.set_input_grads(wanted);
     cell.finish_backward(tape, &mut grads);
+    tape.release_gradient_operands();
     let columns = steps.columns();
     let inputs = (0..spec.inputs.len())
         .filter(|_| wanted)

@@ -29,10 +29,11 @@ pub struct Tape<T: Scalar> {
     /// Transposes of the vectors that weight gradients read, by (buffer, first row,
     /// rows): each step's vector a contiguous column of the product `dz · vᵀ`. The
     /// gate blocks of a stacked weight read the same vector, so one transpose serves
-    /// them all.
+    /// them all. Kept for one backward pass (see `release_gradient_operands`).
     transposed_vectors: Vec<((usize, usize, usize), Vec<T>)>,
     /// Rows of dz packed for weight gradients, by (buffer, first row, rows): the
-    /// weights that multiply different vectors in one gate share its dz.
+    /// weights that multiply different vectors in one gate share its dz. Kept for one
+    /// backward pass, like `transposed_vectors`.
     packed_dz: Vec<((usize, usize, usize), PackedMatrix)>,
 }
 
@@ -144,15 +145,11 @@ impl<T: Scalar> Drop for Tape<T> {
             .bufs
             .drain(..)
             .chain(self.transposed.drain(..).flatten())
-            .chain(self.transposed_vectors.drain(..).map(|(_, values)| values))
         {
             pool.give(buffer);
         }
         drop(pool);
-        let mut packs = pack_pool();
-        for (_, matrix) in self.packed_dz.drain(..) {
-            packs.give(matrix.into_storage());
-        }
+        self.release_gradient_operands();
     }
 }
 
@@ -437,6 +434,21 @@ impl<T: Scalar> Tape<T> {
         self.packed_dz[dz_at]
             .1
             .multiply_add(vt, (0, columns), grad, c_at, cols);
+    }
+
+    /// Returns the weight gradients' packed and transposed operands to their pools.
+    /// The backward pass calls it once its weight gradients are done: dz changes with
+    /// every backward pass over the same tape, so none may see the last one's.
+    pub(crate) fn release_gradient_operands(&mut self) {
+        let mut pool = pool::<T>();
+        for (_, values) in self.transposed_vectors.drain(..) {
+            pool.give(values);
+        }
+        drop(pool);
+        let mut packs = pack_pool();
+        for (_, matrix) in self.packed_dz.drain(..) {
+            packs.give(matrix.into_storage());
+        }
     }
 
     /// Where in `transposed_vectors` rows `v.1..v.1 + cols` of buffer `v.0` are,
