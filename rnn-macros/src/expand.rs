@@ -463,9 +463,12 @@ fn program(c: &Compiled, plan: &Plan, which: Program, params: &[Ident]) -> Token
         }
         Stage::Kernel(kernel) => fused_loop(c, plan, which, kernel, params),
     });
-    let input_only = |k: usize| which == Program::Finish && plan.finish_input_only[k];
+    let input_only = match which {
+        Program::Finish => crate::input_only::finish_input_only(plan),
+        _ => vec![false; stages.len()],
+    };
     let code = code.enumerate().map(|(k, stage)| {
-        if input_only(k) {
+        if input_only[k] {
             quote!(if __tape.input_grads() { #stage })
         } else {
             stage
@@ -612,27 +615,29 @@ fn fused_loop(
     // runtime alias check per pair of them, gave up, and ran the backward loops one
     // value at a time: `perf annotate` of the peephole LSTM showed scalar `vmulss`,
     // and the medium peephole's step backward took 5-6% of its time, now 2%.
-    let block_params = (0..blocks.len()).map(|k| {
-        let name = format_ident!("__block{}", k);
-        if stored.contains(&blocks[k].0) {
-            quote!(#name: &mut [T])
-        } else {
-            quote!(#name: &[T])
-        }
-    });
     let block_args: Vec<Ident> = (0..blocks.len())
         .map(|k| format_ident!("__block{}", k))
         .collect();
+    let mutability: Vec<TokenStream> = blocks
+        .iter()
+        .map(|(buf, ..)| {
+            if stored.contains(buf) {
+                quote!(mut)
+            } else {
+                quote!()
+            }
+        })
+        .collect();
+    let block_params = block_args
+        .iter()
+        .zip(&mutability)
+        .map(|(name, m)| quote!(#name: &#m [T]));
     // Each slice cut to exactly `__rows` values, so that indexing by the row carries no
     // bounds check.
-    let reslices = (0..blocks.len()).map(|k| {
-        let name = &block_args[k];
-        if stored.contains(&blocks[k].0) {
-            quote!(let #name = &mut #name[..__rows];)
-        } else {
-            quote!(let #name = &#name[..__rows];)
-        }
-    });
+    let reslices = block_args
+        .iter()
+        .zip(&mutability)
+        .map(|(name, m)| quote!(let #name = &#m #name[..__rows];));
     let vec_params_idents: Vec<Ident> = vec_params
         .iter()
         .map(|p| format_ident!("__param{}", p))

@@ -117,8 +117,8 @@ mod tests {
     fn marked(plan: &crate::plan::Plan) -> Vec<(bool, bool)> {
         plan.finish
             .iter()
-            .zip(&plan.finish_input_only)
-            .map(|(s, &m)| {
+            .zip(super::finish_input_only(plan))
+            .map(|(s, m)| {
                 (
                     matches!(
                         s,
@@ -166,7 +166,7 @@ mod tests {
             plan.finish
         );
         assert!(
-            plan.finish_input_only.iter().all(|&only| !only),
+            super::finish_input_only(&plan).iter().all(|&only| !only),
             "{:#?}",
             plan.finish
         );

@@ -170,8 +170,5 @@ pub struct Plan {
     pub step_forward: Vec<Stage>,
     pub step_backward: Vec<Stage>,
     pub finish: Vec<Stage>,
-    /// Per stage of `finish`, whether it serves only the inputs' gradients (skipped
-    /// when the caller does not want them).
-    pub finish_input_only: Vec<bool>,
     pub weight_grads: Vec<WeightGrad>,
 }

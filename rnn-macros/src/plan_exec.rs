@@ -156,8 +156,8 @@ impl<'a> Exec<'a> {
         let finish: Vec<Stage> = plan
             .finish
             .iter()
-            .zip(&plan.finish_input_only)
-            .filter(|(_, &input_only)| self.input_grads || !input_only)
+            .zip(crate::input_only::finish_input_only(plan))
+            .filter(|(_, input_only)| self.input_grads || !input_only)
             .map(|(stage, _)| stage.clone())
             .collect();
         self.stages(&finish, false, 0, columns, params, &mut grads);

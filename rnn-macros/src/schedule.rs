@@ -140,7 +140,7 @@ impl<'a> Scheduler<'a> {
             }
         }
         let finish = self.stages(Program::Finish);
-        let mut plan = Plan {
+        Plan {
             buffers: self.buffers,
             stacks: self.stacks,
             roles: self.roles,
@@ -148,11 +148,8 @@ impl<'a> Scheduler<'a> {
             step_forward,
             step_backward,
             finish,
-            finish_input_only: Vec::new(),
             weight_grads,
-        };
-        plan.finish_input_only = crate::input_only::finish_input_only(&plan);
-        plan
+        }
     }
 
     fn op(&self, id: NodeId) -> &Op {
@@ -418,12 +415,12 @@ impl<'a> Scheduler<'a> {
                     });
                     self.loc[id] = Some(base.offset(&start));
                 }
-                Role::Between if self.direct_target(id, &cols).is_some() => {
-                    self.loc[id] = self.direct_target(id, &cols);
-                }
                 Role::Leaf | Role::Between => {
-                    let buf = self.new_buffer(self.size(id).clone(), cols, text);
-                    self.loc[id] = Some(Loc::at(buf));
+                    let loc = match self.direct_target(id, &cols) {
+                        Some(target) => target,
+                        None => Loc::at(self.new_buffer(self.size(id).clone(), cols, text)),
+                    };
+                    self.loc[id] = Some(loc);
                 }
                 Role::Kernel if self.needs_store(id) => {
                     let buf = self.new_buffer(self.size(id).clone(), cols, text);

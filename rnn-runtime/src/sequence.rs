@@ -580,7 +580,7 @@ impl<T: Scalar> Trajectory<T> {
         let (direction, steps) = (self.direction, &self.steps);
         let runs: Vec<&mut ShardRun<T>> = self.shards.iter_mut().collect();
         let mut parts = each_in_parallel(runs, |run| {
-            let grads = unroll_backward(
+            unroll_backward(
                 cell,
                 run,
                 steps,
@@ -588,40 +588,36 @@ impl<T: Scalar> Trajectory<T> {
                 d_output,
                 d_final_states,
                 input_grads,
-            );
-            (run.shard.clone(), grads)
+            )
         });
         if parts.len() == 1 {
-            return Ok(parts.pop().expect("one part").1);
+            return Ok(parts.pop().expect("one part"));
         }
-        let mut parts = parts.into_iter();
-        let (first_shard, first) = parts.next().expect("several parts");
-        let SequenceGrads {
-            params: mut total,
-            inputs: first_inputs,
-            initial_states: first_states,
-        } = first;
-        let mut inputs: Vec<DMatrix<T>> = first_inputs
-            .iter()
-            .map(|p| {
-                let mut all = DMatrix::zeros(p.nrows(), steps.columns());
-                first_shard.scatter(steps, p, &mut all);
-                all
-            })
+        // The parts' gradients put together: inputs and initial states into the
+        // batch's columns, the parameters' summed into the first part's.
+        let wanted = input_grads == InputGrads::Compute;
+        let mut inputs: Vec<DMatrix<T>> = (0..spec.inputs.len())
+            .filter(|_| wanted)
+            .map(|k| DMatrix::zeros(cell.input_size(k), steps.columns()))
             .collect();
-        let mut initial_states: Vec<DMatrix<T>> = first_states
-            .iter()
-            .map(|p| {
-                let mut all = DMatrix::zeros(p.nrows(), batch);
-                first_shard
-                    .batch_columns_mut(&mut all)
+        let mut initial_states: Vec<DMatrix<T>> = (0..spec.states.len())
+            .map(|k| DMatrix::zeros(cell.state_size(k), batch))
+            .collect();
+        let mut params: Option<C::Grads> = None;
+        for (run, part) in self.shards.iter().zip(parts) {
+            for (all, p) in inputs.iter_mut().zip(&part.inputs) {
+                run.shard.scatter(steps, p, all);
+            }
+            for (all, p) in initial_states.iter_mut().zip(&part.initial_states) {
+                run.shard
+                    .batch_columns_mut(all)
                     .copy_from_slice(p.as_slice());
-                all
-            })
-            .collect();
-        for (shard, part) in parts {
-            // The parameters' gradients summed one parameter per task, on the threads
-            // the passes used.
+            }
+            let Some(total) = params.as_mut() else {
+                params = Some(part.params);
+                continue;
+            };
+            // One parameter per task, on the threads the passes used.
             let pairs: Vec<_> = total
                 .parameters_mut()
                 .into_iter()
@@ -632,14 +628,8 @@ impl<T: Scalar> Trajectory<T> {
                     *t += *v;
                 }
             });
-            for (all, p) in inputs.iter_mut().zip(&part.inputs) {
-                shard.scatter(steps, p, all);
-            }
-            for (all, p) in initial_states.iter_mut().zip(&part.initial_states) {
-                shard.batch_columns_mut(all).copy_from_slice(p.as_slice());
-            }
         }
-        let params = total;
+        let params = params.expect("several parts");
         Ok(SequenceGrads {
             params,
             inputs,
