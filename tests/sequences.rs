@@ -230,8 +230,24 @@ fn to_f32(m: &DMatrix<f64>) -> DMatrix<f32> {
 /// what the f64 computation gives: outputs, final states and every gradient.
 #[test]
 fn a_large_f32_batch_matches_f64_in_every_value_and_gradient() {
+    let lengths = [9, 9, 8, 8, 7, 7, 6, 5, 5, 5, 4, 4, 3, 3, 2, 2, 1, 1, 1];
+    f32_matches_f64(37, &lengths);
+}
+
+/// As above, for the kernels' other paths: a hidden size of whole panels (each gate's
+/// weight gradient straight from its rows of the stacked product) and a batch of one
+/// (the one-column products, forward and transposed).
+#[test]
+fn f32_matches_f64_with_whole_panels_and_with_a_batch_of_one() {
+    let lengths = [9, 9, 8, 8, 7, 7, 6, 5, 5, 5, 4, 4, 3, 3, 2, 2, 1, 1, 1];
+    f32_matches_f64(32, &lengths);
+    f32_matches_f64(35, &[12]);
+    f32_matches_f64(64, &[7]);
+}
+
+fn f32_matches_f64(hidden: usize, lengths: &[usize]) {
     let mut rng = Rng::seed(7);
-    let (input, hidden) = (5, 37);
+    let input = 5;
     let cell64: LstmCell<f64> = LstmCell::new(input, hidden, &mut rng);
     let mut cell32: LstmCell<f32> = LstmCell::new(input, hidden, &mut rng);
     for (to, from) in cell32.parameters_mut().into_iter().zip(cell64.parameters()) {
@@ -239,8 +255,7 @@ fn a_large_f32_batch_matches_f64_in_every_value_and_gradient() {
             *t = *f as f32;
         }
     }
-    let lengths = [9, 9, 8, 8, 7, 7, 6, 5, 5, 5, 4, 4, 3, 3, 2, 2, 1, 1, 1];
-    let steps = Steps::from_sorted_lengths(&lengths).unwrap();
+    let steps = Steps::from_sorted_lengths(lengths).unwrap();
     let batch = lengths.len();
     let x = random(input, steps.columns(), &mut rng);
     let states = [
@@ -291,7 +306,10 @@ fn a_large_f32_batch_matches_f64_in_every_value_and_gradient() {
             ));
         }
         for (what, error) in compared {
-            assert!(error < 1e-4, "{direction:?}: {what} off by {error:e}");
+            assert!(
+                error < 1e-4,
+                "hidden {hidden}, batch {batch}, {direction:?}: {what} off by {error:e}"
+            );
         }
     }
 }

@@ -191,14 +191,22 @@ pub fn expand(ast: &CellAst, c: &Compiled, plan: &Plan) -> TokenStream {
     let step_backward = program(c, plan, Program::StepBackward, &params);
     let finish = program(c, plan, Program::Finish, &params);
     let weight_grads = plan.weight_grads.iter().map(|w| {
-        let field = &params[w.param];
-        let param_rows = c.shapes.params[w.param].0.tokens(syms);
-        let col_start = w.col_start.tokens(syms);
+        let blocks = w.blocks.iter().map(|block| {
+            let field = &params[block.param];
+            let grad_rows = c.shapes.params[block.param].0.tokens(syms);
+            let col_start = block.col_start.tokens(syms);
+            let rows = block.rows.tokens(syms);
+            quote!(::rnn_runtime::GradBlock {
+                grad: __grads.#field.as_mut_slice(),
+                grad_rows: #grad_rows,
+                col_start: #col_start,
+                rows: #rows,
+            })
+        });
         let cols = w.cols.tokens(syms);
         let (dz_buf, dz_row) = (w.dz.buf, w.dz.row.tokens(syms));
         let (v_buf, v_row) = (w.v.buf, w.v.row.tokens(syms));
-        let rows = w.rows.tokens(syms);
-        quote!(__tape.weight_grad(__grads.#field.as_mut_slice(), #param_rows, #col_start, (#dz_buf, #dz_row), #rows, (#v_buf, #v_row), #cols);)
+        quote!(__tape.weight_grads((#dz_buf, #dz_row), (#v_buf, #v_row), #cols, &mut [#(#blocks),*]);)
     });
     let names: Vec<String> = ir.params.iter().map(|p| p.name.clone()).collect();
     let shape_locals: Vec<Ident> = (0..names.len())

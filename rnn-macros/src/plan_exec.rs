@@ -162,19 +162,24 @@ impl<'a> Exec<'a> {
             .collect();
         self.stages(&finish, false, 0, columns, params, &mut grads);
         for w in &plan.weight_grads {
-            let (rows, cols) = (w.rows.eval(&self.dims), w.cols.eval(&self.dims));
-            let param_rows = self.c.shapes.params[w.param].0.eval(&self.dims);
-            let start = w.col_start.eval(&self.dims);
-            for i in 0..rows {
-                for c in 0..cols {
-                    let sum: f64 = (0..columns)
-                        .map(|t| {
-                            self.bufs[w.dz.buf][self.at(&w.dz, false, 0, t, i)]
-                                * self.bufs[w.v.buf][self.at(&w.v, false, 0, t, c)]
-                        })
-                        .sum();
-                    grads[w.param][(start + c) * param_rows + i] += sum;
+            let cols = w.cols.eval(&self.dims);
+            let mut first = 0;
+            for block in &w.blocks {
+                let rows = block.rows.eval(&self.dims);
+                let param_rows = self.c.shapes.params[block.param].0.eval(&self.dims);
+                let start = block.col_start.eval(&self.dims);
+                for i in 0..rows {
+                    for c in 0..cols {
+                        let sum: f64 = (0..columns)
+                            .map(|t| {
+                                self.bufs[w.dz.buf][self.at(&w.dz, false, 0, t, first + i)]
+                                    * self.bufs[w.v.buf][self.at(&w.v, false, 0, t, c)]
+                            })
+                            .sum();
+                        grads[block.param][(start + c) * param_rows + i] += sum;
+                    }
                 }
+                first += rows;
             }
         }
         Results {

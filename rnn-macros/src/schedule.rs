@@ -474,7 +474,7 @@ impl<'a> Scheduler<'a> {
     }
 
     fn weight_grads(&mut self) -> Vec<WeightGrad> {
-        let mut grads = Vec::new();
+        let mut grads: Vec<WeightGrad> = Vec::new();
         for &(gemm, dz) in &self.c.backward.mat_grads.clone() {
             let Op::Gemm { blocks, vec } = self.op(gemm).clone() else {
                 unreachable!()
@@ -482,22 +482,34 @@ impl<'a> Scheduler<'a> {
             let dz_loc = self.steps_loc(dz);
             let v_loc = self.steps_loc(vec);
             let mut row = Size::zero();
+            let mut group: Option<WeightGrad> = None;
             for block in blocks {
                 let (rows, cols) = self.c.shapes.params[block.mat].clone();
                 let (col_start, cols) = block
                     .cols
                     .clone()
                     .unwrap_or((Size::zero(), cols.expect("a matrix")));
-                grads.push(WeightGrad {
-                    param: block.mat,
-                    col_start,
-                    rows: rows.clone(),
-                    cols,
-                    dz: dz_loc.offset(&row),
-                    v: v_loc.clone(),
-                });
+                // A parameter twice in one product (its gradient borrowed twice) starts
+                // a stack of its own.
+                if let Some(g) = group.take_if(|g| g.blocks.iter().any(|b| b.param == block.mat)) {
+                    grads.push(g);
+                }
+                group
+                    .get_or_insert_with(|| WeightGrad {
+                        dz: dz_loc.offset(&row),
+                        v: v_loc.clone(),
+                        cols,
+                        blocks: Vec::new(),
+                    })
+                    .blocks
+                    .push(GradBlock {
+                        param: block.mat,
+                        col_start,
+                        rows: rows.clone(),
+                    });
                 row = row.plus(&rows);
             }
+            grads.extend(group);
         }
         grads
     }
@@ -727,8 +739,10 @@ mod tests {
             )
         };
         assert_eq!(dst.buf, plan.roles.d_prev[0]);
-        // Weight gradients after the loop: one GEMM per matrix.
-        assert_eq!(plan.weight_grads.len(), 8);
+        // Weight gradients after the loop: one GEMM per stack, x's and h's, of four
+        // gates each.
+        assert_eq!(plan.weight_grads.len(), 2);
+        assert!(plan.weight_grads.iter().all(|w| w.blocks.len() == 4));
         assert_eq!(plan.stacks.len(), 2);
     }
 

@@ -6,12 +6,25 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, OnceLock};
 
 use crate::cell::{BufferCols, BufferSpec};
-use crate::packed::{self, PackedMatrix};
+use crate::packed::{self, AlignedColumns, PackedMatrix};
 use crate::scalar::{gemm, Strided};
 use crate::Scalar;
 
 /// (buffer, first row, first column).
 pub type At = (usize, usize, usize);
+
+/// One parameter's share of a stacked weight gradient (see `Tape::weight_grads`): its
+/// gradient's columns `col_start..` (of `grad_rows` rows each) gain `rows` rows of it.
+pub struct GradBlock<'a, T> {
+    /// The parameter's gradient, column-major.
+    pub grad: &'a mut [T],
+    /// The parameter's rows.
+    pub grad_rows: usize,
+    /// The first of the parameter's columns that the stack's product covers.
+    pub col_start: usize,
+    /// The block's rows in the stack.
+    pub rows: usize,
+}
 
 /// The buffers of one forward and backward pass.
 pub struct Tape<T: Scalar> {
@@ -42,16 +55,22 @@ pub struct Tape<T: Scalar> {
 /// their weights are the same, so one thread packs and every thread reads that copy,
 /// which then sits in the shared cache once instead of once per thread.
 pub(crate) struct WeightPacks {
-    slots: Vec<[OnceLock<PackedMatrix>; 2]>,
+    slots: Vec<WeightCopies>,
+}
+
+/// One stacked weight's copies for the kernels.
+#[derive(Default)]
+struct WeightCopies {
+    /// Packed as it is, and packed transposed.
+    packed: [OnceLock<PackedMatrix>; 2],
+    /// For the transposed product with one column (`None` where no kernel reads it).
+    aligned_columns: OnceLock<Option<AlignedColumns>>,
 }
 
 impl WeightPacks {
     /// Empty slots for a cell's buffers.
     pub(crate) fn new(specs: &[BufferSpec]) -> Arc<WeightPacks> {
-        let slots = specs
-            .iter()
-            .map(|_| [OnceLock::new(), OnceLock::new()])
-            .collect();
+        let slots = specs.iter().map(|_| WeightCopies::default()).collect();
         Arc::new(WeightPacks { slots })
     }
 }
@@ -59,12 +78,28 @@ impl WeightPacks {
 impl Drop for WeightPacks {
     fn drop(&mut self) {
         let mut pool = pack_pool();
-        for slot in self.slots.iter_mut().flatten() {
-            if let Some(matrix) = slot.take() {
-                pool.give(matrix.into_storage());
+        for copies in &mut self.slots {
+            for slot in &mut copies.packed {
+                if let Some(matrix) = slot.take() {
+                    pool.give(matrix.into_storage());
+                }
+            }
+            if let Some(Some(copy)) = copies.aligned_columns.take() {
+                pool.give(copy.into_storage());
             }
         }
     }
+}
+
+/// Buffer `src` to read and buffer `dst` to write, as f32 (which `T` must be).
+fn f32_operands<T: 'static>(bufs: &mut [Vec<T>], src: usize, dst: usize) -> (&[f32], &mut [f32]) {
+    let [b, c] = bufs
+        .get_disjoint_mut([src, dst])
+        .expect("distinct GEMM operands");
+    (
+        packed::as_f32(b).expect("f32"),
+        packed::as_f32_mut(c).expect("f32"),
+    )
 }
 
 /// Packs `values` for the kernels into storage from the pack pool.
@@ -302,7 +337,10 @@ impl<T: Scalar> Tape<T> {
     /// `gemm` through the packed kernel (f32 on a processor with AVX2 or AVX-512).
     fn packed_gemm(&mut self, stack: usize, transpose: bool, src: At, dst: At, n: usize) {
         let (s_rows, s_cols) = (self.rows[stack], self.cols[stack]);
-        let matrix = self.packed.slots[stack][usize::from(transpose)].get_or_init(|| {
+        if transpose && n == 1 && self.transposed_times_column(stack, src, dst) {
+            return;
+        }
+        let matrix = self.packed.slots[stack].packed[usize::from(transpose)].get_or_init(|| {
             let values = packed::as_f32(&self.bufs[stack]).expect("`available` checked f32");
             if transpose {
                 pack_pooled(values, s_cols, s_rows, (s_rows, 1))
@@ -311,12 +349,7 @@ impl<T: Scalar> Tape<T> {
             }
         });
         let (src_ld, dst_ld) = (self.rows[src.0], self.rows[dst.0]);
-        let [b, c] = self
-            .bufs
-            .get_disjoint_mut([src.0, dst.0])
-            .expect("distinct GEMM operands");
-        let b = packed::as_f32(b).expect("f32");
-        let c = packed::as_f32_mut(c).expect("f32");
+        let (b, c) = f32_operands(&mut self.bufs, src.0, dst.0);
         matrix.multiply(
             b,
             (src.2 * src_ld + src.1, src_ld),
@@ -324,6 +357,27 @@ impl<T: Scalar> Tape<T> {
             (dst.2 * dst_ld + dst.1, dst_ld),
             n,
         );
+    }
+
+    /// `dst = Sᵀ * src` for one column, as dot products with the columns of S's
+    /// aligned copy (see `packed::AlignedColumns`); false where no such kernel runs.
+    fn transposed_times_column(&mut self, stack: usize, src: At, dst: At) -> bool {
+        let (s_rows, s_cols) = (self.rows[stack], self.cols[stack]);
+        let copy = self.packed.slots[stack].aligned_columns.get_or_init(|| {
+            let storage = pack_pool().take(AlignedColumns::stored_len(s_rows, s_cols), false);
+            let values = packed::as_f32(&self.bufs[stack]).expect("`available` checked f32");
+            AlignedColumns::copy_into(storage, values, s_rows, (s_rows, s_cols))
+        });
+        let Some(copy) = copy else {
+            return false;
+        };
+        let (src_at, dst_at) = (
+            src.2 * self.rows[src.0] + src.1,
+            dst.2 * self.rows[dst.0] + dst.1,
+        );
+        let (b, c) = f32_operands(&mut self.bufs, src.0, dst.0);
+        copy.transposed_times(&b[src_at..], &mut c[dst_at..]);
+        true
     }
 
     /// Copies `rows` × `n` values.
@@ -380,60 +434,86 @@ impl<T: Scalar> Tape<T> {
         }
     }
 
-    /// `grad[:, col_start..col_start + cols] += dz · vᵀ` over all columns of the tape:
-    /// a weight's gradient from every step in one GEMM.
-    #[allow(clippy::too_many_arguments)]
-    pub fn weight_grad(
+    /// `dz · vᵀ` over all columns of the tape, added block by block to parameters'
+    /// gradients: a weight's gradient from every step in one GEMM. The blocks' rows
+    /// follow one another in dz from row `dz.1`; v has `cols` rows from row `v.1`.
+    pub fn weight_grads(
         &mut self,
-        grad: &mut [T],
-        grad_rows: usize,
-        col_start: usize,
         dz: (usize, usize),
-        rows: usize,
         v: (usize, usize),
         cols: usize,
+        blocks: &mut [GradBlock<'_, T>],
     ) {
         if packed::available::<T>() && self.columns > 0 {
-            return self.packed_weight_grad(grad, grad_rows, col_start, dz, rows, v, cols);
+            return self.packed_weight_grads(dz, v, cols, blocks);
         }
-        let dz_view = self.view((dz.0, dz.1, 0), rows, self.columns);
-        let v_view = self.view((v.0, v.1, 0), cols, self.columns).t();
-        let grad_view = Strided::column_major(grad_rows, 0, col_start, rows, cols);
-        gemm(
-            &self.bufs[dz.0],
-            dz_view,
-            &self.bufs[v.0],
-            v_view,
-            T::one(),
-            grad,
-            grad_view,
-        );
+        let mut row = dz.1;
+        for block in blocks {
+            let dz_view = self.view((dz.0, row, 0), block.rows, self.columns);
+            let v_view = self.view((v.0, v.1, 0), cols, self.columns).t();
+            let grad_view =
+                Strided::column_major(block.grad_rows, 0, block.col_start, block.rows, cols);
+            gemm(
+                &self.bufs[dz.0],
+                dz_view,
+                &self.bufs[v.0],
+                v_view,
+                T::one(),
+                block.grad,
+                grad_view,
+            );
+            row += block.rows;
+        }
     }
 
-    /// `weight_grad` through the packed kernel: dz's rows packed into panels (one
-    /// sequential copy), v transposed once for all the gradients that read it, and the
-    /// product blocked over the columns. matrixmultiply ran these at about 71% of the
-    /// multiply-add peak (`perf` of the medium LSTM); see `benches/README.md`.
-    #[allow(clippy::too_many_arguments)]
-    fn packed_weight_grad(
+    /// `weight_grads` through the packed kernel: the stack's rows of dz packed into
+    /// panels (one sequential copy, for every product that reads them), v transposed
+    /// once for all the products that read it, and the product blocked over the
+    /// columns. matrixmultiply ran these at about 71% of the multiply-add peak (`perf`
+    /// of the medium LSTM); see `benches/README.md`.
+    fn packed_weight_grads(
         &mut self,
-        grad: &mut [T],
-        grad_rows: usize,
-        col_start: usize,
         dz: (usize, usize),
-        rows: usize,
         v: (usize, usize),
         cols: usize,
+        blocks: &mut [GradBlock<'_, T>],
     ) {
         let columns = self.columns;
+        let stacked: usize = blocks.iter().map(|b| b.rows).sum();
         let vt_at = self.transposed_vector(v, cols);
-        let dz_at = self.packed_dz_rows(dz, rows);
+        let dz_at = self.packed_dz_rows(dz, stacked);
         let vt = packed::as_f32(&self.transposed_vectors[vt_at].1).expect("f32");
-        let grad = packed::as_f32_mut(grad).expect("f32");
-        let c_at = (col_start * grad_rows, grad_rows);
-        self.packed_dz[dz_at]
-            .1
-            .multiply_add(vt, (0, columns), grad, c_at, cols);
+        let dz = &self.packed_dz[dz_at].1;
+        let panel = dz.panel_height();
+        if blocks.len() == 1 || blocks.iter().all(|b| b.rows.is_multiple_of(panel)) {
+            // Each block starts on a panel: its rows of the product go straight into
+            // its gradient.
+            let mut row = 0;
+            for block in blocks {
+                let grad = packed::as_f32_mut(block.grad).expect("f32");
+                let c_at = (block.col_start * block.grad_rows, block.grad_rows);
+                dz.multiply_add(row..row + block.rows, vt, (0, columns), grad, c_at, cols);
+                row += block.rows;
+            }
+            return;
+        }
+        // Blocks that split panels (35 rows in panels of 32): the stack's product, in
+        // whole panels, then each block's share added to its gradient.
+        let mut product = pool::<T>().take(stacked * cols, true);
+        let out = packed::as_f32_mut(&mut product).expect("f32");
+        dz.multiply_add(0..stacked, vt, (0, columns), out, (0, stacked), cols);
+        let mut row = 0;
+        for block in blocks.iter_mut() {
+            for c in 0..cols {
+                let from = &product[c * stacked + row..][..block.rows];
+                let at = (block.col_start + c) * block.grad_rows;
+                for (g, p) in block.grad[at..at + block.rows].iter_mut().zip(from) {
+                    *g += *p;
+                }
+            }
+            row += block.rows;
+        }
+        pool::<T>().give(product);
     }
 
     /// Returns the weight gradients' packed and transposed operands to their pools.
