@@ -53,18 +53,28 @@ fn mgu(x: Input, h: State) {
 }
 
 /// Sizes, a batch layout (lengths sorted longest first, possibly unequal) and a direction.
-fn layout() -> impl Strategy<Value = (usize, usize, Vec<usize>, bool, u64)> {
-    (
+type Layout = (usize, usize, Vec<usize>, bool, u64);
+
+fn layout() -> impl Strategy<Value = Layout> {
+    layout_of(
         1usize..=8,
         1usize..=8,
         proptest::collection::vec(1usize..=6, 1..=4),
-        any::<bool>(),
-        any::<u64>(),
     )
-        .prop_map(|(input, hidden, mut lengths, reverse, seed)| {
+}
+
+/// (input size, hidden size, sorted lengths, reversed, seed).
+fn layout_of(
+    input: impl Strategy<Value = usize>,
+    hidden: impl Strategy<Value = usize>,
+    lengths: impl Strategy<Value = Vec<usize>>,
+) -> impl Strategy<Value = Layout> {
+    (input, hidden, lengths, any::<bool>(), any::<u64>()).prop_map(
+        |(input, hidden, mut lengths, reverse, seed)| {
             lengths.sort_unstable_by(|a, b| b.cmp(a));
             (input, hidden, lengths, reverse, seed)
-        })
+        },
+    )
 }
 
 fn check<C: Cell<f64>>(
@@ -121,6 +131,38 @@ proptest! {
 
     #[test]
     fn minimal_gated_unit((i, h, lengths, reverse, seed) in layout()) { check::<Mgu<f64>>(&[i, h], &lengths, reverse, seed)?; }
+}
+
+mod wide {
+    //! Hidden sizes past the fused loops' chunk of 16 rows, whole and partial: the last
+    //! rows short of a chunk run again as the chunk that ends with them where the loop
+    //! allows it, and one by one where it accumulates.
+    use super::*;
+
+    fn wide_layout() -> impl Strategy<Value = Layout> {
+        let hidden = prop_oneof![Just(16usize), 17usize..=37];
+        layout_of(
+            1usize..=3,
+            hidden,
+            proptest::collection::vec(1usize..=3, 1..=2),
+        )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(12))]
+
+        #[test]
+        fn lstm((i, h, lengths, reverse, seed) in wide_layout()) { check::<LstmCell<f64>>(&[i, h], &lengths, reverse, seed)?; }
+
+        #[test]
+        fn gru((i, h, lengths, reverse, seed) in wide_layout()) { check::<GruCell<f64>>(&[i, h], &lengths, reverse, seed)?; }
+
+        #[test]
+        fn peephole((i, h, lengths, reverse, seed) in wide_layout()) { check::<PeepholeLstm<f64>>(&[i, h], &lengths, reverse, seed)?; }
+
+        #[test]
+        fn minimal_gated_unit((i, h, lengths, reverse, seed) in wide_layout()) { check::<Mgu<f64>>(&[i, h], &lengths, reverse, seed)?; }
+    }
 }
 
 mod builtin_variants {

@@ -103,6 +103,36 @@ pub struct Kernel {
     pub body: Vec<KStmt>,
 }
 
+impl Kernel {
+    /// Whether running the body again for rows it has done leaves every value as it
+    /// was: no value it writes is one it reads (at the same block of the same buffer),
+    /// and it accumulates no gradient.
+    pub fn rows_can_rerun(&self) -> bool {
+        let mut loads: Vec<&Loc> = Vec::new();
+        let mut stores: Vec<&Loc> = Vec::new();
+        for stmt in &self.body {
+            let operands = match stmt {
+                KStmt::Let { op, .. } => match op {
+                    KOp::Call(_, a) | KOp::Deriv(_, a) | KOp::Neg(a) => vec![a],
+                    KOp::Bin(_, a, b) => vec![a, b],
+                },
+                KStmt::Store { value, dst } => {
+                    stores.push(dst);
+                    vec![value]
+                }
+                KStmt::Accumulate { .. } => return false,
+            };
+            loads.extend(operands.into_iter().filter_map(|o| match o {
+                Operand::Load(l) => Some(l),
+                _ => None,
+            }));
+        }
+        !stores
+            .iter()
+            .any(|s| loads.iter().any(|l| l.buf == s.buf && l.row == s.row))
+    }
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub enum Operand {
     /// A value computed earlier in the same loop iteration.

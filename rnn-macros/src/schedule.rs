@@ -746,6 +746,57 @@ mod tests {
         assert_eq!(plan.stacks.len(), 2);
     }
 
+    /// The LSTM's steps read the gates' products (or gradients) and write other
+    /// buffers: their rows may run twice. The finish accumulates the biases' gradients.
+    #[test]
+    fn only_kernels_that_read_nothing_they_write_may_rerun_rows() {
+        let plan = lstm_plan();
+        let kernels = |stages: &[Stage]| -> Vec<bool> {
+            stages
+                .iter()
+                .filter_map(|s| match s {
+                    Stage::Kernel(k) => Some(k.rows_can_rerun()),
+                    _ => None,
+                })
+                .collect()
+        };
+        assert_eq!(kernels(&plan.step_forward), vec![true]);
+        assert_eq!(kernels(&plan.step_backward), vec![true]);
+        let accumulating = plan.finish.iter().find(|s| {
+            matches!(s, Stage::Kernel(k)
+                if k.body.iter().any(|s| matches!(s, KStmt::Accumulate { .. })))
+        });
+        let Some(Stage::Kernel(accumulating)) = accumulating else {
+            panic!("the finish accumulates the biases' gradients")
+        };
+        assert!(!accumulating.rows_can_rerun());
+        // A kernel that updates a value in place may not.
+        let Some(Stage::Kernel(mut kernel)) = plan
+            .step_forward
+            .iter()
+            .find(|s| matches!(s, Stage::Kernel(_)))
+            .cloned()
+        else {
+            unreachable!("checked above")
+        };
+        let Some(KStmt::Store { dst, .. }) = kernel
+            .body
+            .iter()
+            .find(|s| matches!(s, KStmt::Store { .. }))
+            .cloned()
+        else {
+            panic!("the step forward stores its state")
+        };
+        kernel.body.insert(
+            0,
+            KStmt::Let {
+                id: 0,
+                op: KOp::Neg(Operand::Load(dst)),
+            },
+        );
+        assert!(!kernel.rows_can_rerun());
+    }
+
     #[test]
     fn the_step_keeps_exactly_what_backward_reads() {
         let plan = lstm_plan();
