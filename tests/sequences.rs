@@ -236,13 +236,16 @@ fn a_large_f32_batch_matches_f64_in_every_value_and_gradient() {
 
 /// As above, for the kernels' other paths: a hidden size of whole panels (each gate's
 /// weight gradient straight from its rows of the stacked product) and a batch of one
-/// (the one-column products, forward and transposed).
+/// (the one-column products, forward and transposed, both ways).
 #[test]
 fn f32_matches_f64_with_whole_panels_and_with_a_batch_of_one() {
     let lengths = [9, 9, 8, 8, 7, 7, 6, 5, 5, 5, 4, 4, 3, 3, 2, 2, 1, 1, 1];
     f32_matches_f64(32, &lengths);
     f32_matches_f64(35, &[12]);
     f32_matches_f64(64, &[7]);
+    // (The transposed one-column product as dot products at 35 and 64, through the
+    // packed transpose at 32.)
+    f32_matches_f64(32, &[6]);
 }
 
 fn f32_matches_f64(hidden: usize, lengths: &[usize]) {

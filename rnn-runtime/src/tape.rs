@@ -337,7 +337,11 @@ impl<T: Scalar> Tape<T> {
     /// `gemm` through the packed kernel (f32 on a processor with AVX2 or AVX-512).
     fn packed_gemm(&mut self, stack: usize, transpose: bool, src: At, dst: At, n: usize) {
         let (s_rows, s_cols) = (self.rows[stack], self.cols[stack]);
-        if transpose && n == 1 && self.transposed_times_column(stack, src, dst) {
+        if transpose
+            && n == 1
+            && packed::transposed_column_prefers_dots(s_rows, s_cols)
+            && self.transposed_times_column(stack, src, dst)
+        {
             return;
         }
         let matrix = self.packed.slots[stack].packed[usize::from(transpose)].get_or_init(|| {
