@@ -258,7 +258,7 @@ mod tests {
 
     use super::*;
     use crate::interp::{eval, Env, Value};
-    use crate::test_util::{compile_full, random_cell, random_values};
+    use crate::test_util::{compile_full, lstm, random_cell, random_values};
     use proptest::prelude::*;
 
     fn loss(compiled: &Compiled, env: &Env) -> f64 {
@@ -395,17 +395,6 @@ mod tests {
 
     #[test]
     fn lstm_gradient_matches_finite_differences() {
-        check_cell(
-            "fn lstm(x: Input, h: State, c: State) {
-                let i = sigmoid(W_ii * x + b_ii + W_hi * h + b_hi);
-                let f = sigmoid(W_if * x + b_if + W_hf * h + b_hf);
-                let g = tanh(W_ig * x + b_ig + W_hg * h + b_hg);
-                let o = sigmoid(W_io * x + b_io + W_ho * h + b_ho);
-                c = f * c + i * g;
-                h = o * tanh(c);
-            }",
-            7,
-        )
-        .unwrap();
+        check_cell(&lstm().to_string(), 7).unwrap();
     }
 }

@@ -640,12 +640,6 @@ fn fused_loop(
         .iter()
         .zip(&mutability)
         .map(|(name, m)| quote!(#name: &#m [T]));
-    // Each slice cut to exactly `__rows` values, so that indexing by the row carries no
-    // bounds check.
-    let reslices = block_args
-        .iter()
-        .zip(&mutability)
-        .map(|(name, m)| quote!(let #name = &#m #name[..__rows];));
     let vec_params_idents: Vec<Ident> = vec_params
         .iter()
         .map(|p| format_ident!("__param{}", p))
@@ -661,18 +655,20 @@ fn fused_loop(
     // the notebooks' LSTM (35 rows), 3 scalar rows took 43% of the gate math (`perf
     // annotate`). Where the body may run twice for a row, the last rows short of a
     // chunk run as the chunk that ends with them; elsewhere, one by one.
-    let windows = |at: TokenStream, len: TokenStream| -> TokenStream {
+    // Each slice is cut to the window, so that indexing by the row carries no bounds
+    // check.
+    let window = |len: TokenStream| -> TokenStream {
         quote! {
-            #(let #block_args = &#mutability #block_args[#at..][..#len];)*
-            #(let #vec_params_idents = &#vec_params_idents[#at..][..#len];)*
-            #(let #grad_idents = &mut #grad_idents[#at..][..#len];)*
+            #(let #block_args = &#mutability #block_args[__at..][..#len];)*
+            #(let #vec_params_idents = &#vec_params_idents[__at..][..#len];)*
+            #(let #grad_idents = &mut #grad_idents[__at..][..#len];)*
             for __j in 0..#len {
                 #(#body)*
             }
         }
     };
-    let chunk = windows(quote!(__at), quote!(__CHUNK));
-    let rest = windows(quote!(__at), quote!(__rows - __at));
+    let chunk = window(quote!(__CHUNK));
+    let rest = window(quote!(__rows - __at));
     let last_chunk_again = if kernel.rows_can_rerun() {
         quote! {
             if __rows - __at < __CHUNK && __rows >= __CHUNK {
@@ -693,9 +689,6 @@ fn fused_loop(
                 #(#grad_idents: &mut [T],)*
             ) {
                 const __CHUNK: usize = 16;
-                #(#reslices)*
-                #(let #vec_params_idents = &#vec_params_idents[..__rows];)*
-                #(let #grad_idents = &mut #grad_idents[..__rows];)*
                 let mut __at = 0;
                 while __at < __rows {
                     #last_chunk_again

@@ -322,16 +322,7 @@ mod tests {
 
     #[test]
     fn accepts_the_lstm() {
-        let errs = errors(quote! {
-            fn lstm(x: Input, h: State, c: State) {
-                let i = sigmoid(W_ii * x + b_ii + W_hi * h + b_hi);
-                let f = sigmoid(W_if * x + b_if + W_hf * h + b_hf);
-                let g = tanh(W_ig * x + b_ig + W_hg * h + b_hg);
-                let o = sigmoid(W_io * x + b_io + W_ho * h + b_ho);
-                c = f * c + i * g;
-                h = o * tanh(c);
-            }
-        });
+        let errs = errors(crate::test_util::lstm());
         assert!(errs.is_empty(), "{errs:?}");
     }
 

@@ -219,7 +219,7 @@ impl PackedMatrix {
         self.blocks(b, b_at, c, c_at, n, 0..self.rows, (0, k), streamed, false);
     }
 
-    /// `C += rows `rows` of P · B`, addressed as in `multiply` (C's columns having
+    /// `C += (P · B)[rows]`, addressed as in `multiply` (C's columns having
     /// `rows.len()` values), over the inner dimension in blocks: for the weight
     /// gradients, whose inner dimension is every (step, sequence) column of a batch.
     /// Without the blocks, each panel (32 rows by thousands of columns) would leave L1
@@ -474,8 +474,9 @@ pub(crate) struct AlignedColumns {
 /// size (35 × 35): 140 against 245, and its forward + backward took 0.065 ms through
 /// the packed transpose against 0.068-0.071 through dot products.
 pub(crate) fn transposed_column_prefers_dots(rows: usize, cols: usize) -> bool {
-    let panels = cols.div_ceil(32);
-    let in_l1 = panels * 32 * rows * size_of::<f32>() <= STREAMED_BYTES;
+    let mr = Isa::Avx512.panel_rows();
+    let panels = cols.div_ceil(mr);
+    let in_l1 = panels * mr * rows * size_of::<f32>() <= STREAMED_BYTES;
     let packed = panels * 2 * rows * if in_l1 { 1 } else { 2 };
     let dots = cols.div_ceil(8) * (rows.div_ceil(LINE) * 8 + 25);
     dots < packed

@@ -63,7 +63,8 @@ pub(crate) struct WeightPacks {
 struct WeightCopies {
     /// Packed as it is, and packed transposed.
     packed: [OnceLock<PackedMatrix>; 2],
-    /// For the transposed product with one column (`None` where no kernel reads it).
+    /// For the transposed product with one column (`None` where no kernel reads it, or
+    /// where the packed transpose serves that shape better).
     aligned_columns: OnceLock<Option<AlignedColumns>>,
 }
 
@@ -337,11 +338,7 @@ impl<T: Scalar> Tape<T> {
     /// `gemm` through the packed kernel (f32 on a processor with AVX2 or AVX-512).
     fn packed_gemm(&mut self, stack: usize, transpose: bool, src: At, dst: At, n: usize) {
         let (s_rows, s_cols) = (self.rows[stack], self.cols[stack]);
-        if transpose
-            && n == 1
-            && packed::transposed_column_prefers_dots(s_rows, s_cols)
-            && self.transposed_times_column(stack, src, dst)
-        {
+        if transpose && n == 1 && self.transposed_times_column(stack, src, dst) {
             return;
         }
         let matrix = self.packed.slots[stack].packed[usize::from(transpose)].get_or_init(|| {
@@ -364,10 +361,14 @@ impl<T: Scalar> Tape<T> {
     }
 
     /// `dst = Sᵀ * src` for one column, as dot products with the columns of S's
-    /// aligned copy (see `packed::AlignedColumns`); false where no such kernel runs.
+    /// aligned copy (see `packed::AlignedColumns`); false where no such kernel runs or
+    /// the packed transpose is faster for S's shape (decided once, with the copy).
     fn transposed_times_column(&mut self, stack: usize, src: At, dst: At) -> bool {
         let (s_rows, s_cols) = (self.rows[stack], self.cols[stack]);
         let copy = self.packed.slots[stack].aligned_columns.get_or_init(|| {
+            if !packed::transposed_column_prefers_dots(s_rows, s_cols) {
+                return None;
+            }
             let storage = pack_pool().take(AlignedColumns::stored_len(s_rows, s_cols), false);
             let values = packed::as_f32(&self.bufs[stack]).expect("`available` checked f32");
             AlignedColumns::copy_into(storage, values, s_rows, (s_rows, s_cols))
