@@ -113,6 +113,7 @@ impl<'a> Scheduler<'a> {
         self.collect_roots();
         self.place_concat_parts();
         self.place_values();
+        self.drop_stores_in_place();
         let weight_grads = self.weight_grads();
         let mut prepare: Vec<Stage> = (0..self.c.ir.graph.len())
             .filter_map(|id| match (self.op(id), &self.loc[id]) {
@@ -339,10 +340,23 @@ impl<'a> Scheduler<'a> {
 
     /// A concatenation's parts are written straight into its buffer where they can be.
     fn place_concat_parts(&mut self) {
-        for id in 0..self.c.ir.graph.len() {
+        // Concatenations of bridges last, so that their twins are placed (see
+        // `stored_twin`).
+        let (of_bridges, others): (Vec<NodeId>, Vec<NodeId>) = (0..self.c.ir.graph.len())
+            .filter(|&id| matches!(self.op(id), Op::Concat(_)))
+            .partition(|&id| self.bridge_sources(id).is_some());
+        for id in others.into_iter().chain(of_bridges) {
             let Op::Concat(parts) = self.op(id).clone() else {
-                continue;
+                unreachable!("filtered")
             };
+            if let Some(loc) = self.stored_twin(id) {
+                let sources = self.bridge_sources(id).expect("a concatenation of bridges");
+                for (&part, source) in parts.iter().zip(sources) {
+                    self.loc[part] = self.loc[source].clone();
+                }
+                self.loc[id] = Some(loc);
+                continue;
+            }
             let cols = if self.needs_steps(id)
                 || parts
                     .iter()
@@ -368,6 +382,49 @@ impl<'a> Scheduler<'a> {
         }
     }
 
+    /// The sources of a concatenation's parts, when every part is a bridge.
+    fn bridge_sources(&self, concat: NodeId) -> Option<Vec<NodeId>> {
+        let Op::Concat(parts) = self.op(concat) else {
+            return None;
+        };
+        parts
+            .iter()
+            .map(|&part| match *self.op(part) {
+                Op::Bridge(src) => Some(src),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Where the bridges' sources of a concatenation of bridges already lie, in its
+    /// order, rows after rows of one buffer kept for every step: the concatenation
+    /// reads them there. The LSTM's hoisted input projection and its recurrent
+    /// product have the same gradient, the four gates' dz; stored as two stacks, the
+    /// loop wrote it twice at every step and the weight gradients packed it twice.
+    fn stored_twin(&self, concat: NodeId) -> Option<Loc> {
+        let sources = self.bridge_sources(concat)?;
+        let first = self.loc[*sources.first()?].clone()?;
+        let buffer = &self.buffers[first.buf];
+        if first.row != Size::zero()
+            || buffer.cols != Cols::Steps
+            || buffer.rows != *self.size(concat)
+        {
+            return None;
+        }
+        let mut row = Size::zero();
+        for &src in &sources {
+            let at = Loc {
+                buf: first.buf,
+                row: row.clone(),
+            };
+            if self.loc[src].as_ref() != Some(&at) {
+                return None;
+            }
+            row = row.plus(self.size(src));
+        }
+        Some(first)
+    }
+
     fn placeable(&self, part: NodeId, concat: NodeId) -> bool {
         let fits = match self.role[part] {
             Role::Kernel => self.same_program(part, concat),
@@ -380,6 +437,10 @@ impl<'a> Scheduler<'a> {
     fn place_values(&mut self) {
         for id in 0..self.c.ir.graph.len() {
             if self.loc[id].is_some() {
+                continue;
+            }
+            if let Some(loc) = self.stored_bridge_source(id) {
+                self.loc[id] = Some(loc);
                 continue;
             }
             let text = self.c.ir.graph.nodes[id].text.clone();
@@ -429,6 +490,28 @@ impl<'a> Scheduler<'a> {
                 Role::Kernel => {}
             }
         }
+    }
+
+    /// Where a bridge's source is already kept for every step, if it is: the bridge
+    /// reads it there rather than from a copy. The LSTM's stacked dz is both the
+    /// recurrent product's gradient, kept for its weight gradient, and (bridged) the
+    /// hoisted input projection's; the loop stored it twice.
+    fn stored_bridge_source(&self, id: NodeId) -> Option<Loc> {
+        let Op::Bridge(src) = *self.op(id) else {
+            return None;
+        };
+        let loc = self.loc[src].clone()?;
+        (self.buffers[loc.buf].cols == Cols::Steps).then_some(loc)
+    }
+
+    /// The stores that would copy a value onto itself: bridges that read their source
+    /// where it is (`stored_bridge_source`).
+    fn drop_stores_in_place(&mut self) {
+        let loc = &self.loc;
+        self.roots.retain(|(_, value, target)| match target {
+            Target::LocOf(node) => loc[*node] != loc[*value],
+            Target::Loc(_) | Target::Grad(_) => true,
+        });
     }
 
     /// Where a GEMM can write its product straight into: the one place its program
@@ -744,6 +827,20 @@ mod tests {
         assert_eq!(plan.weight_grads.len(), 2);
         assert!(plan.weight_grads.iter().all(|w| w.blocks.len() == 4));
         assert_eq!(plan.stacks.len(), 2);
+        // Both read one dz: x's stack gets it through bridges (its product is hoisted
+        // out of the loop), h's directly, and the loop stores it once.
+        assert_eq!(plan.weight_grads[0].dz, plan.weight_grads[1].dz);
+        let Some(Stage::Kernel(step)) = plan.step_backward.first() else {
+            panic!("the step backward starts with its loop")
+        };
+        let stores_of_dz = step
+            .body
+            .iter()
+            .filter(
+                |s| matches!(s, KStmt::Store { dst, .. } if dst.buf == plan.weight_grads[0].dz.buf),
+            )
+            .count();
+        assert_eq!(stores_of_dz, 4, "one store per gate: {:#?}", step.body);
     }
 
     /// The LSTM's steps read the gates' products (or gradients) and write other
