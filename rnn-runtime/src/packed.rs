@@ -76,6 +76,28 @@ pub(crate) fn available<T: 'static>() -> bool {
     TypeId::of::<T>() == TypeId::of::<f32>() && Isa::detect().is_some()
 }
 
+/// `dst.copy_from_slice(src)`, with the runs of whole panels (16 or 32 values) as
+/// copies of a constant length, which compile to a few vector moves: `memcpy` calls
+/// for each 128-byte run took 1.8% of the tiny LSTM's time.
+///
+/// # Panics
+/// When the lengths differ (a bug of the caller's).
+#[inline(always)]
+fn copy_run(dst: &mut [f32], src: &[f32]) {
+    fn fixed<const N: usize>(dst: &mut [f32], src: &[f32]) -> bool {
+        match (<&mut [f32; N]>::try_from(dst), <&[f32; N]>::try_from(src)) {
+            (Ok(d), Ok(s)) => {
+                *d = *s;
+                true
+            }
+            _ => false,
+        }
+    }
+    if !fixed::<32>(dst, src) && !fixed::<16>(dst, src) {
+        dst.copy_from_slice(src);
+    }
+}
+
 /// f32 storage whose values start on a 64-byte boundary. A 64-byte load that
 /// straddles two cache lines costs two: the tiny LSTM's step product (140 × 35, in
 /// L1) took 0.23 µs from panels 16 bytes off a line against 0.12 from aligned ones, in
@@ -212,7 +234,7 @@ impl PackedMatrix {
                 // Column-major: each packed column is a run of the source.
                 for (k, column) in panel.chunks_exact_mut(mr).enumerate() {
                     let start = first + k * col_stride;
-                    column[..height].copy_from_slice(&values[start..start + height]);
+                    copy_run(&mut column[..height], &values[start..start + height]);
                 }
             } else {
                 // A transpose: read each source row in order, and scatter it into the
@@ -891,9 +913,16 @@ mod x86 {
                 }
                 let sums = sum_each(acc);
                 let width = 8.min(cols - first);
-                let mut lanes = [0.0f32; 8];
-                _mm256_storeu_ps(lanes.as_mut_ptr(), sums);
-                std::ptr::copy_nonoverlapping(lanes.as_ptr(), out.add(first), width);
+                if width == 8 {
+                    _mm256_storeu_ps(out.add(first), sums);
+                } else {
+                    // Lane by lane: a `memcpy` of the few lanes was a call per block.
+                    let mut lanes = [0.0f32; 8];
+                    _mm256_storeu_ps(lanes.as_mut_ptr(), sums);
+                    for (j, &lane) in lanes[..width].iter().enumerate() {
+                        *out.add(first + j) = lane;
+                    }
+                }
             }
         }
     }
