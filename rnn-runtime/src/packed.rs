@@ -690,15 +690,35 @@ mod x86 {
     ) {
         // SAFETY: forwarded from the caller.
         unsafe {
+            if blk.height > 16 {
+                of_width::<PREFETCH, ACC, true>(blk, width)
+            } else {
+                of_width::<PREFETCH, ACC, false>(blk, width)
+            }
+        }
+    }
+
+    /// `avx512_of_width` with or without the panel's upper 16 rows: a last panel of 16
+    /// rows or fewer (12 of the notebooks' 140) skips half the multiply-adds.
+    ///
+    /// # Safety
+    /// As `avx512`; without `UPPER`, the block has at most 16 valid rows.
+    #[inline(always)]
+    unsafe fn of_width<const PREFETCH: bool, const ACC: bool, const UPPER: bool>(
+        blk: &Block,
+        width: usize,
+    ) {
+        // SAFETY: forwarded from the caller.
+        unsafe {
             match width {
-                8 => avx512::<8, PREFETCH, ACC>(blk),
-                7 => avx512::<7, PREFETCH, ACC>(blk),
-                6 => avx512::<6, PREFETCH, ACC>(blk),
-                5 => avx512::<5, PREFETCH, ACC>(blk),
-                4 => avx512::<4, PREFETCH, ACC>(blk),
-                3 => avx512::<3, PREFETCH, ACC>(blk),
-                2 => avx512::<2, PREFETCH, ACC>(blk),
-                _ => avx512::<1, PREFETCH, ACC>(blk),
+                8 => avx512::<8, PREFETCH, ACC, UPPER>(blk),
+                7 => avx512::<7, PREFETCH, ACC, UPPER>(blk),
+                6 => avx512::<6, PREFETCH, ACC, UPPER>(blk),
+                5 => avx512::<5, PREFETCH, ACC, UPPER>(blk),
+                4 => avx512::<4, PREFETCH, ACC, UPPER>(blk),
+                3 => avx512::<3, PREFETCH, ACC, UPPER>(blk),
+                2 => avx512::<2, PREFETCH, ACC, UPPER>(blk),
+                _ => avx512::<1, PREFETCH, ACC, UPPER>(blk),
             }
         }
     }
@@ -773,7 +793,12 @@ mod x86 {
     /// # Safety
     /// As `Block::run`, with AVX-512F present.
     #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn avx512<const NR: usize, const PREFETCH: bool, const ACC: bool>(
+    pub(super) unsafe fn avx512<
+        const NR: usize,
+        const PREFETCH: bool,
+        const ACC: bool,
+        const UPPER: bool,
+    >(
         blk: &Block,
     ) {
         let mut lo = [_mm512_setzero_ps(); NR];
@@ -790,7 +815,9 @@ mod x86 {
                 unsafe {
                     let out = blk.c.add(j * blk.ldc);
                     lo[j] = _mm512_maskz_loadu_ps(mask_lo, out);
-                    hi[j] = _mm512_maskz_loadu_ps(mask_hi, out.add(16));
+                    if UPPER {
+                        hi[j] = _mm512_maskz_loadu_ps(mask_hi, out.add(16));
+                    }
                 }
             }
         }
@@ -805,11 +832,17 @@ mod x86 {
                     _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(64));
                 }
                 let a_lo = _mm512_loadu_ps(blk.a.add(p * 32));
-                let a_hi = _mm512_loadu_ps(blk.a.add(p * 32 + 16));
+                let a_hi = if UPPER {
+                    _mm512_loadu_ps(blk.a.add(p * 32 + 16))
+                } else {
+                    _mm512_setzero_ps()
+                };
                 for j in 0..NR {
                     let x = _mm512_set1_ps(*blk.b.add(p + j * blk.ldb));
                     lo[j] = _mm512_fmadd_ps(a_lo, x, lo[j]);
-                    hi[j] = _mm512_fmadd_ps(a_hi, x, hi[j]);
+                    if UPPER {
+                        hi[j] = _mm512_fmadd_ps(a_hi, x, hi[j]);
+                    }
                 }
             }
         }
@@ -818,7 +851,9 @@ mod x86 {
             unsafe {
                 let out = blk.c.add(j * blk.ldc);
                 _mm512_mask_storeu_ps(out, mask_lo, lo[j]);
-                _mm512_mask_storeu_ps(out.add(16), mask_hi, hi[j]);
+                if UPPER {
+                    _mm512_mask_storeu_ps(out.add(16), mask_hi, hi[j]);
+                }
             }
         }
     }
@@ -831,6 +866,26 @@ mod x86 {
     /// As `Block::run`, for `G` panels, with AVX-512F present.
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn avx512_one_column<const G: usize, const PREFETCH: bool>(blk: &Block) {
+        // SAFETY: forwarded from the caller.
+        unsafe {
+            if blk.height > (G - 1) * 32 + 16 {
+                one_column::<G, PREFETCH, true>(blk)
+            } else {
+                one_column::<G, PREFETCH, false>(blk)
+            }
+        }
+    }
+
+    /// `avx512_one_column` with or without the last panel's upper 16 rows (see
+    /// `of_width`).
+    ///
+    /// # Safety
+    /// As `avx512_one_column`; without `LAST_UPPER`, the last panel has at most 16
+    /// valid rows.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn one_column<const G: usize, const PREFETCH: bool, const LAST_UPPER: bool>(
+        blk: &Block,
+    ) {
         let mut even = [[_mm512_setzero_ps(); 2]; G];
         let mut odd = [[_mm512_setzero_ps(); 2]; G];
         let panel_len = 32 * blk.k;
@@ -847,7 +902,9 @@ mod x86 {
                         );
                     }
                     pair[0] = _mm512_fmadd_ps(_mm512_loadu_ps(a), x, pair[0]);
-                    pair[1] = _mm512_fmadd_ps(_mm512_loadu_ps(a.add(16)), x, pair[1]);
+                    if LAST_UPPER || g + 1 < G {
+                        pair[1] = _mm512_fmadd_ps(_mm512_loadu_ps(a.add(16)), x, pair[1]);
+                    }
                 }
             };
             let mut p = 0;
@@ -1116,6 +1173,9 @@ mod tests {
             (200, 9, 1),
             (129, 33, 1),
             (300, 2, 1),
+            (180, 20, 1),
+            (50, 9, 3),
+            (120, 11, 5),
             (33, 7, 9),
             (16, 20, 6),
             (64, 3, 17),
@@ -1166,6 +1226,7 @@ mod tests {
             for &(m, k, n) in &[
                 (1, 1, 1),
                 (33, 300, 9),
+                (50, 130, 5),
                 (64, 129, 17),
                 (5, 256, 3),
                 (40, 128, 8),
