@@ -67,6 +67,7 @@ extern crate self as rnn_runtime;
 mod cell;
 pub mod cells;
 pub mod checkpoint;
+mod copies;
 pub mod data;
 mod error;
 pub mod gradcheck;

@@ -9,6 +9,8 @@
 //! f64, the tape keeps the general GEMM: this module only speeds up f32.
 
 use std::any::TypeId;
+
+use crate::copies::copy_run;
 use std::ops::Range;
 
 /// The instruction set a weight was packed for; its panel height follows from it.
@@ -74,28 +76,6 @@ pub(crate) fn as_f32_mut<T: 'static>(values: &mut [T]) -> Option<&mut [f32]> {
 /// Whether products with `T` go through packed weights on this processor.
 pub(crate) fn available<T: 'static>() -> bool {
     TypeId::of::<T>() == TypeId::of::<f32>() && Isa::detect().is_some()
-}
-
-/// `dst.copy_from_slice(src)`, with the runs of whole panels (16 or 32 values) as
-/// copies of a constant length, which compile to a few vector moves: `memcpy` calls
-/// for each 128-byte run took 1.8% of the tiny LSTM's time.
-///
-/// # Panics
-/// When the lengths differ (a bug of the caller's).
-#[inline(always)]
-fn copy_run(dst: &mut [f32], src: &[f32]) {
-    fn fixed<const N: usize>(dst: &mut [f32], src: &[f32]) -> bool {
-        match (<&mut [f32; N]>::try_from(dst), <&[f32; N]>::try_from(src)) {
-            (Ok(d), Ok(s)) => {
-                *d = *s;
-                true
-            }
-            _ => false,
-        }
-    }
-    if !fixed::<32>(dst, src) && !fixed::<16>(dst, src) {
-        dst.copy_from_slice(src);
-    }
 }
 
 /// f32 storage whose values start on a 64-byte boundary. A 64-byte load that
@@ -582,7 +562,10 @@ impl AlignedColumns {
             let padded = rows.next_multiple_of(LINE);
             let mut storage = LineAligned::new(storage, padded * cols);
             for k in 0..cols {
-                storage[k * padded..][..rows].copy_from_slice(&values[k * ld..][..rows]);
+                copy_run(
+                    &mut storage[k * padded..][..rows],
+                    &values[k * ld..][..rows],
+                );
             }
             return Some(AlignedColumns {
                 rows,

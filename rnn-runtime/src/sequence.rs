@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use nalgebra::DMatrix;
 
+use crate::copies::copy_run;
 use crate::tape::WeightPacks;
 use crate::threads::each_in_parallel;
 use crate::{ensure, Cell, Parameters, Result, Scalar, Tape};
@@ -434,7 +435,10 @@ fn unroll<T: Scalar, C: Cell<T>>(
         }
         cell.step_forward(&mut tape, off, n);
         let now = &tape.buffer(roles.state[out])[..out_rows * n];
-        output.as_mut_slice()[off * out_rows..(off + n) * out_rows].copy_from_slice(now);
+        copy_run(
+            &mut output.as_mut_slice()[off * out_rows..(off + n) * out_rows],
+            now,
+        );
     }
     let final_states = (0..spec.states.len())
         .map(|k| DMatrix::from_column_slice(cell.state_size(k), batch, tape.buffer(roles.state[k])))

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, OnceLock};
 
 use crate::cell::{BufferCols, BufferSpec};
+use crate::copies::copy_run;
 use crate::packed::{self, AlignedColumns, PackedMatrix};
 use crate::scalar::{gemm, Strided};
 use crate::Scalar;
@@ -398,7 +399,7 @@ impl<T: Scalar> Tape<T> {
                     .bufs
                     .get_disjoint_mut([src.0, dst.0])
                     .expect("distinct buffers");
-                b[to..to + rows].copy_from_slice(&a[from..from + rows]);
+                copy_run(&mut b[to..to + rows], &a[from..from + rows]);
             }
         }
     }
@@ -435,7 +436,10 @@ impl<T: Scalar> Tape<T> {
         for c in 0..cols {
             let from = (col_start + c) * param_rows;
             let to = c * ld + row;
-            self.bufs[stack][to..to + param_rows].copy_from_slice(&param[from..from + param_rows]);
+            copy_run(
+                &mut self.bufs[stack][to..to + param_rows],
+                &param[from..from + param_rows],
+            );
         }
     }
 
