@@ -217,14 +217,7 @@ impl PackedMatrix {
                     copy_run(&mut column[..height], &values[start..start + height]);
                 }
             } else {
-                // A transpose: read each source row in order, and scatter it into the
-                // panel (which sits in L1), rather than stride through the whole source.
-                for r in 0..height {
-                    let row = (first + r) * row_stride;
-                    for k in 0..cols {
-                        panel[k * mr + r] = values[row + k * col_stride];
-                    }
-                }
+                transpose_into_panel(values, (row_stride, col_stride), first, height, panel, mr);
             }
         }
         PackedMatrix {
@@ -442,6 +435,65 @@ impl PackedMatrix {
                 }
             }
             first += count;
+        }
+    }
+}
+
+/// Rows `first..first + height` of the matrix whose element (i, k) is
+/// `values[i * row_stride + k * col_stride]`, into `panel` (`mr` values per packed
+/// column): a transpose when the source's rows are its runs (`col_stride` 1, a
+/// weight read as its transpose), done in 8 × 8 blocks in AVX registers. Element by
+/// element, with a bounds check each, the two transposed 35 × 35 weights of the tiny
+/// MGU took 7% of its time.
+///
+/// # Panics
+/// When an element lies outside `values` (a bug of the caller's).
+fn transpose_into_panel(
+    values: &[f32],
+    (row_stride, col_stride): (usize, usize),
+    first: usize,
+    height: usize,
+    panel: &mut [f32],
+    mr: usize,
+) {
+    let cols = panel.len() / mr;
+    if height == 0 || cols == 0 {
+        return;
+    }
+    assert!(
+        (first + height - 1) * row_stride + (cols - 1) * col_stride < values.len(),
+        "pack: the matrix reaches past its values"
+    );
+    let mut done = (0, 0);
+    #[cfg(target_arch = "x86_64")]
+    if col_stride == 1 && std::arch::is_x86_feature_detected!("avx") {
+        let (whole_rows, whole_cols) = (height / 8 * 8, cols / 8 * 8);
+        for r0 in (0..whole_rows).step_by(8) {
+            for k0 in (0..whole_cols).step_by(8) {
+                // SAFETY: the block reads values[(first + r0 + i) * row_stride + k0..][..8]
+                // and writes panel[(k0 + i) * mr + r0..][..8] for i < 8: inside the
+                // assertion's bound and the panel (r0 + 8 <= height <= mr); AVX is
+                // present.
+                unsafe {
+                    x86::transpose8(
+                        values.as_ptr().add((first + r0) * row_stride + k0),
+                        row_stride,
+                        panel.as_mut_ptr().add(k0 * mr + r0),
+                        mr,
+                    );
+                }
+            }
+        }
+        done = (whole_rows, whole_cols);
+    }
+    // What the blocks left: the last columns of the rows they covered, and every
+    // column of the last rows; each source row read in order, scattered into the panel
+    // (which sits in L1).
+    for r in 0..height {
+        let from = if r < done.0 { done.1 } else { 0 };
+        let row = (first + r) * row_stride;
+        for k in from..cols {
+            panel[k * mr + r] = values[row + k * col_stride];
         }
     }
 }
