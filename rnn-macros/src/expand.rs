@@ -689,6 +689,11 @@ fn fused_loop(
                 #(#grad_idents: &mut [T],)*
             ) {
                 const __CHUNK: usize = 16;
+                // Every slice cut to `__rows` once here, so that LLVM knows the chunks'
+                // windows below are in bounds and drops their checks.
+                #(let #block_args = &#mutability #block_args[..__rows];)*
+                #(let #vec_params_idents = &#vec_params_idents[..__rows];)*
+                #(let #grad_idents = &mut #grad_idents[..__rows];)*
                 let mut __at = 0;
                 while __at < __rows {
                     #last_chunk_again
