@@ -493,9 +493,10 @@ impl<'a> Scheduler<'a> {
     }
 
     /// Where a bridge's source is already kept for every step, if it is: the bridge
-    /// reads it there rather than from a copy. The LSTM's stacked dz is both the
+    /// reads it there rather than from a copy. An Elman RNN's dz is both the
     /// recurrent product's gradient, kept for its weight gradient, and (bridged) the
-    /// hoisted input projection's; the loop stored it twice.
+    /// hoisted input projection's; the loop stored it twice. (Stacked gates go through
+    /// `stored_twin`.)
     fn stored_bridge_source(&self, id: NodeId) -> Option<Loc> {
         let Op::Bridge(src) = *self.op(id) else {
             return None;
@@ -505,7 +506,7 @@ impl<'a> Scheduler<'a> {
     }
 
     /// The stores that would copy a value onto itself: bridges that read their source
-    /// where it is (`stored_bridge_source`).
+    /// where it is (`stored_bridge_source`, `stored_twin`).
     fn drop_stores_in_place(&mut self) {
         let loc = &self.loc;
         self.roots.retain(|(_, value, target)| match target {

@@ -94,8 +94,8 @@ fn exp_f32(x: f32) -> f32 {
 
 /// tanh in f32 as a rational function of x (Eigen's `ptanh_float`): odd polynomials
 /// of degree 13 over 6, relative error ~4e-7, no `exp`, one division. Beyond ±7.9
-/// tanh lies within 3e-7 of ±1, and the clamp keeps it there (never past ±1). It took half the time
-/// of tanh built from `exp_f32` with a Taylor branch near 0.
+/// tanh lies within 3e-7 of ±1, and the clamp keeps it there (never past ±1). It took
+/// half the time of tanh built from `exp_f32` with a Taylor branch near 0.
 #[inline(always)]
 fn tanh_f32(x: f32) -> f32 {
     let x = x.clamp(-7.905_311, 7.905_311);
