@@ -441,10 +441,10 @@ impl PackedMatrix {
 
 /// Rows `first..first + height` of the matrix whose element (i, k) is
 /// `values[i * row_stride + k * col_stride]`, into `panel` (`mr` values per packed
-/// column): a transpose when the source's rows are its runs (`col_stride` 1, a
-/// weight read as its transpose), done in 8 × 8 blocks in AVX registers. Element by
-/// element, with a bounds check each, the two transposed 35 × 35 weights of the tiny
-/// MGU took 7% of its time.
+/// column). When the source's rows are its runs (`col_stride` 1, a weight read as its
+/// transpose) that is a transpose of runs (`transpose_runs`, in 8 × 8 AVX blocks):
+/// element by element, with a bounds check each, the two transposed 35 × 35 weights of
+/// the tiny MGU took 7% of its time.
 ///
 /// # Panics
 /// When an element lies outside `values` (a bug of the caller's).
@@ -457,42 +457,20 @@ fn transpose_into_panel(
     mr: usize,
 ) {
     let cols = panel.len() / mr;
-    if height == 0 || cols == 0 {
-        return;
+    if col_stride == 1 {
+        // Run r (source row first + r) holds the panel's row r of every packed column.
+        return transpose_runs(
+            values,
+            (row_stride, first * row_stride),
+            (cols, height),
+            panel,
+            mr,
+        );
     }
-    assert!(
-        (first + height - 1) * row_stride + (cols - 1) * col_stride < values.len(),
-        "pack: the matrix reaches past its values"
-    );
-    let mut done = (0, 0);
-    #[cfg(target_arch = "x86_64")]
-    if col_stride == 1 && std::arch::is_x86_feature_detected!("avx") {
-        let (whole_rows, whole_cols) = (height / 8 * 8, cols / 8 * 8);
-        for r0 in (0..whole_rows).step_by(8) {
-            for k0 in (0..whole_cols).step_by(8) {
-                // SAFETY: the block reads values[(first + r0 + i) * row_stride + k0..][..8]
-                // and writes panel[(k0 + i) * mr + r0..][..8] for i < 8: inside the
-                // assertion's bound and the panel (r0 + 8 <= height <= mr); AVX is
-                // present.
-                unsafe {
-                    x86::transpose8(
-                        values.as_ptr().add((first + r0) * row_stride + k0),
-                        row_stride,
-                        panel.as_mut_ptr().add(k0 * mr + r0),
-                        mr,
-                    );
-                }
-            }
-        }
-        done = (whole_rows, whole_cols);
-    }
-    // What the blocks left: the last columns of the rows they covered, and every
-    // column of the last rows; each source row read in order, scattered into the panel
-    // (which sits in L1).
+    // Each source row read in order, scattered into the panel (which sits in L1).
     for r in 0..height {
-        let from = if r < done.0 { done.1 } else { 0 };
         let row = (first + r) * row_stride;
-        for k in from..cols {
+        for k in 0..cols {
             panel[k * mr + r] = values[row + k * col_stride];
         }
     }
@@ -514,11 +492,28 @@ pub(crate) fn transpose_rows(
     columns: usize,
     out: &mut [f32],
 ) {
+    transpose_runs(values, (ld, row), (rows, columns), out, columns);
+}
+
+/// `out[j * out_ld + k] = values[k * ld + row + j]` for `j < rows`, `k < columns`:
+/// `transpose_rows` into rows `out_ld` apart (a packed panel's, for `pack_for_into`).
+///
+/// # Panics
+/// As `transpose_rows`.
+fn transpose_runs(
+    values: &[f32],
+    (ld, row): (usize, usize),
+    (rows, columns): (usize, usize),
+    out: &mut [f32],
+    out_ld: usize,
+) {
     if rows == 0 || columns == 0 {
         return;
     }
     assert!(
-        (columns - 1) * ld + row + rows <= values.len() && rows * columns <= out.len(),
+        columns <= out_ld
+            && (columns - 1) * ld + row + rows <= values.len()
+            && (rows - 1) * out_ld + columns <= out.len(),
         "transpose: operands out of bounds"
     );
     let (whole_rows, whole_columns) = (rows / 8 * 8, columns / 8 * 8);
@@ -528,14 +523,14 @@ pub(crate) fn transpose_rows(
         for k0 in (0..whole_columns).step_by(8) {
             for j0 in (0..whole_rows).step_by(8) {
                 // SAFETY: the block reads values[(k0 + i) * ld + row + j0..][..8] and
-                // writes out[(j0 + i) * columns + k0..][..8] for i < 8, in bounds by
+                // writes out[(j0 + i) * out_ld + k0..][..8] for i < 8, in bounds by
                 // the assertion above; AVX is present.
                 unsafe {
                     x86::transpose8(
                         values.as_ptr().add(k0 * ld + row + j0),
                         ld,
-                        out.as_mut_ptr().add(j0 * columns + k0),
-                        columns,
+                        out.as_mut_ptr().add(j0 * out_ld + k0),
+                        out_ld,
                     );
                 }
             }
@@ -548,7 +543,7 @@ pub(crate) fn transpose_rows(
         let first = if k < done.1 { done.0 } else { 0 };
         let column = &values[k * ld + row..];
         for j in first..rows {
-            out[j * columns + k] = column[j];
+            out[j * out_ld + k] = column[j];
         }
     }
 }
@@ -967,9 +962,10 @@ mod x86 {
         }
     }
 
-    /// `transposed_times_column`'s kernel: eight columns at a time, each accumulating
-    /// 16 rows per multiply-add (the last rows masked), then the eight sums reduced
-    /// together. Past the last column, the block re-reads that column and drops the sums.
+    /// `transposed_times_column`'s kernel: eight columns at a time (the last four or
+    /// fewer in a block of four), each accumulating 16 rows per multiply-add (the last
+    /// rows masked), then the block's sums reduced together. Past the last column, a
+    /// block re-reads that column and drops the sums.
     ///
     /// # Safety
     /// `a` holds `cols` columns `ld` apart of `rows` values each, `x` `rows` values,
@@ -987,30 +983,23 @@ mod x86 {
             // SAFETY: each column read is one of the `cols` columns; reads stop at `rows`;
             // the block writes `width` values of `out` from `first`.
             unsafe {
-                if width <= 4 {
-                    // The last columns: a block of four does half the work of eight.
-                    let column = std::array::from_fn(|j| a.add((first + j).min(cols - 1) * ld));
-                    let mut lanes = [0.0f32; 4];
-                    _mm_storeu_ps(
-                        lanes.as_mut_ptr(),
-                        sum_each4(dot_block::<4>(column, rows, x)),
-                    );
-                    for (j, &lane) in lanes[..width].iter().enumerate() {
-                        *out.add(first + j) = lane;
-                    }
+                let column = |j: usize| a.add((first + j).min(cols - 1) * ld);
+                if width == 8 {
+                    let sums = sum_each(dot_block(std::array::from_fn(column), rows, x));
+                    _mm256_storeu_ps(out.add(first), sums);
                     continue;
                 }
-                let column = std::array::from_fn(|j| a.add((first + j).min(cols - 1) * ld));
-                let sums = sum_each(dot_block::<8>(column, rows, x));
-                if width == 8 {
-                    _mm256_storeu_ps(out.add(first), sums);
+                // Lane by lane: a `memcpy` of the few lanes was a call per block.
+                let mut lanes = [0.0f32; 8];
+                if width <= 4 {
+                    let sums = sum_each4(dot_block(std::array::from_fn(column), rows, x));
+                    _mm_storeu_ps(lanes.as_mut_ptr(), sums);
                 } else {
-                    // Lane by lane: a `memcpy` of the few lanes was a call per block.
-                    let mut lanes = [0.0f32; 8];
+                    let sums = sum_each(dot_block(std::array::from_fn(column), rows, x));
                     _mm256_storeu_ps(lanes.as_mut_ptr(), sums);
-                    for (j, &lane) in lanes[..width].iter().enumerate() {
-                        *out.add(first + j) = lane;
-                    }
+                }
+                for (j, &lane) in lanes[..width].iter().enumerate() {
+                    *out.add(first + j) = lane;
                 }
             }
         }
