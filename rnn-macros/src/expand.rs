@@ -512,26 +512,15 @@ fn fused_loop(
         _ => {}
     };
     for stmt in &kernel.body {
+        for operand in stmt.operands() {
+            note(operand, &mut bufs);
+        }
         match stmt {
-            KStmt::Let { op, .. } => match op {
-                KOp::Call(_, a) | KOp::Deriv(_, a) | KOp::Neg(a) => note(a, &mut bufs),
-                KOp::Bin(_, a, b) => {
-                    note(a, &mut bufs);
-                    note(b, &mut bufs);
-                }
-            },
-            KStmt::Store { value, dst } => {
-                note(value, &mut bufs);
-                if !bufs.contains(&dst.buf) {
-                    bufs.push(dst.buf);
-                }
+            KStmt::Store { dst, .. } if !bufs.contains(&dst.buf) => bufs.push(dst.buf),
+            KStmt::Accumulate { param, .. } if !grad_params.contains(param) => {
+                grad_params.push(*param)
             }
-            KStmt::Accumulate { param, value } => {
-                note(value, &mut bufs);
-                if !grad_params.contains(param) {
-                    grad_params.push(*param);
-                }
-            }
+            _ => {}
         }
     }
     // Every access is to a block of `rows` values of one column of one buffer, at a

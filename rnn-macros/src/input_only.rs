@@ -9,7 +9,7 @@
 //! gradient, and every buffer it writes is an input's gradient or is read only by
 //! stages that are skipped too.
 
-use crate::plan::{KOp, KStmt, Operand, Plan, Stage};
+use crate::plan::{KStmt, Operand, Plan, Stage};
 
 /// Per stage of `plan.finish`, whether it serves only the inputs' gradients.
 pub fn finish_input_only(plan: &Plan) -> Vec<bool> {
@@ -94,13 +94,7 @@ fn reads(stage: &Stage) -> Vec<usize> {
         Stage::Kernel(kernel) => kernel
             .body
             .iter()
-            .flat_map(|s| match s {
-                KStmt::Let { op, .. } => match op {
-                    KOp::Call(_, a) | KOp::Deriv(_, a) | KOp::Neg(a) => vec![a],
-                    KOp::Bin(_, a, b) => vec![a, b],
-                },
-                KStmt::Store { value, .. } | KStmt::Accumulate { value, .. } => vec![value],
-            })
+            .flat_map(KStmt::operands)
             .filter_map(load)
             .collect(),
     }

@@ -111,18 +111,12 @@ impl Kernel {
         let mut loads: Vec<&Loc> = Vec::new();
         let mut stores: Vec<&Loc> = Vec::new();
         for stmt in &self.body {
-            let operands = match stmt {
-                KStmt::Let { op, .. } => match op {
-                    KOp::Call(_, a) | KOp::Deriv(_, a) | KOp::Neg(a) => vec![a],
-                    KOp::Bin(_, a, b) => vec![a, b],
-                },
-                KStmt::Store { value, dst } => {
-                    stores.push(dst);
-                    vec![value]
-                }
+            match stmt {
+                KStmt::Store { dst, .. } => stores.push(dst),
                 KStmt::Accumulate { .. } => return false,
-            };
-            loads.extend(operands.into_iter().filter_map(|o| match o {
+                KStmt::Let { .. } => {}
+            }
+            loads.extend(stmt.operands().into_iter().filter_map(|o| match o {
                 Operand::Load(l) => Some(l),
                 _ => None,
             }));
@@ -166,6 +160,19 @@ pub enum KStmt {
         param: usize,
         value: Operand,
     },
+}
+
+impl KStmt {
+    /// The operands the statement reads, in order.
+    pub fn operands(&self) -> Vec<&Operand> {
+        match self {
+            KStmt::Let { op, .. } => match op {
+                KOp::Call(_, a) | KOp::Deriv(_, a) | KOp::Neg(a) => vec![a],
+                KOp::Bin(_, a, b) => vec![a, b],
+            },
+            KStmt::Store { value, .. } | KStmt::Accumulate { value, .. } => vec![value],
+        }
+    }
 }
 
 /// After the loop: the parameter blocks that one product stacks (each its gates' rows
