@@ -135,8 +135,9 @@ proptest! {
 
 mod wide {
     //! Hidden sizes past the fused loops' chunk of 16 rows, whole and partial: the last
-    //! rows short of a chunk run again as the chunk that ends with them where the loop
-    //! allows it, and one by one where it accumulates.
+    //! rows short of a chunk run as a half chunk of 8 or again as the chunk that ends
+    //! with them where the loop allows it, and as a half chunk and one by one where it
+    //! accumulates.
     use super::*;
 
     fn wide_layout() -> impl Strategy<Value = Layout> {
@@ -146,6 +147,17 @@ mod wide {
             hidden,
             proptest::collection::vec(1usize..=3, 1..=2),
         )
+    }
+
+    /// The sizes at which a column's rows split into chunks of 16, half chunks of 8
+    /// and the rest in each way there is: where the bias gradients accumulate, a row
+    /// added twice or never would be off.
+    #[test]
+    fn every_split_of_the_rows() {
+        for hidden in [8, 9, 12, 15, 16, 17, 23, 24, 25, 33, 40] {
+            check::<LstmCell<f64>>(&[2, hidden], &[3, 2], false, hidden as u64).unwrap();
+            check::<GruCell<f64>>(&[2, hidden], &[3, 2], true, hidden as u64).unwrap();
+        }
     }
 
     proptest! {

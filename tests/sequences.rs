@@ -1,6 +1,6 @@
 //! Unrolling semantics: directions, variable lengths, and errors instead of panics.
 
-use rnn_runtime::nalgebra::DMatrix;
+use rnn_runtime::nalgebra::{DMatrix, DVector};
 use rnn_runtime::prelude::*;
 use rnn_runtime::{BufferSpec, ParamMut, ParamRef, SequenceGrads, Tape};
 
@@ -314,6 +314,77 @@ fn f32_matches_f64(hidden: usize, lengths: &[usize]) {
                 "hidden {hidden}, batch {batch}, {direction:?}: {what} off by {error:e}"
             );
         }
+    }
+}
+
+/// The LSTM's equations, written out with nalgebra, one step at a time.
+fn plain_lstm(
+    cell: &LstmCell<f64>,
+    x: &DMatrix<f64>,
+    batch: usize,
+) -> (DMatrix<f64>, DMatrix<f64>) {
+    let hidden = cell.W_hi.nrows();
+    let sigmoid = |m: DMatrix<f64>| m.map(|v| 1.0 / (1.0 + (-v).exp()));
+    let gate = |w: &DMatrix<f64>,
+                b_x: &DVector<f64>,
+                u: &DMatrix<f64>,
+                b_h: &DVector<f64>,
+                x: &DMatrix<f64>,
+                h: &DMatrix<f64>| {
+        let mut z = w * x + u * h;
+        for mut column in z.column_iter_mut() {
+            column += b_x + b_h;
+        }
+        z
+    };
+    let (mut h, mut c) = (DMatrix::zeros(hidden, batch), DMatrix::zeros(hidden, batch));
+    let mut output = DMatrix::zeros(hidden, x.ncols());
+    for t in 0..x.ncols() / batch {
+        let x_t = step_columns(x, batch, t);
+        let i = sigmoid(gate(
+            &cell.W_ii, &cell.b_ii, &cell.W_hi, &cell.b_hi, &x_t, &h,
+        ));
+        let f = sigmoid(gate(
+            &cell.W_if, &cell.b_if, &cell.W_hf, &cell.b_hf, &x_t, &h,
+        ));
+        let g = gate(&cell.W_ig, &cell.b_ig, &cell.W_hg, &cell.b_hg, &x_t, &h).map(f64::tanh);
+        let o = sigmoid(gate(
+            &cell.W_io, &cell.b_io, &cell.W_ho, &cell.b_ho, &x_t, &h,
+        ));
+        c = f.component_mul(&c) + i.component_mul(&g);
+        h = o.component_mul(&c.map(f64::tanh));
+        output.columns_mut(t * batch, batch).copy_from(&h);
+    }
+    (output, c)
+}
+
+/// The fused loops run a column's rows in chunks of 16, half chunks of 8 and the
+/// rest, the last chunk again where the loop allows it: at every hidden size up to
+/// 40 each row is computed, once, as the equations say.
+#[test]
+fn fused_loops_cover_every_row_at_every_hidden_size() {
+    let (input, batch, steps) = (3, 2, 4);
+    for hidden in 1..=40 {
+        let mut rng = Rng::seed(hidden as u64);
+        let cell: LstmCell<f64> = LstmCell::new(input, hidden, &mut rng);
+        let x = random(input, batch * steps, &mut rng);
+        let run = forward(
+            &cell,
+            &Steps::full(steps, batch).unwrap(),
+            &[&x],
+            None,
+            Direction::Forward,
+        )
+        .unwrap();
+        let (output, c) = plain_lstm(&cell, &x, batch);
+        assert!(
+            (&run.output - &output).amax() < 1e-6,
+            "hidden {hidden}: output"
+        );
+        assert!(
+            (&run.final_states[1] - &c).amax() < 1e-6,
+            "hidden {hidden}: c"
+        );
     }
 }
 
