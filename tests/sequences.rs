@@ -38,15 +38,24 @@ fn reverse_equals_forward_over_the_reversed_sequence() {
     assert!((&back.final_states[1] - &fwd.final_states[1]).abs().max() < 1e-12);
 }
 
+/// A batch of 3 unrolls as one part; of 11, as two (sharing the threads out), each
+/// writing its outputs into its own columns of the batch's, at steps where the second
+/// part has fewer sequences or none.
 #[test]
 fn each_sequence_of_a_variable_length_batch_runs_as_if_alone() {
+    rnn_runtime::set_threads(2).unwrap();
+    let three = Steps::from_sorted_lengths(&[4, 3, 1]).unwrap();
+    assert_eq!(three.batch_sizes(), &[3, 2, 2, 1]);
+    runs_as_if_alone(&[4, 3, 1]);
+    runs_as_if_alone(&[7, 6, 6, 5, 4, 4, 3, 2, 2, 1, 1]);
+}
+
+fn runs_as_if_alone(lengths: &[usize]) {
     let mut rng = Rng::seed(2);
     let cell: GruCell<f64> = GruCell::new(2, 3, &mut rng);
-    let lengths = [4, 3, 1];
-    let steps = Steps::from_sorted_lengths(&lengths).unwrap();
-    assert_eq!(steps.batch_sizes(), &[3, 2, 2, 1]);
+    let steps = Steps::from_sorted_lengths(lengths).unwrap();
     let x = random(2, steps.columns(), &mut rng);
-    let h0 = random(3, 3, &mut rng);
+    let h0 = random(3, lengths.len(), &mut rng);
     for direction in [Direction::Forward, Direction::Reverse] {
         let batch = forward(
             &cell,
@@ -476,6 +485,17 @@ fn leftover_buffers_change_nothing<C: Cell<f32>>(dims: &[usize]) {
                 "`{}` {direction:?} (initial states: {}): a reused buffer changed the result",
                 C::SPEC.name,
                 initial.is_some()
+            );
+            // With the pooled buffers freed, the next pass starts on fresh memory.
+            rnn_runtime::release_pooled_buffers();
+            let fresh = run_values(&cell, &steps, &x, initial, &d_out, direction);
+            assert!(
+                before
+                    .iter()
+                    .zip(&fresh)
+                    .all(|(a, b)| a.to_bits() == b.to_bits()),
+                "`{}` {direction:?}: a pass after `release_pooled_buffers` differs",
+                C::SPEC.name
             );
         }
     }

@@ -127,24 +127,44 @@ fn pack_pool() -> std::sync::MutexGuard<'static, BufferPool<f32>> {
 #[doc(hidden)]
 pub struct BufferPool<T> {
     free: BTreeMap<usize, Vec<Vec<T>>>,
+    /// Values in `free`.
     held: usize,
+    /// Values taken and not yet given back, and the most there ever were.
+    out: usize,
+    peak_out: usize,
+    /// The values the pool keeps at least room for (`POOL_FLOOR`).
+    floor: usize,
 }
 
-/// The pool keeps at most this many values (512 MiB of f32); beyond, buffers are freed.
-const POOL_LIMIT: usize = 1 << 27;
+/// The pool keeps up to this many values (512 MiB of f32), or as many as the passes
+/// ever had in use at once if that is more: a pool that holds less than one pass's
+/// buffers frees some at the end of every pass and faults them in again in the next
+/// (the large peephole LSTM's tapes hold 131 M values, and with a fixed limit of
+/// 128 M, 10% of its time went to clearing fresh pages). Beyond, buffers are freed;
+/// `release_pooled_buffers` frees them all.
+const POOL_FLOOR: usize = 1 << 27;
 
 impl<T: Scalar> BufferPool<T> {
     /// An empty pool.
     pub const fn new() -> BufferPool<T> {
+        BufferPool::with_floor(POOL_FLOOR)
+    }
+
+    const fn with_floor(floor: usize) -> BufferPool<T> {
         BufferPool {
             free: BTreeMap::new(),
             held: 0,
+            out: 0,
+            peak_out: 0,
+            floor,
         }
     }
 
     /// A buffer of `len` values, reused when one of that length is free. It is zeroed
     /// when `zeroed`; otherwise a reused one holds a finished tape's values.
     fn take(&mut self, len: usize, zeroed: bool) -> Vec<T> {
+        self.out += len;
+        self.peak_out = self.peak_out.max(self.out);
         match self.free.get_mut(&len).and_then(Vec::pop) {
             Some(mut buffer) => {
                 self.held -= len;
@@ -160,11 +180,34 @@ impl<T: Scalar> BufferPool<T> {
     /// Keeps `buffer` for reuse, if the pool has room.
     fn give(&mut self, buffer: Vec<T>) {
         let len = buffer.len();
-        if len > 0 && self.held + len <= POOL_LIMIT {
+        // (Saturating: a few buffers given back were not taken from the pool.)
+        self.out = self.out.saturating_sub(len);
+        if len > 0 && self.held + len <= self.floor.max(self.peak_out) {
             self.held += len;
             self.free.entry(len).or_default().push(buffer);
         }
     }
+
+    /// Frees every buffer the pool keeps.
+    fn release(&mut self) {
+        self.free.clear();
+        self.held = 0;
+    }
+}
+
+/// Frees the buffers that finished passes left for the next ones to reuse (see
+/// `BufferPool`): memory that a program done with training wants back. Passes after
+/// it allocate afresh, and run as fast as before once they have.
+pub fn release_pooled_buffers() {
+    f32::buffer_pool()
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .release();
+    f64::buffer_pool()
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .release();
+    pack_pool().release();
 }
 
 /// The pool of `T`'s buffers; a poisoned lock (a panic elsewhere) still guards a
@@ -572,5 +615,36 @@ impl<T: Scalar> Tape<T> {
         let panels = pack_pooled(&values[dz.1..], rows, self.columns, strides);
         self.packed_dz.push((key, panels));
         self.packed_dz.len() - 1
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A pass that had more values in use at once than the floor gets all its buffers
+    /// back the next time; beyond what was ever in use, buffers are freed.
+    #[test]
+    fn the_pool_keeps_a_whole_pass_beyond_its_floor() {
+        let mut pool = BufferPool::<f32>::with_floor(100);
+        let (a, b) = (pool.take(80, false), pool.take(80, false));
+        let (a_at, b_at) = (a.as_ptr(), b.as_ptr());
+        pool.give(a);
+        pool.give(b);
+        assert_eq!(pool.held, 160, "both buffers of the 160-value pass kept");
+        let again = [pool.take(80, true), pool.take(80, true)];
+        let reused: Vec<_> = again.iter().map(|v| v.as_ptr()).collect();
+        assert!(reused.contains(&a_at) && reused.contains(&b_at));
+        assert!(again.iter().all(|v| v.iter().all(|&x| x == 0.0)));
+        assert_eq!(pool.held, 0);
+        for buffer in again {
+            pool.give(buffer);
+        }
+        // Never more than 160 values were out at once: a third buffer is freed.
+        pool.give(vec![1.0; 80]);
+        assert_eq!(pool.held, 160);
+        pool.release();
+        assert_eq!(pool.held, 0);
+        assert!(pool.free.values().all(Vec::is_empty));
     }
 }
