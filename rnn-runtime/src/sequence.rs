@@ -384,8 +384,8 @@ impl Shard {
 /// A per-column matrix of the whole batch (`rows` values a column) cut into each
 /// shard's columns of each step: element `s` holds shard `s`'s, one slice per step of
 /// its own. The shards write their outputs there, rather than into matrices of their
-/// own copied into the batch's afterwards: for the large LSTM those were 52 MB of
-/// fresh memory and a 26 MB copy per forward pass.
+/// own copied into the batch's afterwards: for the large LSTM those were 26 MB of
+/// fresh memory (two shards' 13 MB) and a 26 MB copy per forward pass.
 fn split_by_shard<'a, T>(
     steps: &Steps,
     shards: &[Shard],
