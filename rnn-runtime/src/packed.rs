@@ -985,31 +985,32 @@ mod x86 {
     pub(super) unsafe fn avx512_one_column<const G: usize, const PREFETCH: bool>(blk: &Block) {
         // SAFETY: forwarded from the caller.
         unsafe {
-            if blk.height > (G - 1) * 32 + 16 {
-                one_column::<G, PREFETCH, true>(blk)
-            } else {
-                one_column::<G, PREFETCH, false>(blk)
+            match blk.height - (G - 1) * 32 {
+                17.. => one_column::<G, PREFETCH, 32>(blk),
+                9..=16 => one_column::<G, PREFETCH, 16>(blk),
+                _ => one_column::<G, PREFETCH, 8>(blk),
             }
         }
     }
 
-    /// `avx512_one_column` with or without the last panel's upper 16 rows (see
-    /// `of_width`).
+    /// `avx512_one_column` with the last panel's rows in `LAST` lanes: 32 (two 16-lane
+    /// vectors), 16 (the upper half skipped, see `of_width`) or 8 (one 8-lane vector,
+    /// half the work of a 16-lane one here: the 3 rows that 35 leaves past a panel).
     ///
     /// # Safety
-    /// As `avx512_one_column`; without `LAST_UPPER`, the last panel has at most 16
-    /// valid rows.
+    /// As `avx512_one_column`; the last panel has at most `LAST` valid rows.
     #[target_feature(enable = "avx512f")]
-    unsafe fn one_column<const G: usize, const PREFETCH: bool, const LAST_UPPER: bool>(
-        blk: &Block,
-    ) {
+    unsafe fn one_column<const G: usize, const PREFETCH: bool, const LAST: usize>(blk: &Block) {
         let mut even = [[_mm512_setzero_ps(); 2]; G];
         let mut odd = [[_mm512_setzero_ps(); 2]; G];
+        // The last panel's 8 lanes, when `LAST` is 8.
+        let (mut even8, mut odd8) = (_mm256_setzero_ps(), _mm256_setzero_ps());
         let panel_len = 32 * blk.k;
         // SAFETY: every read is inside the G panels or the column of B.
         unsafe {
-            let column = |acc: &mut [[__m512; 2]; G], p: usize| {
-                let x = _mm512_set1_ps(*blk.b.add(p));
+            let column = |acc: &mut [[__m512; 2]; G], acc8: &mut __m256, p: usize| {
+                let value = *blk.b.add(p);
+                let x = _mm512_set1_ps(value);
                 for (g, pair) in acc.iter_mut().enumerate() {
                     let a = blk.a.add(g * panel_len + p * 32);
                     if PREFETCH {
@@ -1018,21 +1019,29 @@ mod x86 {
                             a.wrapping_add(PREFETCH_AHEAD + 16).cast::<i8>(),
                         );
                     }
+                    if LAST == 8 && g + 1 == G {
+                        *acc8 = _mm256_fmadd_ps(_mm256_loadu_ps(a), _mm256_set1_ps(value), *acc8);
+                        continue;
+                    }
                     pair[0] = _mm512_fmadd_ps(_mm512_loadu_ps(a), x, pair[0]);
-                    if LAST_UPPER || g + 1 < G {
+                    if LAST == 32 || g + 1 < G {
                         pair[1] = _mm512_fmadd_ps(_mm512_loadu_ps(a.add(16)), x, pair[1]);
                     }
                 }
             };
             let mut p = 0;
             while p + 1 < blk.k {
-                column(&mut even, p);
-                column(&mut odd, p + 1);
+                column(&mut even, &mut even8, p);
+                column(&mut odd, &mut odd8, p + 1);
                 p += 2;
             }
             if p < blk.k {
-                column(&mut even, p);
+                column(&mut even, &mut even8, p);
             }
+        }
+        if LAST == 8 {
+            // (The upper lanes of the widened sum are undefined, and masked off.)
+            even[G - 1][0] = _mm512_castps256_ps512(_mm256_add_ps(even8, odd8));
         }
         for g in 0..G {
             let rows = blk.height.saturating_sub(g * 32).min(32);
@@ -1336,6 +1345,8 @@ mod tests {
             (129, 33, 1),
             (300, 2, 1),
             (180, 20, 1),
+            (41, 10, 1),
+            (8, 4, 1),
             (50, 9, 3),
             (120, 11, 5),
             (33, 7, 9),
