@@ -1133,13 +1133,17 @@ mod x86 {
         acc
     }
 
+    /// The two 8-lane halves of `z` added: the first round of `sum_each`'s reductions.
+    #[target_feature(enable = "avx512f")]
+    fn halves_added(z: __m512) -> __m256 {
+        let high = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(z)));
+        _mm256_add_ps(_mm512_castps512_ps256(z), high)
+    }
+
     /// `sum_each` for four vectors.
     #[target_feature(enable = "avx512f")]
     fn sum_each4(v: [__m512; 4]) -> __m128 {
-        let halves = v.map(|z| {
-            let high = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(z)));
-            _mm256_add_ps(_mm512_castps512_ps256(z), high)
-        });
+        let halves = v.map(|z| halves_added(z));
         let h01 = _mm256_hadd_ps(halves[0], halves[1]);
         let h23 = _mm256_hadd_ps(halves[2], halves[3]);
         // Per 128-bit lane: one partial sum of each of v[0..4].
@@ -1155,10 +1159,7 @@ mod x86 {
     /// separate reductions).
     #[target_feature(enable = "avx512f")]
     fn sum_each(v: [__m512; 8]) -> __m256 {
-        let halves = v.map(|z| {
-            let high = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(z)));
-            _mm256_add_ps(_mm512_castps512_ps256(z), high)
-        });
+        let halves = v.map(|z| halves_added(z));
         // Per 128-bit lane: [a0+a1, a2+a3, b0+b1, b2+b3], and so on.
         let h01 = _mm256_hadd_ps(halves[0], halves[1]);
         let h23 = _mm256_hadd_ps(halves[2], halves[3]);
@@ -1363,7 +1364,7 @@ mod tests {
                 // Packed into storage a finished matrix left full of NaN: every value
                 // the kernels read is written.
                 let mr = isa.panel_rows();
-                let used = vec![f32::NAN; m.div_ceil(mr) * mr * k];
+                let used = vec![f32::NAN; LineAligned::storage_len(m.div_ceil(mr) * mr * k)];
                 let packed = PackedMatrix::pack_for_into(isa, used, &a, m, k, strides);
                 let (ldb, ldc) = (k + 3, m + 2);
                 let b = values(ldb * n + 5, 2);
@@ -1521,7 +1522,9 @@ mod tests {
                 let cols = 5;
                 let values = values(rows * cols, 9);
                 for strides in [(1, rows), (cols, 1)] {
-                    let storage = vec![f32::NAN; PackedMatrix::packed_len(rows, cols) + 64];
+                    // (Exactly the length the panels need, so that it is reused.)
+                    let len = LineAligned::storage_len(rows.div_ceil(mr) * mr * cols);
+                    let storage = vec![f32::NAN; len];
                     let packed =
                         PackedMatrix::pack_for_into(isa, storage, &values, rows, cols, strides);
                     for (at, &got) in packed.panels.iter().enumerate() {

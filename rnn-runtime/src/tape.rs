@@ -199,14 +199,8 @@ impl<T: Scalar> BufferPool<T> {
 /// `BufferPool`): memory that a program done with training wants back. Passes after
 /// it allocate afresh, and run as fast as before once they have.
 pub fn release_pooled_buffers() {
-    f32::buffer_pool()
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .release();
-    f64::buffer_pool()
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .release();
+    pool::<f32>().release();
+    pool::<f64>().release();
     pack_pool().release();
 }
 
