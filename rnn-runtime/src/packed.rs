@@ -46,6 +46,20 @@ impl Isa {
             Isa::Avx2 => 16,
         }
     }
+
+    /// The rows stored per packed column of the last panel of a `rows`-row matrix:
+    /// with AVX-512, the fewest of 8, 16 or 32 that hold its rows, so that the
+    /// kernels read one 8-lane, one 16-lane or two 16-lane vectors per column. A
+    /// last panel padded to 32 rows that the kernel reads 8 of spaces its reads 128
+    /// bytes apart, over half the L1 cache's sets: the notebooks' transposed LSTM
+    /// weight (35 × 140, 3 rows past a panel) then evicted itself at every step.
+    fn last_panel_rows(self, rows: usize) -> usize {
+        match (self, rows % self.panel_rows()) {
+            (Isa::Avx512, 1..=8) => 8,
+            (Isa::Avx512, 9..=16) => 16,
+            _ => self.panel_rows(),
+        }
+    }
 }
 
 /// Columns of the state handled per kernel call: 8 columns of a 32-row panel keep
@@ -131,12 +145,31 @@ impl std::ops::DerefMut for LineAligned {
 }
 
 /// A matrix (the weight, or its transpose) in panels of `isa.panel_rows()` rows: panel
-/// `p` holds rows `p·MR..p·MR + MR` column after column, the last panel padded with zeros.
+/// `p` holds rows `p·MR..p·MR + MR` column after column, the last panel
+/// `isa.last_panel_rows(rows)` values per column, padded with zeros.
 pub(crate) struct PackedMatrix {
     isa: Isa,
     rows: usize,
     cols: usize,
     panels: LineAligned,
+}
+
+/// The values that a `rows` × `cols` matrix's panels hold: whole panels, then the
+/// last one's rows (see `Isa::last_panel_rows`).
+fn panels_len(isa: Isa, rows: usize, cols: usize) -> usize {
+    match rows.div_ceil(isa.panel_rows()) {
+        0 => 0,
+        panels => ((panels - 1) * isa.panel_rows() + isa.last_panel_rows(rows)) * cols,
+    }
+}
+
+/// The values per packed column of panel `p` of a `rows`-row matrix.
+fn panel_stride(isa: Isa, rows: usize, p: usize) -> usize {
+    if p + 1 == rows.div_ceil(isa.panel_rows()) {
+        isa.last_panel_rows(rows)
+    } else {
+        isa.panel_rows()
+    }
 }
 
 impl PackedMatrix {
@@ -164,8 +197,7 @@ impl PackedMatrix {
     /// The number of values a matrix of this shape packs into.
     pub(crate) fn packed_len(rows: usize, cols: usize) -> usize {
         Isa::detect().map_or(0, |isa| {
-            let mr = isa.panel_rows();
-            LineAligned::storage_len(rows.div_ceil(mr) * mr * cols)
+            LineAligned::storage_len(panels_len(isa, rows, cols))
         })
     }
 
@@ -196,32 +228,38 @@ impl PackedMatrix {
         (row_stride, col_stride): (usize, usize),
     ) -> PackedMatrix {
         let mr = isa.panel_rows();
-        let panel_count = rows.div_ceil(mr);
-        let mut panels = LineAligned::new(storage, panel_count * mr * cols);
+        let mut panels = LineAligned::new(storage, panels_len(isa, rows, cols));
         // Every value is written below, the rows that pad the last panel as zeros (the
         // kernels read them, and mask them out of C).
-        // (With no columns there are no panels; `max` keeps the chunk size nonzero.)
-        for (p, panel) in panels.chunks_exact_mut(mr * cols.max(1)).enumerate() {
-            let first = p * mr;
-            let height = mr.min(rows - first);
+        for p in 0..rows.div_ceil(mr) {
+            let (first, stride) = (p * mr, panel_stride(isa, rows, p));
+            let height = stride.min(rows - first);
+            let panel = &mut panels[p * mr * cols..][..stride * cols];
             if row_stride == 1 {
                 // Column-major: each packed column is a run of the source.
-                for (k, column) in panel.chunks_exact_mut(mr).enumerate() {
+                for (k, column) in panel.chunks_exact_mut(stride).enumerate() {
                     let start = first + k * col_stride;
                     let run = &values[start..start + height];
-                    if height < mr {
+                    if height < stride {
                         copy_padded(isa, column, run);
                     } else {
                         copy_run(column, run);
                     }
                 }
             } else {
-                if height < mr {
-                    for column in panel.chunks_exact_mut(mr) {
+                if height < stride {
+                    for column in panel.chunks_exact_mut(stride) {
                         column[height..].fill(0.0);
                     }
                 }
-                transpose_into_panel(values, (row_stride, col_stride), first, height, panel, mr);
+                transpose_into_panel(
+                    values,
+                    (row_stride, col_stride),
+                    first,
+                    height,
+                    panel,
+                    stride,
+                );
             }
         }
         PackedMatrix {
@@ -351,16 +389,17 @@ impl PackedMatrix {
         accumulate: bool,
     ) {
         let (mr, nr) = (self.isa.panel_rows(), block_cols(self.isa));
-        let panels = self.panels.chunks_exact(mr * self.cols).enumerate();
-        let (skipped, taken) = (rows.start / mr, rows.end.div_ceil(mr) - rows.start / mr);
-        for (p, panel) in panels.skip(skipped).take(taken) {
+        for p in rows.start / mr..rows.end.div_ceil(mr) {
+            let stride = panel_stride(self.isa, self.rows, p);
+            let panel = &self.panels[p * mr * self.cols..][..stride * self.cols];
             let height = mr.min(rows.end - p * mr);
             let mut j = 0;
             while j < n {
                 let width = nr.min(n - j);
                 let block = Block {
                     k: depth,
-                    a: panel[first * mr..].as_ptr(),
+                    a: panel[first * stride..].as_ptr(),
+                    stride,
                     b: b[b_offset + j * ldb + first..].as_ptr(),
                     ldb,
                     c: c[c_offset + j * ldc + p * mr - rows.start..].as_mut_ptr(),
@@ -406,6 +445,8 @@ impl PackedMatrix {
             let group = Block {
                 k,
                 a: self.panels[first * mr * k..].as_ptr(),
+                // The group's last panel's.
+                stride: panel_stride(self.isa, self.rows, first + count - 1),
                 b: b.as_ptr(),
                 ldb: k,
                 c: c[first * mr..].as_mut_ptr(),
@@ -454,10 +495,10 @@ fn copy_padded(isa: Isa, column: &mut [f32], run: &[f32]) {
         "a run longer than its packed column"
     );
     #[cfg(target_arch = "x86_64")]
-    if isa == Isa::Avx512 && column.len() == 32 {
-        // SAFETY: the column holds 32 values; the masked loads read the run's values
+    if isa == Isa::Avx512 && matches!(column.len(), 8 | 16 | 32) {
+        // SAFETY: the column holds its values; the masked loads read the run's values
         // and no others; `isa` was detected.
-        unsafe { x86::copy_padded_32(run.as_ptr(), run.len(), column.as_mut_ptr()) };
+        unsafe { x86::copy_padded(run.as_ptr(), run.len(), column.as_mut_ptr(), column.len()) };
         return;
     }
     let _ = isa;
@@ -577,11 +618,11 @@ fn transpose_runs(
 /// the product of its transpose with one column, as one dot product per column.
 ///
 /// The backward step of a batch of one multiplies the recurrent weight's transpose by a
-/// single column. Packed, that transpose pads the hidden size to whole 32-row panels:
-/// for the notebooks' LSTM (140 × 35), 64 rows, 36 KB, more than the 32 KB L1 cache,
-/// so every step streamed it from L2 (0.31 µs a step). Read in place, the weight's
-/// columns (140 values) start off cache lines, and half the loads straddle two: 0.25
-/// µs. Aligned: 0.17 µs (`perf`).
+/// single column. Where the packed transpose outgrows the L1 cache, it streams from L2
+/// at every step, and the dot products read less of it (see
+/// `transposed_column_prefers_dots`). Read in place, a weight's columns start off
+/// cache lines, and half the loads straddle two: for the notebooks' LSTM (140 × 35),
+/// 0.25 µs a step in place against 0.17 aligned (`perf`).
 pub(crate) struct AlignedColumns {
     rows: usize,
     cols: usize,
@@ -591,21 +632,15 @@ pub(crate) struct AlignedColumns {
 }
 
 /// Whether `Mᵀ x` for a `rows` × `cols` M and one column runs faster as dot products
-/// (`AlignedColumns`) than through M's packed transpose, by a count of the vector
-/// instructions each needs: the packed transpose pads `cols` to whole 32-row panels,
-/// two multiply-adds per panel and row of M, twice as slow when the panels outgrow L1;
-/// the dot products take a multiply-add per 16 rows of each column, and about 25
-/// instructions to reduce each block of eight columns. For the notebooks' LSTM (140 ×
-/// 35): 1120 against 485, and 0.31 against 0.17 µs a step; for the MGU of the same
-/// size (35 × 35): 140 against 245, and its forward + backward took 0.065 ms through
-/// the packed transpose against 0.068-0.071 through dot products.
+/// (`AlignedColumns`) than through M's packed transpose: where the packed transpose
+/// outgrows the L1 cache. In L1, the packed product's multiply-adds need no
+/// reductions; out of it, the transpose's padding is streamed from L2 at every step,
+/// and the dot products read no padding. Timed alone (µs a product, dots against
+/// packed): 140 × 35 (the notebooks' LSTM), 0.142 against 0.136; 35 × 35, 0.083
+/// against 0.041; 160 × 40, 0.177 against 0.153, all in L1; out of it, 200 × 50, 0.381
+/// against 0.462; 400 × 100, 1.417 against 1.510; 2048 × 512, 54.6 against 56.3.
 pub(crate) fn transposed_column_prefers_dots(rows: usize, cols: usize) -> bool {
-    let mr = Isa::Avx512.panel_rows();
-    let panels = cols.div_ceil(mr);
-    let in_l1 = panels * mr * rows * size_of::<f32>() <= STREAMED_BYTES;
-    let packed = panels * 2 * rows * if in_l1 { 1 } else { 2 };
-    let dots = cols.div_ceil(8) * (rows.div_ceil(LINE) * 8 + 25);
-    dots < packed
+    panels_len(Isa::Avx512, cols, rows) * size_of::<f32>() > STREAMED_BYTES
 }
 
 /// Values per 64-byte cache line.
@@ -688,6 +723,9 @@ impl AlignedColumns {
 struct Block {
     k: usize,
     a: *const f32,
+    /// The values per packed column of the (last) panel read: `Isa::last_panel_rows`
+    /// for a matrix's last panel, the panel height for the others.
+    stride: usize,
     b: *const f32,
     ldb: usize,
     c: *mut f32,
@@ -745,35 +783,38 @@ mod x86 {
     ) {
         // SAFETY: forwarded from the caller.
         unsafe {
-            if blk.height > 16 {
-                of_width::<PREFETCH, ACC, true>(blk, width)
-            } else {
-                of_width::<PREFETCH, ACC, false>(blk, width)
+            match (blk.height, blk.stride) {
+                (17.., _) => of_width::<PREFETCH, ACC, 32>(blk, width),
+                (_, 8) => of_width::<PREFETCH, ACC, 8>(blk, width),
+                _ => of_width::<PREFETCH, ACC, 16>(blk, width),
             }
         }
     }
 
-    /// `avx512_of_width` with or without the panel's upper 16 rows: a last panel of 16
-    /// rows or fewer (12 of the notebooks' 140) skips half the multiply-adds.
+    /// `avx512_of_width` for a panel's rows in `ROWS` lanes: 32, or 16 for a panel of
+    /// 16 rows or fewer (12 of the notebooks' 140: half the multiply-adds), or 8 for a
+    /// last panel that stores 8 (the 3 of a 35-row weight, the 6 of a 70-row one):
+    /// 8-lane multiply-adds, half the work of 16-lane ones on this project's machine.
     ///
     /// # Safety
-    /// As `avx512`; without `UPPER`, the block has at most 16 valid rows.
+    /// As `avx512`; the block has at most `ROWS` valid rows, and with `ROWS` 8 its
+    /// panel stores 8 values per column.
     #[inline(always)]
-    unsafe fn of_width<const PREFETCH: bool, const ACC: bool, const UPPER: bool>(
+    unsafe fn of_width<const PREFETCH: bool, const ACC: bool, const ROWS: usize>(
         blk: &Block,
         width: usize,
     ) {
         // SAFETY: forwarded from the caller.
         unsafe {
             match width {
-                8 => avx512::<8, PREFETCH, ACC, UPPER>(blk),
-                7 => avx512::<7, PREFETCH, ACC, UPPER>(blk),
-                6 => avx512::<6, PREFETCH, ACC, UPPER>(blk),
-                5 => avx512::<5, PREFETCH, ACC, UPPER>(blk),
-                4 => avx512::<4, PREFETCH, ACC, UPPER>(blk),
-                3 => avx512::<3, PREFETCH, ACC, UPPER>(blk),
-                2 => avx512::<2, PREFETCH, ACC, UPPER>(blk),
-                _ => avx512::<1, PREFETCH, ACC, UPPER>(blk),
+                8 => avx512::<8, PREFETCH, ACC, ROWS>(blk),
+                7 => avx512::<7, PREFETCH, ACC, ROWS>(blk),
+                6 => avx512::<6, PREFETCH, ACC, ROWS>(blk),
+                5 => avx512::<5, PREFETCH, ACC, ROWS>(blk),
+                4 => avx512::<4, PREFETCH, ACC, ROWS>(blk),
+                3 => avx512::<3, PREFETCH, ACC, ROWS>(blk),
+                2 => avx512::<2, PREFETCH, ACC, ROWS>(blk),
+                _ => avx512::<1, PREFETCH, ACC, ROWS>(blk),
             }
         }
     }
@@ -882,21 +923,26 @@ mod x86 {
         ]
     }
 
-    /// `dst[..len] = src[..len]`, `dst[len..32]` zeroed.
+    /// `dst[..len] = src[..len]`, `dst[len..width]` zeroed, for a `width` of 8, 16 or
+    /// 32.
     ///
     /// # Safety
-    /// `len <= 32` values are readable at `src`, 32 writable at `dst`; AVX-512F is
-    /// present.
+    /// `len <= width` values are readable at `src`, `width` writable at `dst`;
+    /// AVX-512F is present.
     #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn copy_padded_32(src: *const f32, len: usize, dst: *mut f32) {
+    pub(super) unsafe fn copy_padded(src: *const f32, len: usize, dst: *mut f32, width: usize) {
+        let lanes = |n: usize| ((1u32 << n) - 1) as u16;
         let (lo, hi) = (len.min(16), len.saturating_sub(16));
-        let (mask_lo, mask_hi) = (((1u32 << lo) - 1) as u16, ((1u32 << hi) - 1) as u16);
-        // SAFETY: masked-off lanes are neither read nor faulted on; `wrapping_add`
-        // because the upper half may lie past the run (then its mask is empty).
+        // SAFETY: masked-off lanes are neither read, written nor faulted on;
+        // `wrapping_add` because the upper half may lie past the run (then its mask is
+        // empty).
         unsafe {
-            _mm512_storeu_ps(dst, _mm512_maskz_loadu_ps(mask_lo, src));
-            let upper = _mm512_maskz_loadu_ps(mask_hi, src.wrapping_add(16));
-            _mm512_storeu_ps(dst.add(16), upper);
+            let lower = _mm512_maskz_loadu_ps(lanes(lo), src);
+            _mm512_mask_storeu_ps(dst, lanes(width.min(16)), lower);
+            if width == 32 {
+                let upper = _mm512_maskz_loadu_ps(lanes(hi), src.wrapping_add(16));
+                _mm512_storeu_ps(dst.add(16), upper);
+            }
         }
     }
 
@@ -905,19 +951,22 @@ mod x86 {
 
     /// A 32-row panel times `NR` columns: two 16-lane accumulators per column, one
     /// fused multiply-add each per packed column of the panel. With `ACC`, the
-    /// accumulators start from C's values, so the product is added to C.
+    /// accumulators start from C's values, so the product is added to C. With `ROWS`
+    /// 16, the upper accumulators are left out; with 8, the lower ones hold 8 lanes
+    /// (their upper lanes undefined, and masked off).
     ///
     /// # Safety
-    /// As `Block::run`, with AVX-512F present.
+    /// As `Block::run`, with AVX-512F present; see `of_width` for `ROWS`.
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn avx512<
         const NR: usize,
         const PREFETCH: bool,
         const ACC: bool,
-        const UPPER: bool,
+        const ROWS: usize,
     >(
         blk: &Block,
     ) {
+        let upper = ROWS == 32;
         let mut lo = [_mm512_setzero_ps(); NR];
         let mut hi = [_mm512_setzero_ps(); NR];
         // Masked loads and stores touch only the panel's valid rows (the last panel is
@@ -926,13 +975,14 @@ mod x86 {
         let rows_hi = blk.height.saturating_sub(16);
         let mask_lo: __mmask16 = ((1u32 << rows_lo) - 1) as u16;
         let mask_hi: __mmask16 = ((1u32 << rows_hi) - 1) as u16;
+        debug_assert!(!upper || blk.stride == 32, "a 32-row panel stores 32 rows");
         if ACC {
             for j in 0..NR {
                 // SAFETY: column j of C has `height` valid values from `c + j * ldc`.
                 unsafe {
                     let out = blk.c.add(j * blk.ldc);
                     lo[j] = _mm512_maskz_loadu_ps(mask_lo, out);
-                    if UPPER {
+                    if upper {
                         hi[j] = _mm512_maskz_loadu_ps(mask_hi, out.add(16));
                     }
                 }
@@ -943,21 +993,32 @@ mod x86 {
             for p in 0..blk.k {
                 // The panel streams from L2 or L3 when the weight outgrows L1: ask for it
                 // early (prefetches never fault, past the panel's end included).
+                let column = blk.a.add(p * if ROWS == 8 { 8 } else { blk.stride });
                 if PREFETCH {
-                    let ahead = blk.a.wrapping_add(p * 32 + PREFETCH_AHEAD).cast::<i8>();
+                    let ahead = column.wrapping_add(PREFETCH_AHEAD).cast::<i8>();
                     _mm_prefetch::<_MM_HINT_T0>(ahead);
                     _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(64));
                 }
-                let a_lo = _mm512_loadu_ps(blk.a.add(p * 32));
-                let a_hi = if UPPER {
-                    _mm512_loadu_ps(blk.a.add(p * 32 + 16))
+                if ROWS == 8 {
+                    let a = _mm256_loadu_ps(column);
+                    for (j, acc) in lo.iter_mut().enumerate() {
+                        let x = _mm256_set1_ps(*blk.b.add(p + j * blk.ldb));
+                        let sum = _mm256_fmadd_ps(a, x, _mm512_castps512_ps256(*acc));
+                        *acc = _mm512_castps256_ps512(sum);
+                    }
+                    continue;
+                }
+                // (Whole vectors: a panel that stores 16 values per column has 16 here.)
+                let a_lo = _mm512_loadu_ps(column);
+                let a_hi = if upper {
+                    _mm512_loadu_ps(column.add(16))
                 } else {
                     _mm512_setzero_ps()
                 };
                 for j in 0..NR {
                     let x = _mm512_set1_ps(*blk.b.add(p + j * blk.ldb));
                     lo[j] = _mm512_fmadd_ps(a_lo, x, lo[j]);
-                    if UPPER {
+                    if upper {
                         hi[j] = _mm512_fmadd_ps(a_hi, x, hi[j]);
                     }
                 }
@@ -968,7 +1029,7 @@ mod x86 {
             unsafe {
                 let out = blk.c.add(j * blk.ldc);
                 _mm512_mask_storeu_ps(out, mask_lo, lo[j]);
-                if UPPER {
+                if upper {
                     _mm512_mask_storeu_ps(out.add(16), mask_hi, hi[j]);
                 }
             }
@@ -985,20 +1046,21 @@ mod x86 {
     pub(super) unsafe fn avx512_one_column<const G: usize, const PREFETCH: bool>(blk: &Block) {
         // SAFETY: forwarded from the caller.
         unsafe {
-            match blk.height - (G - 1) * 32 {
-                17.. => one_column::<G, PREFETCH, 32>(blk),
-                9..=16 => one_column::<G, PREFETCH, 16>(blk),
+            match blk.stride {
+                32 => one_column::<G, PREFETCH, 32>(blk),
+                16 => one_column::<G, PREFETCH, 16>(blk),
                 _ => one_column::<G, PREFETCH, 8>(blk),
             }
         }
     }
 
-    /// `avx512_one_column` with the last panel's rows in `LAST` lanes: 32 (two 16-lane
-    /// vectors), 16 (the upper half skipped, see `of_width`) or 8 (one 8-lane vector,
-    /// half the work of a 16-lane one here: the 3 rows that 35 leaves past a panel).
+    /// `avx512_one_column` with the last panel's rows in `LAST` lanes, as many as it
+    /// stores per column (`Isa::last_panel_rows`): 32 (two 16-lane vectors), 16 (the
+    /// upper half skipped, see `of_width`) or 8 (one 8-lane vector, half the work of
+    /// a 16-lane one here: the 3 rows that 35 leaves past a panel).
     ///
     /// # Safety
-    /// As `avx512_one_column`; the last panel has at most `LAST` valid rows.
+    /// As `avx512_one_column`; the last panel stores `LAST` values per column.
     #[target_feature(enable = "avx512f")]
     unsafe fn one_column<const G: usize, const PREFETCH: bool, const LAST: usize>(blk: &Block) {
         let mut even = [[_mm512_setzero_ps(); 2]; G];
@@ -1012,7 +1074,8 @@ mod x86 {
                 let value = *blk.b.add(p);
                 let x = _mm512_set1_ps(value);
                 for (g, pair) in acc.iter_mut().enumerate() {
-                    let a = blk.a.add(g * panel_len + p * 32);
+                    let stride = if g + 1 == G { LAST } else { 32 };
+                    let a = blk.a.add(g * panel_len + p * stride);
                     if PREFETCH {
                         _mm_prefetch::<_MM_HINT_T0>(a.wrapping_add(PREFETCH_AHEAD).cast::<i8>());
                         _mm_prefetch::<_MM_HINT_T0>(
@@ -1363,8 +1426,7 @@ mod tests {
                 let strides = if transposed { (k, 1) } else { (1, m) };
                 // Packed into storage a finished matrix left full of NaN: every value
                 // the kernels read is written.
-                let mr = isa.panel_rows();
-                let used = vec![f32::NAN; LineAligned::storage_len(m.div_ceil(mr) * mr * k)];
+                let used = vec![f32::NAN; LineAligned::storage_len(panels_len(isa, m, k))];
                 let packed = PackedMatrix::pack_for_into(isa, used, &a, m, k, strides);
                 let (ldb, ldc) = (k + 3, m + 2);
                 let b = values(ldb * n + 5, 2);
@@ -1468,14 +1530,23 @@ mod tests {
         }
     }
 
-    /// The cost model's choices at the shapes it was measured on: the tiny LSTM's
-    /// transposed step (140 × 35, whose padded transpose outgrows L1) as dot products,
-    /// the tiny MGU's (35 × 35) through the packed transpose.
+    /// The choices at the shapes that were timed (see
+    /// `transposed_column_prefers_dots`): the packed transpose while it fits in L1,
+    /// dot products past it.
     #[test]
-    fn dot_products_serve_weights_whose_packed_transpose_pads_out_of_l1() {
-        assert!(transposed_column_prefers_dots(140, 35));
-        assert!(!transposed_column_prefers_dots(35, 35));
-        assert!(!transposed_column_prefers_dots(64, 32));
+    fn dot_products_serve_weights_whose_packed_transpose_outgrows_l1() {
+        for (rows, cols) in [(140, 35), (35, 35), (160, 40), (64, 32)] {
+            assert!(
+                !transposed_column_prefers_dots(rows, cols),
+                "{rows} × {cols}"
+            );
+        }
+        for (rows, cols) in [(200, 50), (400, 100), (2048, 512)] {
+            assert!(
+                transposed_column_prefers_dots(rows, cols),
+                "{rows} × {cols}"
+            );
+        }
     }
 
     /// Every shape of whole blocks and leftovers, at a row offset, against the
@@ -1513,22 +1584,31 @@ mod tests {
 
     /// Packed into reused memory full of NaN, every panel holds the matrix's values and
     /// zeros below its last row, in both orientations and at every height of a last
-    /// panel.
+    /// panel; a last panel stores 8, 16 or 32 rows with AVX-512, as few as hold it.
     #[test]
     fn panels_hold_the_values_and_zeros_below_them() {
         for isa in runnable_isas() {
             let mr = isa.panel_rows();
-            for rows in [1, 3, 12, 16, 17, 31, 32, 35, 64, 70] {
-                let cols = 5;
+            for rows in [1usize, 3, 8, 9, 12, 16, 17, 31, 32, 35, 40, 64, 70] {
+                let (cols, last) = (5, rows.div_ceil(mr) - 1);
+                let stored = match (isa, rows % mr) {
+                    (Isa::Avx512, 1..=8) => 8,
+                    (Isa::Avx512, 9..=16) => 16,
+                    _ => mr,
+                };
                 let values = values(rows * cols, 9);
                 for strides in [(1, rows), (cols, 1)] {
                     // (Exactly the length the panels need, so that it is reused.)
-                    let len = LineAligned::storage_len(rows.div_ceil(mr) * mr * cols);
+                    let len = LineAligned::storage_len((last * mr + stored) * cols);
                     let storage = vec![f32::NAN; len];
                     let packed =
                         PackedMatrix::pack_for_into(isa, storage, &values, rows, cols, strides);
+                    assert_eq!(packed.panels.len(), (last * mr + stored) * cols);
                     for (at, &got) in packed.panels.iter().enumerate() {
-                        let (p, k, r) = (at / (mr * cols), at / mr % cols, at % mr);
+                        let p = (at / (mr * cols)).min(last);
+                        let (stride, within) =
+                            (if p == last { stored } else { mr }, at - p * mr * cols);
+                        let (k, r) = (within / stride, within % stride);
                         let row = p * mr + r;
                         let want = if row < rows {
                             values[row * strides.0 + k * strides.1]
