@@ -284,8 +284,9 @@ impl PackedMatrix {
         c_at: (usize, usize),
         n: usize,
     ) {
+        let (k, (b_offset, ldb), (c_offset, ldc)) = (self.cols, b_at, c_at);
+        let b_at = Operand::columns(b_offset, ldb);
         self.check_bounds(b, b_at, c, c_at, n, self.rows);
-        let (k, (b_offset, _), (c_offset, ldc)) = (self.cols, b_at, c_at);
         if n == 0 || self.rows == 0 {
             return;
         }
@@ -304,9 +305,10 @@ impl PackedMatrix {
         self.blocks(b, b_at, c, c_at, n, 0..self.rows, (0, k), streamed, false);
     }
 
-    /// `C += (P · B)[rows]`, addressed as in `multiply` (C's columns having
-    /// `rows.len()` values), over the inner dimension in blocks: for the weight
-    /// gradients, whose inner dimension is every (step, sequence) column of a batch.
+    /// `C += (P · B)[rows]`, B where `b_at` says, C addressed as in `multiply` (its
+    /// columns having `rows.len()` values), over the inner dimension in blocks: for
+    /// the weight gradients, whose inner dimension is every (step, sequence) column of
+    /// a batch.
     /// Without the blocks, each panel (32 rows by thousands of columns) would leave L1
     /// before the next block of B's columns reads it again. `rows` starts on a panel
     /// (see `panel_height`).
@@ -317,7 +319,7 @@ impl PackedMatrix {
         &self,
         rows: Range<usize>,
         b: &[f32],
-        b_at: (usize, usize),
+        b_at: Operand,
         c: &mut [f32],
         c_at: (usize, usize),
         n: usize,
@@ -358,16 +360,19 @@ impl PackedMatrix {
     fn check_bounds(
         &self,
         b: &[f32],
-        (b_offset, ldb): (usize, usize),
+        b_at: Operand,
         c: &[f32],
         (c_offset, ldc): (usize, usize),
         n: usize,
         c_rows: usize,
     ) {
+        // One past B's last element read (none without an inner dimension).
+        let b_end = match self.cols {
+            0 => 0,
+            k => b_at.offset + n.saturating_sub(1) * b_at.ld + (k - 1) * b_at.step + 1,
+        };
         assert!(
-            n == 0
-                || (b_offset + (n - 1) * ldb + self.cols <= b.len()
-                    && c_offset + (n - 1) * ldc + c_rows <= c.len()),
+            n == 0 || (b_end <= b.len() && c_offset + (n - 1) * ldc + c_rows <= c.len()),
             "packed product: operands out of bounds"
         );
     }
@@ -379,7 +384,7 @@ impl PackedMatrix {
     fn blocks(
         &self,
         b: &[f32],
-        (b_offset, ldb): (usize, usize),
+        b_at: Operand,
         c: &mut [f32],
         (c_offset, ldc): (usize, usize),
         n: usize,
@@ -400,8 +405,9 @@ impl PackedMatrix {
                     k: depth,
                     a: panel[first * stride..].as_ptr(),
                     stride,
-                    b: b[b_offset + j * ldb + first..].as_ptr(),
-                    ldb,
+                    b: b[b_at.offset + j * b_at.ld + first * b_at.step..].as_ptr(),
+                    ldb: b_at.ld,
+                    b_step: b_at.step,
                     c: c[c_offset + j * ldc + p * mr - rows.start..].as_mut_ptr(),
                     ldc,
                     height,
@@ -417,6 +423,37 @@ impl PackedMatrix {
                 unsafe { block.run(self.isa, width) };
                 j += width;
             }
+        }
+    }
+}
+
+/// Where a product's right operand B lies in its slice: element (p, j) at
+/// `offset + p * step + j * ld`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Operand {
+    offset: usize,
+    step: usize,
+    ld: usize,
+}
+
+impl Operand {
+    /// B column-major: column j from `offset + j * ld`.
+    pub(crate) fn columns(offset: usize, ld: usize) -> Operand {
+        Operand {
+            offset,
+            step: 1,
+            ld,
+        }
+    }
+
+    /// B as the transpose of the column-major matrix whose columns start `ld` apart,
+    /// from `offset`: B's column j is that matrix's row j. The weight gradients read
+    /// `vᵀ` so, straight from the tape's columns of v.
+    pub(crate) fn rows(offset: usize, ld: usize) -> Operand {
+        Operand {
+            offset,
+            step: ld,
+            ld: 1,
         }
     }
 }
@@ -449,6 +486,7 @@ impl PackedMatrix {
                 stride: panel_stride(self.isa, self.rows, first + count - 1),
                 b: b.as_ptr(),
                 ldb: k,
+                b_step: 1,
                 c: c[first * mr..].as_mut_ptr(),
                 ldc: mr,
                 height: rows,
@@ -543,30 +581,14 @@ fn transpose_into_panel(
     }
 }
 
-/// `out[j * columns + k] = values[k * ld + row + j]` for `j < rows`, `k < columns`: rows
-/// `row..row + rows` of a column-major buffer, each as a contiguous run (the vectors
-/// that weight gradients read, one run per hidden unit). Blocks of 8 × 8 are
+/// `out[j * out_ld + k] = values[k * ld + row + j]` for `j < rows`, `k < columns`: rows
+/// `row..row + rows` of a column-major buffer, each as a contiguous run, in rows
+/// `out_ld` apart (a packed panel's, for `pack_for_into`). Blocks of 8 × 8 are
 /// transposed in AVX registers; element by element, the transposes took 6% of the
 /// medium MGU's time.
 ///
 /// # Panics
 /// When a value lies outside `values` or `out` (a bug of the caller's).
-pub(crate) fn transpose_rows(
-    values: &[f32],
-    ld: usize,
-    row: usize,
-    rows: usize,
-    columns: usize,
-    out: &mut [f32],
-) {
-    transpose_runs(values, (ld, row), (rows, columns), out, columns);
-}
-
-/// `out[j * out_ld + k] = values[k * ld + row + j]` for `j < rows`, `k < columns`:
-/// `transpose_rows` into rows `out_ld` apart (a packed panel's, for `pack_for_into`).
-///
-/// # Panics
-/// As `transpose_rows`.
 fn transpose_runs(
     values: &[f32],
     (ld, row): (usize, usize),
@@ -728,6 +750,8 @@ struct Block {
     stride: usize,
     b: *const f32,
     ldb: usize,
+    /// The distance in B between the values of consecutive packed columns.
+    b_step: usize,
     c: *mut f32,
     ldc: usize,
     height: usize,
@@ -1002,7 +1026,7 @@ mod x86 {
                 if ROWS == 8 {
                     let a = _mm256_loadu_ps(column);
                     for (j, acc) in lo.iter_mut().enumerate() {
-                        let x = _mm256_set1_ps(*blk.b.add(p + j * blk.ldb));
+                        let x = _mm256_set1_ps(*blk.b.add(p * blk.b_step + j * blk.ldb));
                         let sum = _mm256_fmadd_ps(a, x, _mm512_castps512_ps256(*acc));
                         *acc = _mm512_castps256_ps512(sum);
                     }
@@ -1016,7 +1040,7 @@ mod x86 {
                     _mm512_setzero_ps()
                 };
                 for j in 0..NR {
-                    let x = _mm512_set1_ps(*blk.b.add(p + j * blk.ldb));
+                    let x = _mm512_set1_ps(*blk.b.add(p * blk.b_step + j * blk.ldb));
                     lo[j] = _mm512_fmadd_ps(a_lo, x, lo[j]);
                     if upper {
                         hi[j] = _mm512_fmadd_ps(a_hi, x, hi[j]);
@@ -1308,7 +1332,7 @@ mod x86 {
                 let a_lo = _mm256_loadu_ps(blk.a.add(p * 16));
                 let a_hi = _mm256_loadu_ps(blk.a.add(p * 16 + 8));
                 for j in 0..NR {
-                    let x = _mm256_set1_ps(*blk.b.add(p + j * blk.ldb));
+                    let x = _mm256_set1_ps(*blk.b.add(p * blk.b_step + j * blk.ldb));
                     lo[j] = _mm256_fmadd_ps(a_lo, x, lo[j]);
                     hi[j] = _mm256_fmadd_ps(a_hi, x, hi[j]);
                 }
@@ -1451,7 +1475,8 @@ mod tests {
 
     /// `C += P · B` with inner dimensions below, at and past the inner block, every
     /// panel height and block width, all of P's rows and the rows from a later panel or
-    /// to an earlier row: exact, as above.
+    /// to an earlier row, B stored by columns and as the transpose of a matrix stored
+    /// by columns: exact, as above.
     #[test]
     fn blocked_products_add_the_naive_product() {
         for isa in runnable_isas() {
@@ -1472,23 +1497,36 @@ mod tests {
                 for rows in [0..m, later..m, 0..m / 2, later..(later + 3).min(m)] {
                     let (ldb, ldc) = (k + 1, rows.len() + 3);
                     let b = values(ldb * n + 2, 4);
-                    let before = values(2 + ldc * n, 5);
-                    let mut c = before.clone();
-                    packed.multiply_add(rows.clone(), &b, (1, ldb), &mut c, (2, ldc), n);
                     let want = want(&b[1..], ldb);
-                    for j in 0..n {
-                        for (r, i) in rows.clone().enumerate() {
-                            let at = 2 + r + j * ldc;
-                            let want = before[at] as f64 + want[i + j * m];
-                            assert_eq!(
-                                c[at] as f64, want,
-                                "{isa:?} ({m},{k},{n}) {rows:?} at ({i},{j})"
-                            );
+                    // The same B as the rows of a matrix whose columns are n + 2 apart.
+                    let ld_rows = n + 2;
+                    let mut b_rows = vec![f32::NAN; 1 + k * ld_rows];
+                    for p in 0..k {
+                        for j in 0..n {
+                            b_rows[1 + p * ld_rows + j] = b[1 + p + j * ldb];
                         }
-                        for pad in rows.len()..ldc {
-                            let at = 2 + pad + j * ldc;
-                            if at < c.len() {
-                                assert_eq!(c[at], before[at], "wrote padding at {pad}");
+                    }
+                    let before = values(2 + ldc * n, 5);
+                    for (b, b_at) in [
+                        (&b, Operand::columns(1, ldb)),
+                        (&b_rows, Operand::rows(1, ld_rows)),
+                    ] {
+                        let mut c = before.clone();
+                        packed.multiply_add(rows.clone(), b, b_at, &mut c, (2, ldc), n);
+                        for j in 0..n {
+                            for (r, i) in rows.clone().enumerate() {
+                                let at = 2 + r + j * ldc;
+                                let want = before[at] as f64 + want[i + j * m];
+                                assert_eq!(
+                                    c[at] as f64, want,
+                                    "{isa:?} ({m},{k},{n}) {rows:?} at ({i},{j})"
+                                );
+                            }
+                            for pad in rows.len()..ldc {
+                                let at = 2 + pad + j * ldc;
+                                if at < c.len() {
+                                    assert_eq!(c[at], before[at], "wrote padding at {pad}");
+                                }
                             }
                         }
                     }
@@ -1568,7 +1606,8 @@ mod tests {
             let values = values(ld * columns, 6);
             // Past the transpose, a guard that must stay as it is.
             let mut out = vec![f32::NAN; rows * columns + 16];
-            transpose_rows(&values, ld, row, rows, columns, &mut out[..rows * columns]);
+            let (from, size) = ((ld, row), (rows, columns));
+            transpose_runs(&values, from, size, &mut out[..rows * columns], columns);
             assert!(out[rows * columns..].iter().all(|v| v.is_nan()));
             for j in 0..rows {
                 for k in 0..columns {

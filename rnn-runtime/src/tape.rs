@@ -7,7 +7,7 @@ use std::sync::{Arc, OnceLock};
 
 use crate::cell::{BufferCols, BufferSpec};
 use crate::copies::copy_run;
-use crate::packed::{self, AlignedColumns, PackedMatrix};
+use crate::packed::{self, AlignedColumns, Operand, PackedMatrix};
 use crate::scalar::{gemm, Strided};
 use crate::Scalar;
 
@@ -40,14 +40,9 @@ pub struct Tape<T: Scalar> {
     packed: Arc<WeightPacks>,
     /// Whether the backward pass computes the inputs' gradients.
     input_grads: bool,
-    /// Transposes of the vectors that weight gradients read, by (buffer, first row,
-    /// rows): each step's vector a contiguous column of the product `dz · vᵀ`. The
-    /// gate blocks of a stacked weight read the same vector, so one transpose serves
-    /// them all. Kept for one backward pass (see `release_gradient_operands`).
-    transposed_vectors: Vec<((usize, usize, usize), Vec<T>)>,
     /// Rows of dz packed for weight gradients, by (buffer, first row, rows): the
     /// weights that multiply different vectors in one gate share its dz. Kept for one
-    /// backward pass, like `transposed_vectors`.
+    /// backward pass (see `release_gradient_operands`).
     packed_dz: Vec<((usize, usize, usize), PackedMatrix)>,
 }
 
@@ -287,7 +282,6 @@ impl<T: Scalar> Tape<T> {
             transposed,
             packed,
             input_grads: true,
-            transposed_vectors: Vec::new(),
             packed_dz: Vec::new(),
         }
     }
@@ -516,10 +510,11 @@ impl<T: Scalar> Tape<T> {
     }
 
     /// `weight_grads` through the packed kernel: the stack's rows of dz packed into
-    /// panels (one sequential copy, for every product that reads them), v transposed
-    /// once for all the products that read it, and the product blocked over the
-    /// columns. matrixmultiply ran these at about 71% of the multiply-add peak (`perf`
-    /// of the medium LSTM); see `benches/README.md`.
+    /// panels (one sequential copy, for every product that reads them), vᵀ read in
+    /// place (the kernel broadcasts each value of B, and a step's values of v lie side
+    /// by side: copying vᵀ out first took 2.7% of the tiny MGU's time, for nothing),
+    /// and the product blocked over the columns. matrixmultiply ran these at about 71%
+    /// of the multiply-add peak (`perf` of the medium LSTM); see `benches/README.md`.
     fn packed_weight_grads(
         &mut self,
         dz: (usize, usize),
@@ -527,12 +522,12 @@ impl<T: Scalar> Tape<T> {
         cols: usize,
         blocks: &mut [GradBlock<'_, T>],
     ) {
-        let columns = self.columns;
         let stacked: usize = blocks.iter().map(|b| b.rows).sum();
-        let vt_at = self.transposed_vector(v, cols);
         let dz_at = self.packed_dz_rows(dz, stacked);
-        let vt = packed::as_f32(&self.transposed_vectors[vt_at].1).expect("f32");
         let dz = &self.packed_dz[dz_at].1;
+        // vᵀ read in place: row j of v is column j of the product's right operand.
+        let vt = packed::as_f32(&self.bufs[v.0]).expect("`available` checked f32");
+        let vt_at = Operand::rows(v.1, self.rows[v.0]);
         let panel = dz.panel_height();
         if blocks.len() == 1 || blocks.iter().all(|b| b.rows.is_multiple_of(panel)) {
             // Each block starts on a panel: its rows of the product go straight into
@@ -541,7 +536,7 @@ impl<T: Scalar> Tape<T> {
             for block in blocks {
                 let grad = packed::as_f32_mut(block.grad).expect("f32");
                 let c_at = (block.col_start * block.grad_rows, block.grad_rows);
-                dz.multiply_add(row..row + block.rows, vt, (0, columns), grad, c_at, cols);
+                dz.multiply_add(row..row + block.rows, vt, vt_at, grad, c_at, cols);
                 row += block.rows;
             }
             return;
@@ -550,7 +545,7 @@ impl<T: Scalar> Tape<T> {
         // whole panels, then each block's share added to its gradient.
         let mut product = pool::<T>().take(stacked * cols, true);
         let out = packed::as_f32_mut(&mut product).expect("f32");
-        dz.multiply_add(0..stacked, vt, (0, columns), out, (0, stacked), cols);
+        dz.multiply_add(0..stacked, vt, vt_at, out, (0, stacked), cols);
         let mut row = 0;
         for block in blocks.iter_mut() {
             for c in 0..cols {
@@ -565,36 +560,14 @@ impl<T: Scalar> Tape<T> {
         pool::<T>().give(product);
     }
 
-    /// Returns the weight gradients' packed and transposed operands to their pools.
-    /// The backward pass calls it once its weight gradients are done: dz changes with
-    /// every backward pass over the same tape, so none may see the last one's.
+    /// Returns the weight gradients' packed operands to their pool. The backward pass
+    /// calls it once its weight gradients are done: dz changes with every backward
+    /// pass over the same tape, so none may see the last one's.
     pub(crate) fn release_gradient_operands(&mut self) {
-        let mut pool = pool::<T>();
-        for (_, values) in self.transposed_vectors.drain(..) {
-            pool.give(values);
-        }
-        drop(pool);
         let mut packs = pack_pool();
         for (_, matrix) in self.packed_dz.drain(..) {
             packs.give(matrix.into_storage());
         }
-    }
-
-    /// Where in `transposed_vectors` rows `v.1..v.1 + cols` of buffer `v.0` are,
-    /// transposed on first use.
-    fn transposed_vector(&mut self, v: (usize, usize), cols: usize) -> usize {
-        let key = (v.0, v.1, cols);
-        if let Some(at) = self.transposed_vectors.iter().position(|(k, _)| *k == key) {
-            return at;
-        }
-        let columns = self.columns;
-        let mut transposed = pool::<T>().take(cols * columns, false);
-        let ld = self.rows[v.0];
-        let values = packed::as_f32(&self.bufs[v.0]).expect("`available` checked f32");
-        let out = packed::as_f32_mut(&mut transposed).expect("f32");
-        packed::transpose_rows(values, ld, v.1, cols, columns, out);
-        self.transposed_vectors.push((key, transposed));
-        self.transposed_vectors.len() - 1
     }
 
     /// Where in `packed_dz` rows `dz.1..dz.1 + rows` of buffer `dz.0` are, packed on
