@@ -305,25 +305,7 @@ impl PackedMatrix {
     /// # Panics
     /// When a column of B or C reaches past its slice: the tape computes these extents
     /// from its own buffers, so that is a bug, not a user's mistake.
-    #[inline]
     pub(crate) fn multiply(
-        &self,
-        b: &[f32],
-        b_at: (usize, usize),
-        c: &mut [f32],
-        c_at: (usize, usize),
-        n: usize,
-    ) {
-        if n == 1 && self.rows > 0 && self.cols > 0 {
-            // A batch of one, every step of the notebooks' models: the shortest path.
-            let (b, c) = (&b[b_at.0..][..self.cols], &mut c[c_at.0..][..self.rows]);
-            return self.multiply_one_column(b, c);
-        }
-        self.multiply_columns(b, b_at, c, c_at, n);
-    }
-
-    /// `multiply` for any number of columns but one (of a nonempty product).
-    fn multiply_columns(
         &self,
         b: &[f32],
         b_at: (usize, usize),
@@ -343,6 +325,9 @@ impl PackedMatrix {
                 c[c_offset + j * ldc..][..self.rows].fill(0.0);
             }
             return;
+        }
+        if n == 1 {
+            return self.multiply_one_column(&b[b_offset..], &mut c[c_offset..]);
         }
         self.blocks(
             b,
@@ -524,19 +509,29 @@ impl PackedMatrix {
     /// 24 independent chains. The notebooks' LSTM (140 rows, five panels) thus reads its
     /// weight in one pass, not in groups of four and one.
     ///
-    /// The kernels were chosen when the matrix was packed, and this path is inlined
-    /// into the tape's: the tiny MGU runs 280 of these products a pass, and with the
-    /// dispatch over the instruction set and the group's panels at every call, in a
-    /// function shared with the many-column products, it took 44.1-45.5 µs against
-    /// 42.6-43.3 (forward and backward, best of 200 batches of 100).
+    ///
+    /// The kernels were chosen when the matrix was packed, and the tape calls this
+    /// inlined, not through `multiply`: the tiny MGU runs 280 of these products a
+    /// pass, and with the dispatch over the instruction set and the group's panels at
+    /// every call, inside a function shared with the many-column products, it took
+    /// 44.1-45.5 µs against 42.6-43.3 (forward and backward, best of 200 batches of
+    /// 100).
+    ///
+    /// # Panics
+    /// When `b` holds fewer values than P has columns, or `c` than it has rows (a bug
+    /// of the caller's).
     #[inline]
-    fn multiply_one_column(&self, b: &[f32], c: &mut [f32]) {
+    pub(crate) fn multiply_one_column(&self, b: &[f32], c: &mut [f32]) {
         let (mr, k) = (self.isa.panel_rows(), self.cols);
         let (group, panels) = (self.isa.one_column_group(), self.rows.div_ceil(mr));
         assert!(
             b.len() >= k && c.len() >= self.rows,
             "packed product: operands out of bounds"
         );
+        if k == 0 {
+            // An empty inner dimension: the product is zero.
+            return c[..self.rows].fill(0.0);
+        }
         let mut first = 0;
         while first < panels {
             let count = group.min(panels - first);
