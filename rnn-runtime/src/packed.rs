@@ -528,10 +528,7 @@ impl PackedMatrix {
             b.len() >= k && c.len() >= self.rows,
             "packed product: operands out of bounds"
         );
-        if k == 0 {
-            // An empty inner dimension: the product is zero.
-            return c[..self.rows].fill(0.0);
-        }
+        // (With no inner dimension, the kernels read nothing and store zeros.)
         let mut first = 0;
         while first < panels {
             let count = group.min(panels - first);
@@ -1514,6 +1511,7 @@ mod tests {
             (100, 50, 13),
             (40, 5, 300),
             (5, 0, 3),
+            (5, 0, 1),
         ] {
             for transposed in [false, true] {
                 // A stored column-major (m × k), or as the transpose of a (k × m) buffer.
@@ -1527,6 +1525,16 @@ mod tests {
                 let b = values(ldb * n + 5, 2);
                 let mut c = vec![f32::NAN; 1 + ldc * n];
                 packed.multiply(&b, (2, ldb), &mut c, (1, ldc), n);
+                if n == 1 {
+                    // The tape's direct path for one column: the same values.
+                    let mut direct = vec![f32::NAN; 1 + ldc];
+                    packed.multiply_one_column(&b[2..], &mut direct[1..]);
+                    let same = direct
+                        .iter()
+                        .zip(&c)
+                        .all(|(d, c)| d.to_bits() == c.to_bits());
+                    assert!(same, "{isa:?} ({m},{k},1) directly");
+                }
                 let b_view: Vec<f32> = b[2..].to_vec();
                 let want = reference(&a, (m, k), strides, &b_view, ldb, n);
                 for j in 0..n {
