@@ -266,9 +266,9 @@ impl PackedMatrix {
                 }
             } else {
                 if height < stride {
-                    for column in panel.chunks_exact_mut(stride) {
-                        column[height..].fill(0.0);
-                    }
+                    // The whole panel at once: a fill per column was a `memset` call
+                    // each (140 for the tiny LSTM's transposed weight).
+                    panel.fill(0.0);
                 }
                 transpose_into_panel(
                     values,
@@ -342,17 +342,18 @@ impl PackedMatrix {
         );
     }
 
-    /// `C += (P · B)[rows]`, B where `b_at` says, C addressed as in `multiply` (its
-    /// columns having `rows.len()` values), over the inner dimension in blocks: for
-    /// the weight gradients, whose inner dimension is every (step, sequence) column of
-    /// a batch.
+    /// `C += (P · B)[rows]` (with `add`; `C = (P · B)[rows]` without), B where
+    /// `b_at` says, C addressed as in `multiply` (its columns having `rows.len()`
+    /// values), over the inner dimension in blocks: for the weight gradients, whose
+    /// inner dimension is every (step, sequence) column of a batch.
     /// Without the blocks, each panel (32 rows by thousands of columns) would leave L1
     /// before the next block of B's columns reads it again. `rows` starts on a panel
     /// (see `panel_height`).
     ///
     /// # Panics
     /// As `multiply`, and when `rows` starts inside a panel or ends past P.
-    pub(crate) fn multiply_add(
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn multiply_rows(
         &self,
         rows: Range<usize>,
         b: &[f32],
@@ -360,6 +361,7 @@ impl PackedMatrix {
         c: &mut [f32],
         c_at: (usize, usize),
         n: usize,
+        add: bool,
     ) {
         assert!(
             rows.start.is_multiple_of(self.panel_height()) && rows.end <= self.rows,
@@ -371,19 +373,18 @@ impl PackedMatrix {
         if n == 0 || rows.is_empty() {
             return;
         }
+        if self.cols == 0 && !add {
+            // An empty inner dimension: the product is zero.
+            for j in 0..n {
+                c[c_at.0 + j * c_at.1..][..rows.len()].fill(0.0);
+            }
+        }
         for first in (0..self.cols).step_by(INNER_BLOCK) {
             let depth = INNER_BLOCK.min(self.cols - first);
-            self.blocks(
-                b,
-                b_at,
-                c,
-                c_at,
-                n,
-                rows.clone(),
-                (first, depth),
-                false,
-                true,
-            );
+            // Each block after the first adds to what the ones before it stored.
+            let accumulate = add || first > 0;
+            let (rows, inner) = (rows.clone(), (first, depth));
+            self.blocks(b, b_at, c, c_at, n, rows, inner, false, accumulate);
         }
     }
 
@@ -392,7 +393,7 @@ impl PackedMatrix {
         self.isa.panel_rows()
     }
 
-    /// The bounds that `multiply` and `multiply_add` rely on, for C's columns of
+    /// The bounds that `multiply` and `multiply_rows` rely on, for C's columns of
     /// `c_rows` values.
     fn check_bounds(
         &self,
@@ -495,7 +496,7 @@ impl Operand {
     }
 }
 
-/// The inner dimension's block in `multiply_add`: 128 packed columns of a 32-row panel
+/// The inner dimension's block in `multiply_rows`: 128 packed columns of a 32-row panel
 /// are 16 KiB, half of a core's L1 cache, so the block stays there while it meets every
 /// column of B (whose blocks stream from L2).
 const INNER_BLOCK: usize = 128;
@@ -1555,7 +1556,7 @@ mod tests {
     /// `C += P · B` with inner dimensions below, at and past the inner block, every
     /// panel height and block width, all of P's rows and the rows from a later panel or
     /// to an earlier row, B stored by columns and as the transpose of a matrix stored
-    /// by columns: exact, as above.
+    /// by columns, added to C and stored over it: exact, as above.
     #[test]
     fn blocked_products_add_the_naive_product() {
         for isa in runnable_isas() {
@@ -1568,6 +1569,7 @@ mod tests {
                 (5, 256, 3),
                 (40, 128, 8),
                 (100, 7, 13),
+                (9, 0, 2),
             ] {
                 let a = values(m * k, 3);
                 let packed = PackedMatrix::pack_for(isa, &a, m, k, (1, m));
@@ -1585,26 +1587,40 @@ mod tests {
                             b_rows[1 + p * ld_rows + j] = b[1 + p + j * ldb];
                         }
                     }
-                    let before = values(2 + ldc * n, 5);
-                    for (b, b_at) in [
+                    let values_before = values(2 + ldc * n, 5);
+                    let layouts = [
                         (&b, Operand::columns(1, ldb)),
                         (&b_rows, Operand::rows(1, ld_rows)),
-                    ] {
+                    ];
+                    // Added to C's values, and stored over NaN.
+                    for ((b, b_at), add) in
+                        layouts.into_iter().flat_map(|l| [(l, true), (l, false)])
+                    {
+                        let before = if add {
+                            values_before.clone()
+                        } else {
+                            vec![f32::NAN; values_before.len()]
+                        };
                         let mut c = before.clone();
-                        packed.multiply_add(rows.clone(), b, b_at, &mut c, (2, ldc), n);
+                        packed.multiply_rows(rows.clone(), b, b_at, &mut c, (2, ldc), n, add);
                         for j in 0..n {
                             for (r, i) in rows.clone().enumerate() {
                                 let at = 2 + r + j * ldc;
-                                let want = before[at] as f64 + want[i + j * m];
+                                let start = if add { before[at] as f64 } else { 0.0 };
                                 assert_eq!(
-                                    c[at] as f64, want,
-                                    "{isa:?} ({m},{k},{n}) {rows:?} at ({i},{j})"
+                                    c[at] as f64,
+                                    start + want[i + j * m],
+                                    "{isa:?} ({m},{k},{n}) {rows:?} at ({i},{j}), add {add}"
                                 );
                             }
                             for pad in rows.len()..ldc {
                                 let at = 2 + pad + j * ldc;
                                 if at < c.len() {
-                                    assert_eq!(c[at], before[at], "wrote padding at {pad}");
+                                    assert_eq!(
+                                        c[at].to_bits(),
+                                        before[at].to_bits(),
+                                        "wrote padding at {pad}"
+                                    );
                                 }
                             }
                         }

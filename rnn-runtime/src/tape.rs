@@ -541,16 +541,17 @@ impl<T: Scalar> Tape<T> {
             for block in blocks {
                 let grad = packed::as_f32_mut(block.grad).expect("f32");
                 let c_at = (block.col_start * block.grad_rows, block.grad_rows);
-                dz.multiply_add(row..row + block.rows, vt, vt_at, grad, c_at, cols);
+                dz.multiply_rows(row..row + block.rows, vt, vt_at, grad, c_at, cols, true);
                 row += block.rows;
             }
             return;
         }
         // Blocks that split panels (35 rows in panels of 32): the stack's product, in
         // whole panels, then each block's share added to its gradient.
-        let mut product = pool::<T>().take(stacked * cols, true);
+        // (The product overwrites the buffer, so it need not be cleared first.)
+        let mut product = pool::<T>().take(stacked * cols, false);
         let out = packed::as_f32_mut(&mut product).expect("f32");
-        dz.multiply_add(0..stacked, vt, vt_at, out, (0, stacked), cols);
+        dz.multiply_rows(0..stacked, vt, vt_at, out, (0, stacked), cols, false);
         let mut row = 0;
         for block in blocks.iter_mut() {
             for c in 0..cols {
