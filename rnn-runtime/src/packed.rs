@@ -284,7 +284,7 @@ impl PackedMatrix {
         let group = isa.one_column_group();
         let last_group = match rows.div_ceil(mr) % group {
             0 => group,
-            panels => panels,
+            count => count,
         };
         PackedMatrix {
             isa,
@@ -510,7 +510,6 @@ impl PackedMatrix {
     /// 24 independent chains. The notebooks' LSTM (140 rows, five panels) thus reads its
     /// weight in one pass, not in groups of four and one.
     ///
-    ///
     /// The kernels were chosen when the matrix was packed, and the tape calls this
     /// inlined, not through `multiply`: the tiny MGU runs 280 of these products a
     /// pass, and with the dispatch over the instruction set and the group's panels at
@@ -603,8 +602,9 @@ fn copy_padded(isa: Isa, column: &mut [f32], run: &[f32]) {
     );
     #[cfg(target_arch = "x86_64")]
     if isa == Isa::Avx512 && matches!(column.len(), 8 | 16 | 32) {
-        // SAFETY: the column holds its values; the masked loads read the run's values
-        // and no others; `isa` was detected.
+        // SAFETY: the column holds its 8, 16 or 32 values, and the run at most as
+        // many; the masked loads read the run's values and no others; `isa` was
+        // detected.
         unsafe { x86::copy_padded(run.as_ptr(), run.len(), column.as_mut_ptr(), column.len()) };
         return;
     }
