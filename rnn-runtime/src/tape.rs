@@ -319,13 +319,14 @@ impl<T: Scalar> Tape<T> {
 
     /// Several distinct buffers at once, for a fused loop. Inlined, so that the
     /// pairwise distinctness checks of the generated code's constant ids fold away
-    /// (13 buffers are 78 comparisons, at every step of the LSTM).
+    /// (13 buffers are 78 comparisons, at every step of the LSTM). The buffers come as
+    /// they are stored, not mapped to slices: for the LSTM's 13, the array's `map` was
+    /// a call of its own at every step (1.8% of the tiny LSTM's samples).
     #[inline(always)]
-    pub fn buffers_mut<const N: usize>(&mut self, ids: [usize; N]) -> [&mut [T]; N] {
+    pub fn buffers_mut<const N: usize>(&mut self, ids: [usize; N]) -> [&mut Vec<T>; N] {
         self.bufs
             .get_disjoint_mut(ids)
             .expect("generated code names distinct buffers")
-            .map(|buf| buf.as_mut_slice())
     }
 
     fn view(&self, (buf, row, col): At, rows: usize, cols: usize) -> Strided {
