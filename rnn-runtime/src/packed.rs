@@ -286,6 +286,7 @@ impl PackedMatrix {
             0 => group,
             count => count,
         };
+        let last_rows = isa.last_panel_rows(rows);
         PackedMatrix {
             isa,
             rows,
@@ -293,8 +294,8 @@ impl PackedMatrix {
             panels,
             streamed,
             one_column: [
-                one_column_kernel(isa, group, streamed),
-                one_column_kernel(isa, last_group, streamed),
+                one_column_kernel(isa, group, mr, streamed),
+                one_column_kernel(isa, last_group, last_rows, streamed),
             ],
         }
     }
@@ -552,40 +553,29 @@ impl PackedMatrix {
                 accumulate: false,
             };
             // SAFETY: b holds `k` values and c `rows` values (asserted above); the
-            // group reads `count` whole panels, as many as its kernel was chosen for;
-            // `pack_into` found the instructions of `self.isa`.
+            // group reads `count` whole panels, as many as its kernel was chosen for,
+            // the last storing the rows it was chosen for; `pack_into` found the
+            // instructions of `self.isa`.
             unsafe { self.one_column[usize::from(last)](&block) };
             first += count;
         }
     }
 }
 
-/// The one-column kernel for `count` panels side by side, prefetching them or not.
-fn one_column_kernel(isa: Isa, count: usize, streamed: bool) -> OneColumnKernel {
+/// The one-column kernel for `count` panels side by side whose last stores `last`
+/// rows per column (`Isa::last_panel_rows`), prefetching them or not.
+fn one_column_kernel(isa: Isa, count: usize, last: usize, streamed: bool) -> OneColumnKernel {
     #[cfg(target_arch = "x86_64")]
-    return match (isa, count, streamed) {
-        (Isa::Avx512, 6, true) => x86::avx512_one_column::<6, true>,
-        (Isa::Avx512, 5, true) => x86::avx512_one_column::<5, true>,
-        (Isa::Avx512, 4, true) => x86::avx512_one_column::<4, true>,
-        (Isa::Avx512, 3, true) => x86::avx512_one_column::<3, true>,
-        (Isa::Avx512, 2, true) => x86::avx512_one_column::<2, true>,
-        (Isa::Avx512, _, true) => x86::avx512_one_column::<1, true>,
-        (Isa::Avx512, 6, false) => x86::avx512_one_column::<6, false>,
-        (Isa::Avx512, 5, false) => x86::avx512_one_column::<5, false>,
-        (Isa::Avx512, 4, false) => x86::avx512_one_column::<4, false>,
-        (Isa::Avx512, 3, false) => x86::avx512_one_column::<3, false>,
-        (Isa::Avx512, 2, false) => x86::avx512_one_column::<2, false>,
-        (Isa::Avx512, _, false) => x86::avx512_one_column::<1, false>,
-        (Isa::Avx2, 4, _) => x86::avx2_one_column::<4>,
-        (Isa::Avx2, 3, _) => x86::avx2_one_column::<3>,
-        (Isa::Avx2, 2, _) => x86::avx2_one_column::<2>,
-        (Isa::Avx2, _, _) => x86::avx2_one_column::<1>,
+    return match (isa, streamed) {
+        (Isa::Avx512, true) => x86::avx512_one_column::<true>(count, last),
+        (Isa::Avx512, false) => x86::avx512_one_column::<false>(count, last),
+        (Isa::Avx2, _) => x86::avx2_one_column(count),
     };
     // No other processor packs (`Isa::detect`), so this is never called.
     #[cfg(not(target_arch = "x86_64"))]
     {
         unsafe fn none(_: &Block) {}
-        let _ = (isa, count, streamed);
+        let _ = (isa, count, last, streamed);
         none
     }
 }
@@ -1129,31 +1119,44 @@ mod x86 {
         }
     }
 
-    /// `G` consecutive 32-row panels times one column: `blk.height` counts the valid
-    /// rows of all `G` panels, and `blk.ldc` is the panel height (C is one column).
-    /// Even and odd packed columns accumulate apart, for 4·G independent chains.
-    ///
-    /// # Safety
-    /// As `Block::run`, for `G` panels, with AVX-512F present.
-    #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn avx512_one_column<const G: usize, const PREFETCH: bool>(blk: &Block) {
-        // SAFETY: forwarded from the caller.
-        unsafe {
-            match blk.stride {
-                32 => one_column::<G, PREFETCH, 32>(blk),
-                16 => one_column::<G, PREFETCH, 16>(blk),
-                _ => one_column::<G, PREFETCH, 8>(blk),
-            }
+    /// `one_column` for `count` panels (1 to 6) whose last stores `last` rows per
+    /// column, with or without prefetching.
+    pub(super) fn avx512_one_column<const PREFETCH: bool>(
+        count: usize,
+        last: usize,
+    ) -> super::OneColumnKernel {
+        match count {
+            6 => one_column_with_last::<6, PREFETCH>(last),
+            5 => one_column_with_last::<5, PREFETCH>(last),
+            4 => one_column_with_last::<4, PREFETCH>(last),
+            3 => one_column_with_last::<3, PREFETCH>(last),
+            2 => one_column_with_last::<2, PREFETCH>(last),
+            _ => one_column_with_last::<1, PREFETCH>(last),
         }
     }
 
-    /// `avx512_one_column` with the last panel's rows in `LAST` lanes, as many as it
-    /// stores per column (`Isa::last_panel_rows`): 32 (two 16-lane vectors), 16 (the
-    /// upper half skipped, see `of_width`) or 8 (one 8-lane vector, half the work of
-    /// a 16-lane one here: the 3 rows that 35 leaves past a panel).
+    /// `one_column` for `G` panels whose last stores `last` rows per column.
+    fn one_column_with_last<const G: usize, const PREFETCH: bool>(
+        last: usize,
+    ) -> super::OneColumnKernel {
+        match last {
+            32 => one_column::<G, PREFETCH, 32>,
+            16 => one_column::<G, PREFETCH, 16>,
+            _ => one_column::<G, PREFETCH, 8>,
+        }
+    }
+
+    /// `G` consecutive 32-row panels times one column: `blk.height` counts the valid
+    /// rows of all `G` panels, and `blk.ldc` is the panel height (C is one column).
+    /// Even and odd packed columns accumulate apart, for 4·G independent chains. The
+    /// last panel's rows run in `LAST` lanes, as many as it stores per column
+    /// (`Isa::last_panel_rows`): 32 (two 16-lane vectors), 16 (the upper half
+    /// skipped, see `of_width`) or 8 (one 8-lane vector, half the work of a 16-lane
+    /// one here: the 3 rows that 35 leaves past a panel).
     ///
     /// # Safety
-    /// As `avx512_one_column`; the last panel stores `LAST` values per column.
+    /// As `Block::run`, for `G` panels, with AVX-512F present; the last panel stores
+    /// `LAST` values per column.
     #[target_feature(enable = "avx512f")]
     unsafe fn one_column<const G: usize, const PREFETCH: bool, const LAST: usize>(blk: &Block) {
         let mut even = [[_mm512_setzero_ps(); 2]; G];
@@ -1330,12 +1333,22 @@ mod x86 {
         )
     }
 
-    /// `avx512_one_column` for 16-row panels, with 8-lane registers.
+    /// `avx2_one_column_of` for `count` panels (1 to 4).
+    pub(super) fn avx2_one_column(count: usize) -> super::OneColumnKernel {
+        match count {
+            4 => avx2_one_column_of::<4>,
+            3 => avx2_one_column_of::<3>,
+            2 => avx2_one_column_of::<2>,
+            _ => avx2_one_column_of::<1>,
+        }
+    }
+
+    /// `one_column` for 16-row panels, with 8-lane registers.
     ///
     /// # Safety
     /// As `Block::run`, for `G` panels, with AVX2 and FMA present.
     #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn avx2_one_column<const G: usize>(blk: &Block) {
+    unsafe fn avx2_one_column_of<const G: usize>(blk: &Block) {
         let mut even = [[_mm256_setzero_ps(); 2]; G];
         let mut odd = [[_mm256_setzero_ps(); 2]; G];
         let panel_len = 16 * blk.k;
