@@ -142,6 +142,7 @@ impl LineAligned {
 impl std::ops::Deref for LineAligned {
     type Target = [f32];
 
+    #[inline]
     fn deref(&self) -> &[f32] {
         &self.storage[self.start..][..self.len]
     }

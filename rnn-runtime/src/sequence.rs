@@ -518,12 +518,20 @@ fn unroll_backward<T: Scalar, C: Cell<T>>(
         }
         cell.step_backward(tape, off, n, &mut grads);
         for k in 0..spec.states.len() {
-            tape.copy(
-                (roles.d_prev[k], 0, 0),
-                (roles.d_state[k], 0, 0),
-                cell.state_size(k),
-                n,
-            );
+            // The step wrote the gradient before it for its n columns (the generated
+            // code stores it whole, or zeroes it): where that is the whole batch, the
+            // buffers trade places instead of copying. Where it is not, the other
+            // columns keep the gradient of sequences not in this step.
+            if n == batch {
+                tape.move_buffer(roles.d_prev[k], roles.d_state[k]);
+            } else {
+                tape.copy(
+                    (roles.d_prev[k], 0, 0),
+                    (roles.d_state[k], 0, 0),
+                    cell.state_size(k),
+                    n,
+                );
+            }
         }
     }
     let wanted = input_grads == InputGrads::Compute;

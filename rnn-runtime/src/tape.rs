@@ -99,6 +99,46 @@ fn f32_operands<T: 'static>(bufs: &mut [Vec<T>], src: usize, dst: usize) -> (&[f
     )
 }
 
+/// A stack's values (`rows` × `cols`, column-major), or their transpose, packed into
+/// its slot for the kernels the first time it is multiplied in a sequence.
+#[cold]
+#[inline(never)]
+fn pack_stack<'a, T: 'static>(
+    slot: &'a WeightCopies,
+    values: &[T],
+    (rows, cols): (usize, usize),
+    transpose: bool,
+) -> &'a PackedMatrix {
+    slot.packed[usize::from(transpose)].get_or_init(|| {
+        let values = packed::as_f32(values).expect("`available` checked f32");
+        if transpose {
+            pack_pooled(values, cols, rows, (rows, 1))
+        } else {
+            pack_pooled(values, rows, cols, (1, rows))
+        }
+    })
+}
+
+/// `Tape::transposed_times_column`'s aligned copy of a stack's values (`rows` ×
+/// `cols`), made into its slot (or found not worth making) the first time in a
+/// sequence.
+#[cold]
+#[inline(never)]
+fn align_columns<'a, T: 'static>(
+    slot: &'a WeightCopies,
+    values: &[T],
+    (rows, cols): (usize, usize),
+) -> &'a Option<AlignedColumns> {
+    slot.aligned_columns.get_or_init(|| {
+        if !packed::transposed_column_prefers_dots(rows, cols) {
+            return None;
+        }
+        let storage = pack_pool().take(AlignedColumns::stored_len(rows, cols), false);
+        let values = packed::as_f32(values).expect("`available` checked f32");
+        AlignedColumns::copy_into(storage, values, rows, (rows, cols))
+    })
+}
+
 /// Packs `values` for the kernels into storage from the pack pool.
 fn pack_pooled(values: &[f32], rows: usize, cols: usize, strides: (usize, usize)) -> PackedMatrix {
     let storage = pack_pool().take(PackedMatrix::packed_len(rows, cols), false);
@@ -373,18 +413,20 @@ impl<T: Scalar> Tape<T> {
 
     /// `gemm` through the packed kernel (f32 on a processor with AVX2 or AVX-512).
     fn packed_gemm(&mut self, stack: usize, transpose: bool, src: At, dst: At, n: usize) {
-        let (s_rows, s_cols) = (self.rows[stack], self.cols[stack]);
         if transpose && n == 1 && self.transposed_times_column(stack, src, dst) {
             return;
         }
-        let matrix = self.packed.slots[stack].packed[usize::from(transpose)].get_or_init(|| {
-            let values = packed::as_f32(&self.bufs[stack]).expect("`available` checked f32");
-            if transpose {
-                pack_pooled(values, s_cols, s_rows, (s_rows, 1))
-            } else {
-                pack_pooled(values, s_rows, s_cols, (1, s_rows))
-            }
-        });
+        // Packed once per sequence; the check is on every step's path, the packing
+        // (with its closure's captures) out of it.
+        let matrix = match self.packed.slots[stack].packed[usize::from(transpose)].get() {
+            Some(matrix) => matrix,
+            None => pack_stack(
+                &self.packed.slots[stack],
+                &self.bufs[stack],
+                (self.rows[stack], self.cols[stack]),
+                transpose,
+            ),
+        };
         let (src_ld, dst_ld) = (self.rows[src.0], self.rows[dst.0]);
         let (b, c) = f32_operands(&mut self.bufs, src.0, dst.0);
         if n == 1 {
@@ -405,15 +447,14 @@ impl<T: Scalar> Tape<T> {
     /// aligned copy (see `packed::AlignedColumns`); false where no such kernel runs or
     /// the packed transpose is faster for S's shape (decided once, with the copy).
     fn transposed_times_column(&mut self, stack: usize, src: At, dst: At) -> bool {
-        let (s_rows, s_cols) = (self.rows[stack], self.cols[stack]);
-        let copy = self.packed.slots[stack].aligned_columns.get_or_init(|| {
-            if !packed::transposed_column_prefers_dots(s_rows, s_cols) {
-                return None;
-            }
-            let storage = pack_pool().take(AlignedColumns::stored_len(s_rows, s_cols), false);
-            let values = packed::as_f32(&self.bufs[stack]).expect("`available` checked f32");
-            AlignedColumns::copy_into(storage, values, s_rows, (s_rows, s_cols))
-        });
+        let copy = match self.packed.slots[stack].aligned_columns.get() {
+            Some(copy) => copy,
+            None => align_columns(
+                &self.packed.slots[stack],
+                &self.bufs[stack],
+                (self.rows[stack], self.cols[stack]),
+            ),
+        };
         let Some(copy) = copy else {
             return false;
         };
@@ -424,6 +465,21 @@ impl<T: Scalar> Tape<T> {
         let (b, c) = f32_operands(&mut self.bufs, src.0, dst.0);
         copy.transposed_times(&b[src_at..], &mut c[dst_at..]);
         true
+    }
+
+    /// Makes buffer `dst` hold what `src` holds by exchanging the two, leaving `dst`'s
+    /// old values in `src`: a copy for a buffer that is written whole again before it
+    /// is next read (a state's gradient before the step, at every backward step).
+    ///
+    /// # Panics
+    /// When the two buffers differ in length (a bug of the caller's).
+    pub(crate) fn move_buffer(&mut self, src: usize, dst: usize) {
+        assert_eq!(
+            self.bufs[src].len(),
+            self.bufs[dst].len(),
+            "buffers {src} and {dst} exchanged at different lengths"
+        );
+        self.bufs.swap(src, dst);
     }
 
     /// Copies `rows` × `n` values.
