@@ -452,10 +452,15 @@ fn program(c: &Compiled, plan: &Plan, which: Program, params: &[Ident]) -> Token
             transpose,
             src,
             dst,
+            accumulate,
         } => {
             let stack_buf = plan.stacks[*stack].buf;
             let (src, dst) = (loc(src), loc(dst));
-            quote!(__tape.gemm(#stack_buf, #transpose, #src, #dst, __n);)
+            if *accumulate {
+                quote!(__tape.gemm_add(#stack_buf, #transpose, #src, #dst, __n);)
+            } else {
+                quote!(__tape.gemm(#stack_buf, #transpose, #src, #dst, __n);)
+            }
         }
         Stage::Copy { src, dst, rows } => {
             let (src, dst, rows) = (loc(src), loc(dst), rows.tokens(syms));

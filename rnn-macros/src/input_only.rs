@@ -88,7 +88,19 @@ fn reads(stage: &Stage) -> Vec<usize> {
         }
     }
     match stage {
-        Stage::Gemm { src, .. } => vec![src.buf],
+        Stage::Gemm {
+            src,
+            dst,
+            accumulate,
+            ..
+        } => {
+            // Adding to `dst` reads it.
+            let mut read = vec![src.buf];
+            if *accumulate {
+                read.push(dst.buf);
+            }
+            read
+        }
         Stage::Copy { src, .. } => vec![src.buf],
         Stage::Zero { .. } | Stage::Broadcast { .. } => Vec::new(),
         Stage::Kernel(kernel) => kernel

@@ -72,12 +72,13 @@ pub struct Stack {
 
 #[derive(Clone, Debug)]
 pub enum Stage {
-    /// `dst = stack * src`, or `stackᵀ * src`.
+    /// `dst = stack * src`, or `stackᵀ * src`; with `accumulate`, added to `dst`.
     Gemm {
         stack: usize,
         transpose: bool,
         src: Loc,
         dst: Loc,
+        accumulate: bool,
     },
     Copy {
         src: Loc,

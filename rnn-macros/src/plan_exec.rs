@@ -217,6 +217,7 @@ impl<'a> Exec<'a> {
                     transpose,
                     src,
                     dst,
+                    accumulate,
                 } => {
                     let s = self.plan.stacks[*stack].buf;
                     let (s_rows, s_cols) = (self.rows(s), self.bufs[s].len() / self.rows(s));
@@ -238,7 +239,11 @@ impl<'a> Exec<'a> {
                                 })
                                 .sum();
                             let at = self.at(dst, step, off, c, i);
-                            self.bufs[dst.buf][at] = sum;
+                            if *accumulate {
+                                self.bufs[dst.buf][at] += sum;
+                            } else {
+                                self.bufs[dst.buf][at] = sum;
+                            }
                         }
                     }
                 }

@@ -12,6 +12,7 @@
 use crate::compile::Compiled;
 use crate::ir::{Block, NodeId, Op};
 use crate::optimize::dynamic_nodes;
+use crate::parse::BinOp;
 use crate::plan::*;
 use crate::size::Size;
 
@@ -22,6 +23,18 @@ enum Target {
     /// Wherever that node is placed (a bridge, placed after roots are collected).
     LocOf(NodeId),
     Grad(usize),
+}
+
+/// A sum `term + S·v` run as its product added onto `term`: the loop that computes
+/// `term` stores it where the sum goes, and the GEMM adds to it there, so no loop runs
+/// for the sum itself. Where that sum is all a loop would do (the MGU's and the GRU's
+/// gradient of the previous state: a loop's term plus the recurrent weight's
+/// transpose times dz), a fused loop per step less.
+#[derive(Clone, Copy, Debug)]
+struct FusedSum {
+    sum: NodeId,
+    term: NodeId,
+    product: NodeId,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -54,6 +67,7 @@ struct Scheduler<'a> {
     buffers: Vec<Buffer>,
     stacks: Vec<Stack>,
     roles: Roles,
+    fused: Vec<FusedSum>,
 }
 
 impl<'a> Scheduler<'a> {
@@ -103,6 +117,7 @@ impl<'a> Scheduler<'a> {
             buffers: Vec::new(),
             stacks: Vec::new(),
             roles: Roles::default(),
+            fused: Vec::new(),
         };
         scheduler.assign_levels();
         scheduler
@@ -111,7 +126,9 @@ impl<'a> Scheduler<'a> {
     fn run(mut self) -> Plan {
         self.place_leaves();
         self.collect_roots();
+        self.fuse_sums();
         self.place_concat_parts();
+        self.place_fused_sums();
         self.place_values();
         self.drop_stores_in_place();
         let weight_grads = self.weight_grads();
@@ -305,6 +322,88 @@ impl<'a> Scheduler<'a> {
             self.post_loop[dz] = true;
             self.post_loop[vec] = true;
         }
+    }
+
+    /// Finds the sums that their product can add onto (see `FusedSum`); each then runs
+    /// between loops, as its product's stage. Its level is the product's either way:
+    /// its term is ready before the product.
+    fn fuse_sums(&mut self) {
+        for sum in 0..self.c.ir.graph.len() {
+            if let Some(fused) = self.fusable_sum(sum) {
+                self.role[sum] = Role::Between;
+                self.fused.push(fused);
+            }
+        }
+    }
+
+    /// `sum` as a `FusedSum`, if it is `term + S·v` (either way round) where the
+    /// product is read by the sum alone, `term` by the sum and otherwise only inside
+    /// the loop that computes it, and that loop runs before the product; neither is
+    /// kept for another program or delivered anywhere.
+    fn fusable_sum(&self, sum: NodeId) -> Option<FusedSum> {
+        let Op::Bin(BinOp::Add, x, y) = *self.op(sum) else {
+            return None;
+        };
+        let (term, product) = match (self.role[x], self.role[y]) {
+            (Role::Kernel, Role::Between) => (x, y),
+            (Role::Between, Role::Kernel) => (y, x),
+            _ => return None,
+        };
+        let delivered = |id: NodeId| self.roots.iter().any(|(_, value, _)| *value == id);
+        let only_in_its_loop = self.users[term].iter().all(|&u| {
+            u == sum
+                || (self.role[u] == Role::Kernel
+                    && self.level[u] == self.level[term]
+                    && self.size(u) == self.size(term)
+                    && self.same_program(u, term))
+        });
+        let fits = self.role[sum] == Role::Kernel
+            && matches!(self.op(product), Op::Gemm { .. } | Op::GemmT { .. })
+            && self.same_program(term, sum)
+            && self.same_program(product, sum)
+            && self.level[term] < self.level[product]
+            && self.users[product] == [sum]
+            && only_in_its_loop
+            && !self.users[sum]
+                .iter()
+                .any(|&u| matches!(self.op(u), Op::Concat(_)))
+            && !delivered(term)
+            && !delivered(product)
+            && !self.post_loop[term]
+            && !self.post_loop[product]
+            && self.size(term) == self.size(sum)
+            && self.size(product) == self.size(sum);
+        fits.then_some(FusedSum { sum, term, product })
+    }
+
+    /// A fused sum's place (where its program delivers it, as for a GEMM, or a buffer
+    /// of its own) is its term's and its product's as well.
+    fn place_fused_sums(&mut self) {
+        for FusedSum { sum, term, product } in self.fused.clone() {
+            let cols = if self.needs_steps(sum) {
+                Cols::Steps
+            } else {
+                Cols::Batch
+            };
+            let loc = match self.direct_target(sum, &cols) {
+                Some(target) => target,
+                None => {
+                    let text = self.c.ir.graph.nodes[sum].text.clone();
+                    Loc::at(self.new_buffer(self.size(sum).clone(), cols, text))
+                }
+            };
+            for id in [sum, term, product] {
+                assert!(
+                    self.loc[id].is_none(),
+                    "a fused sum's node placed before it"
+                );
+                self.loc[id] = Some(loc.clone());
+            }
+        }
+    }
+
+    fn fused_sum(&self, sum: NodeId) -> Option<&FusedSum> {
+        self.fused.iter().find(|f| f.sum == sum)
     }
 
     /// Whether `id`'s value is read outside its program: by another program, or after
@@ -519,7 +618,9 @@ impl<'a> Scheduler<'a> {
     /// delivers it to (the gradient of a previous state or of an input), when that
     /// buffer holds the same columns. A copy per step (and per pass) less.
     fn direct_target(&self, id: NodeId, cols: &Cols) -> Option<Loc> {
-        if !matches!(self.op(id), Op::Gemm { .. } | Op::GemmT { .. }) {
+        if !matches!(self.op(id), Op::Gemm { .. } | Op::GemmT { .. })
+            && self.fused_sum(id).is_none()
+        {
             return None;
         }
         let mut targets = self.roots.iter().filter(|(_, value, _)| *value == id);
@@ -686,7 +787,11 @@ impl<'a> Scheduler<'a> {
     }
 
     fn between_stage(&mut self, id: NodeId, stages: &mut Vec<Stage>) {
+        if self.fused_sum(id).is_some() {
+            return; // its product's stage adds up the sum
+        }
         let dst = self.loc[id].clone().expect("between ops own a buffer");
+        let accumulate = self.fused.iter().any(|f| f.product == id);
         match self.op(id).clone() {
             Op::Gemm { blocks, vec } => {
                 let stack = self.stack_for(&blocks, &self.size(vec).clone());
@@ -696,6 +801,7 @@ impl<'a> Scheduler<'a> {
                     transpose: false,
                     src,
                     dst,
+                    accumulate,
                 });
             }
             Op::GemmT { blocks, vec } => {
@@ -707,6 +813,7 @@ impl<'a> Scheduler<'a> {
                     transpose: true,
                     src,
                     dst,
+                    accumulate,
                 });
             }
             Op::Concat(parts) => {
@@ -842,6 +949,78 @@ mod tests {
             )
             .count();
         assert_eq!(stores_of_dz, 4, "one store per gate: {:#?}", step.body);
+    }
+
+    /// The MGU's gradient of the previous `h` is a loop's term plus `U_fᵀ dz_f`: the
+    /// loop stores the term where that gradient goes, and the product adds onto it,
+    /// with no loop for the sum.
+    #[test]
+    fn a_sum_with_a_product_runs_as_the_product_added_onto_its_term() {
+        let plan = schedule(&compile_full(quote::quote! {
+            fn mgu(x: Input, h: State) {
+                let f = sigmoid(W_f * x + b_f + U_f * h);
+                let n = tanh(W_n * x + b_n + U_n * (f * h));
+                h = (1.0 - f) * h + f * n;
+            }
+        }));
+        let adds = |s: &Stage| {
+            matches!(
+                s,
+                Stage::Gemm {
+                    accumulate: true,
+                    ..
+                }
+            )
+        };
+        let kernel = |s: &Stage| matches!(s, Stage::Kernel(_));
+        let steps = &plan.step_backward;
+        assert_eq!(count(steps, adds), 1, "{steps:#?}");
+        assert_eq!(count(steps, kernel), 2, "{steps:#?}");
+        let Some(Stage::Gemm { dst, .. }) = steps.last() else {
+            panic!("the step backward ends with the product that adds: {steps:#?}")
+        };
+        let d_prev = plan.roles.d_prev[0];
+        assert_eq!(*dst, Loc::at(d_prev));
+        let Some(Stage::Kernel(before)) = steps.iter().rev().nth(1) else {
+            panic!("a loop before the last product: {steps:#?}")
+        };
+        let stores_term = before
+            .body
+            .iter()
+            .any(|s| matches!(s, KStmt::Store { dst, .. } if dst.buf == d_prev));
+        assert!(stores_term, "{:#?}", before.body);
+        // Forward, each sum's other term is the hoisted projection (of another
+        // program): the products do not add.
+        assert_eq!(count(&plan.step_forward, adds), 0);
+    }
+
+    /// A term that the product itself reads (`a + V * a`) must stay as it is: the sum
+    /// runs as a loop.
+    #[test]
+    fn a_product_of_its_own_term_is_not_added_onto_it() {
+        let plan = schedule(&compile_full(quote::quote! {
+            fn cell(x: Input, h: State) {
+                let a = tanh(W * x + U * h);
+                h = a + V * a;
+            }
+        }));
+        let adds = |s: &Stage| {
+            matches!(
+                s,
+                Stage::Gemm {
+                    accumulate: true,
+                    ..
+                }
+            )
+        };
+        assert_eq!(
+            count(&plan.step_forward, adds),
+            0,
+            "{:#?}",
+            plan.step_forward
+        );
+        let kernels = count(&plan.step_forward, |s| matches!(s, Stage::Kernel(_)));
+        assert_eq!(kernels, 2, "{:#?}", plan.step_forward);
     }
 
     /// The LSTM's steps read the gates' products (or gradients) and write other

@@ -301,8 +301,9 @@ impl PackedMatrix {
         }
     }
 
-    /// `C = P · B` for `n` columns: B's column j starts at `b[b_offset + j * ldb]` and
-    /// has as many values as P has columns, C's at `c[c_offset + j * ldc]` as many as P has rows.
+    /// `C = P · B` for `n` columns (with `add`, `C += P · B`): B's column j starts at
+    /// `b[b_offset + j * ldb]` and has as many values as P has columns, C's at
+    /// `c[c_offset + j * ldc]` as many as P has rows.
     ///
     /// # Panics
     /// When a column of B or C reaches past its slice: the tape computes these extents
@@ -314,6 +315,7 @@ impl PackedMatrix {
         c: &mut [f32],
         c_at: (usize, usize),
         n: usize,
+        add: bool,
     ) {
         let (k, (b_offset, ldb), (c_offset, ldc)) = (self.cols, b_at, c_at);
         let b_at = Operand::columns(b_offset, ldb);
@@ -323,13 +325,15 @@ impl PackedMatrix {
         }
         if k == 0 {
             // An empty inner dimension: the product is zero.
-            for j in 0..n {
-                c[c_offset + j * ldc..][..self.rows].fill(0.0);
+            if !add {
+                for j in 0..n {
+                    c[c_offset + j * ldc..][..self.rows].fill(0.0);
+                }
             }
             return;
         }
         if n == 1 {
-            return self.multiply_one_column(&b[b_offset..], &mut c[c_offset..]);
+            return self.multiply_one_column(&b[b_offset..], &mut c[c_offset..], add);
         }
         self.blocks(
             b,
@@ -340,7 +344,7 @@ impl PackedMatrix {
             0..self.rows,
             (0, k),
             self.streamed,
-            false,
+            add,
         );
     }
 
@@ -504,7 +508,8 @@ impl Operand {
 const INNER_BLOCK: usize = 128;
 
 impl PackedMatrix {
-    /// `c = P · b` for one column (a batch of one, the notebooks' case).
+    /// `c = P · b` for one column (a batch of one, the notebooks' case); with `add`,
+    /// `c += P · b`.
     /// Per panel, one column gives the kernel two chains of dependent multiply-adds,
     /// each waiting on the last: the product ran at the multiply-add's latency, not its
     /// throughput. Here up to six panels (four with AVX2, whose 16 registers hold no
@@ -523,14 +528,15 @@ impl PackedMatrix {
     /// When `b` holds fewer values than P has columns, or `c` than it has rows (a bug
     /// of the caller's).
     #[inline]
-    pub(crate) fn multiply_one_column(&self, b: &[f32], c: &mut [f32]) {
+    pub(crate) fn multiply_one_column(&self, b: &[f32], c: &mut [f32], add: bool) {
         let (mr, k) = (self.isa.panel_rows(), self.cols);
         let (group, panels) = (self.isa.one_column_group(), self.rows.div_ceil(mr));
         assert!(
             b.len() >= k && c.len() >= self.rows,
             "packed product: operands out of bounds"
         );
-        // (With no inner dimension, the kernels read nothing and store zeros.)
+        // (With no inner dimension, the kernels read nothing and store zeros, or add
+        // them.)
         let mut first = 0;
         while first < panels {
             let count = group.min(panels - first);
@@ -551,7 +557,7 @@ impl PackedMatrix {
                 ldc: mr,
                 height: (self.rows - first * mr).min(count * mr),
                 streamed: self.streamed,
-                accumulate: false,
+                accumulate: add,
             };
             // SAFETY: b holds `k` values and c `rows` values (asserted above); the
             // group reads `count` whole panels, as many as its kernel was chosen for,
@@ -772,12 +778,13 @@ impl AlignedColumns {
         self.storage.into_storage()
     }
 
-    /// `out[k] = Σᵢ M[i, k] · x[i]`: Mᵀ times the column `x`.
+    /// `out[k] = Σᵢ M[i, k] · x[i]`: Mᵀ times the column `x` (with `add`, added to
+    /// `out[k]`).
     ///
     /// # Panics
     /// When `x` has fewer values than M has rows, or `out` than it has columns (a bug
     /// of the caller's).
-    pub(crate) fn transposed_times(&self, x: &[f32], out: &mut [f32]) {
+    pub(crate) fn transposed_times(&self, x: &[f32], out: &mut [f32], add: bool) {
         assert!(
             self.rows <= x.len() && self.cols <= out.len(),
             "transposed product: operands out of bounds"
@@ -796,6 +803,7 @@ impl AlignedColumns {
                 (self.rows, self.cols),
                 x.as_ptr(),
                 out.as_mut_ptr(),
+                add,
             )
         };
     }
@@ -1207,11 +1215,16 @@ mod x86 {
             let rows = blk.height.saturating_sub(g * 32).min(32);
             let mask_lo: __mmask16 = ((1u32 << rows.min(16)) - 1) as u16;
             let mask_hi: __mmask16 = ((1u32 << rows.saturating_sub(16)) - 1) as u16;
-            // SAFETY: C has `height` writable values, `rows` of them from `g * 32`.
+            // SAFETY: C has `height` writable values, `rows` of them from `g * 32`; the
+            // masked loads read those only.
             unsafe {
                 let out = blk.c.add(g * blk.ldc);
-                let lo = _mm512_add_ps(even[g][0], odd[g][0]);
-                let hi = _mm512_add_ps(even[g][1], odd[g][1]);
+                let mut lo = _mm512_add_ps(even[g][0], odd[g][0]);
+                let mut hi = _mm512_add_ps(even[g][1], odd[g][1]);
+                if blk.accumulate {
+                    lo = _mm512_add_ps(lo, _mm512_maskz_loadu_ps(mask_lo, out));
+                    hi = _mm512_add_ps(hi, _mm512_maskz_loadu_ps(mask_hi, out.add(16)));
+                }
                 _mm512_mask_storeu_ps(out, mask_lo, lo);
                 _mm512_mask_storeu_ps(out.add(16), mask_hi, hi);
             }
@@ -1221,7 +1234,8 @@ mod x86 {
     /// `transposed_times_column`'s kernel: eight columns at a time (the last four or
     /// fewer in a block of four), each accumulating 16 rows per multiply-add (the last
     /// rows masked), then the block's sums reduced together. Past the last column, a
-    /// block re-reads that column and drops the sums.
+    /// block re-reads that column and drops the sums. With `add`, the sums are added
+    /// to `out`'s values.
     ///
     /// # Safety
     /// `a` holds `cols` columns `ld` apart of `rows` values each, `x` `rows` values,
@@ -1233,6 +1247,7 @@ mod x86 {
         (rows, cols): (usize, usize),
         x: *const f32,
         out: *mut f32,
+        add: bool,
     ) {
         for first in (0..cols).step_by(8) {
             let width = 8.min(cols - first);
@@ -1241,7 +1256,10 @@ mod x86 {
             unsafe {
                 let column = |j: usize| a.add((first + j).min(cols - 1) * ld);
                 if width == 8 {
-                    let sums = sum_each(dot_block(std::array::from_fn(column), rows, x));
+                    let mut sums = sum_each(dot_block(std::array::from_fn(column), rows, x));
+                    if add {
+                        sums = _mm256_add_ps(sums, _mm256_loadu_ps(out.add(first)));
+                    }
                     _mm256_storeu_ps(out.add(first), sums);
                     continue;
                 }
@@ -1255,7 +1273,8 @@ mod x86 {
                     _mm256_storeu_ps(lanes.as_mut_ptr(), sums);
                 }
                 for (j, &lane) in lanes[..width].iter().enumerate() {
-                    *out.add(first + j) = lane;
+                    let at = out.add(first + j);
+                    *at = if add { *at + lane } else { lane };
                 }
             }
         }
@@ -1378,12 +1397,19 @@ mod x86 {
             let mut panel = [0.0f32; 16];
             // SAFETY: C has `height` writable values, `rows` of them from `g * 16`.
             unsafe {
-                _mm256_storeu_ps(panel.as_mut_ptr(), _mm256_add_ps(even[g][0], odd[g][0]));
-                _mm256_storeu_ps(
-                    panel.as_mut_ptr().add(8),
-                    _mm256_add_ps(even[g][1], odd[g][1]),
+                let out = blk.c.add(g * blk.ldc);
+                if blk.accumulate {
+                    std::ptr::copy_nonoverlapping(out, panel.as_mut_ptr(), rows);
+                }
+                let (lo, hi) = (
+                    _mm256_loadu_ps(panel.as_ptr()),
+                    _mm256_loadu_ps(panel.as_ptr().add(8)),
                 );
-                std::ptr::copy_nonoverlapping(panel.as_ptr(), blk.c.add(g * blk.ldc), rows);
+                let lo = _mm256_add_ps(lo, _mm256_add_ps(even[g][0], odd[g][0]));
+                let hi = _mm256_add_ps(hi, _mm256_add_ps(even[g][1], odd[g][1]));
+                _mm256_storeu_ps(panel.as_mut_ptr(), lo);
+                _mm256_storeu_ps(panel.as_mut_ptr().add(8), hi);
+                std::ptr::copy_nonoverlapping(panel.as_ptr(), out, rows);
             }
         }
     }
@@ -1465,14 +1491,34 @@ mod tests {
         c
     }
 
+    /// C's value at `at` is the product's `want`: stored, or with `add` added to what C
+    /// held `before`.
+    fn assert_product_at(
+        c: &[f32],
+        before: &[f32],
+        at: usize,
+        want: f64,
+        add: bool,
+        context: impl Fn() -> String,
+    ) {
+        let start = if add { before[at] as f64 } else { 0.0 };
+        assert!(
+            c[at] as f64 == start + want,
+            "{}, add {add}: {} against {}",
+            context(),
+            c[at],
+            start + want
+        );
+    }
+
     fn values(len: usize, seed: u32) -> Vec<f32> {
         (0..len)
             .map(|i| ((i as f32 * 0.37 + seed as f32).sin() * 2.0).round() / 4.0)
             .collect()
     }
 
-    /// Every panel height and block width, both orientations, strided B and C: exact,
-    /// since the values are quarters and the sums are short.
+    /// Every panel height and block width, both orientations, strided B and C, stored
+    /// and added to C: exact, since the values are quarters and the sums are short.
     #[test]
     fn packed_products_match_the_naive_product() {
         for isa in runnable_isas() {
@@ -1538,29 +1584,40 @@ mod tests {
                 let packed = PackedMatrix::pack_for_into(isa, used, &a, m, k, strides);
                 let (ldb, ldc) = (k + 3, m + 2);
                 let b = values(ldb * n + 5, 2);
-                let mut c = vec![f32::NAN; 1 + ldc * n];
-                packed.multiply(&b, (2, ldb), &mut c, (1, ldc), n);
-                if n == 1 {
-                    // The tape's direct path for one column: the same values.
-                    let mut direct = vec![f32::NAN; 1 + ldc];
-                    packed.multiply_one_column(&b[2..], &mut direct[1..]);
-                    let same = direct
-                        .iter()
-                        .zip(&c)
-                        .all(|(d, c)| d.to_bits() == c.to_bits());
-                    assert!(same, "{isa:?} ({m},{k},1) directly");
-                }
                 let b_view: Vec<f32> = b[2..].to_vec();
                 let want = reference(&a, (m, k), strides, &b_view, ldb, n);
-                for j in 0..n {
-                    for i in 0..m {
-                        let got = c[1 + i + j * ldc];
-                        let want = want[i + j * m];
-                        assert_eq!(got as f64, want, "{isa:?} ({m},{k},{n}) at ({i},{j})");
+                // Stored over NaN, and added to values (C's padding NaN either way).
+                for add in [false, true] {
+                    let mut before = vec![f32::NAN; 1 + ldc * n];
+                    if add {
+                        let start = values(before.len(), 6);
+                        for j in 0..n {
+                            let column = 1 + j * ldc..1 + j * ldc + m;
+                            before[column.clone()].copy_from_slice(&start[column]);
+                        }
                     }
-                    // The padding rows between columns of C are left alone.
-                    for pad in m..ldc {
-                        assert!(c[1 + pad + j * ldc].is_nan(), "wrote padding at {pad}");
+                    let mut c = before.clone();
+                    packed.multiply(&b, (2, ldb), &mut c, (1, ldc), n, add);
+                    if n == 1 {
+                        // The tape's direct path for one column: the same values.
+                        let mut direct = before.clone();
+                        packed.multiply_one_column(&b[2..], &mut direct[1..], add);
+                        let same = direct
+                            .iter()
+                            .zip(&c)
+                            .all(|(d, c)| d.to_bits() == c.to_bits());
+                        assert!(same, "{isa:?} ({m},{k},1) directly, add {add}");
+                    }
+                    for j in 0..n {
+                        for i in 0..m {
+                            let (at, want) = (1 + i + j * ldc, want[i + j * m]);
+                            let context = || format!("{isa:?} ({m},{k},{n}) at ({i},{j})");
+                            assert_product_at(&c, &before, at, want, add, context);
+                        }
+                        // The padding rows between columns of C are left alone.
+                        for pad in m..ldc {
+                            assert!(c[1 + pad + j * ldc].is_nan(), "wrote padding at {pad}");
+                        }
                     }
                 }
             }
@@ -1619,13 +1676,10 @@ mod tests {
                         packed.multiply_rows(rows.clone(), b, b_at, &mut c, (2, ldc), n, add);
                         for j in 0..n {
                             for (r, i) in rows.clone().enumerate() {
-                                let at = 2 + r + j * ldc;
-                                let start = if add { before[at] as f64 } else { 0.0 };
-                                assert_eq!(
-                                    c[at] as f64,
-                                    start + want[i + j * m],
-                                    "{isa:?} ({m},{k},{n}) {rows:?} at ({i},{j}), add {add}"
-                                );
+                                let (at, want) = (2 + r + j * ldc, want[i + j * m]);
+                                let context =
+                                    || format!("{isa:?} ({m},{k},{n}) {rows:?} at ({i},{j})");
+                                assert_product_at(&c, &before, at, want, add, context);
                             }
                             for pad in rows.len()..ldc {
                                 let at = 2 + pad + j * ldc;
@@ -1646,7 +1700,7 @@ mod tests {
 
     /// Transposed products of one column, at every column count around the block of
     /// eight and row counts around whole registers, from a strided source into
-    /// storage a finished copy left full of NaN: exact, as above.
+    /// storage a finished copy left full of NaN, stored and added: exact, as above.
     #[test]
     fn transposed_column_products_match_the_naive_product() {
         for &(rows, cols) in &[
@@ -1667,13 +1721,25 @@ mod tests {
             let Some(copy) = AlignedColumns::copy_into(used, &a, ld, (rows, cols)) else {
                 return;
             };
-            let mut out = vec![f32::NAN; cols + 1];
-            copy.transposed_times(&x, &mut out);
-            for k in 0..cols {
-                let want: f64 = (0..rows).map(|i| a[k * ld + i] as f64 * x[i] as f64).sum();
-                assert_eq!(out[k] as f64, want, "({rows}, {cols}) at {k}");
+            for add in [false, true] {
+                let mut before = values(cols + 1, 9);
+                if !add {
+                    before.fill(f32::NAN);
+                }
+                before[cols] = f32::NAN;
+                let mut out = before.clone();
+                copy.transposed_times(&x, &mut out, add);
+                for k in 0..cols {
+                    let want: f64 = (0..rows).map(|i| a[k * ld + i] as f64 * x[i] as f64).sum();
+                    let start = if add { before[k] as f64 } else { 0.0 };
+                    assert_eq!(
+                        out[k] as f64,
+                        start + want,
+                        "({rows}, {cols}) at {k}, add {add}"
+                    );
+                }
+                assert!(out[cols].is_nan(), "wrote past the columns");
             }
-            assert!(out[cols].is_nan(), "wrote past the columns");
         }
     }
 
