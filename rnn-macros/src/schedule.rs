@@ -7,7 +7,9 @@
 //! GEMMs on stacked weights, copies, and fused kernels in which every elementwise node of
 //! one size and one level is a local of a single loop. Values cross a kernel boundary
 //! through tape buffers; only those that another stage, program or the backward pass
-//! reads are stored ("keep only what backward reads").
+//! reads are stored ("keep only what backward reads"). A sum of a loop's value and a
+//! product runs as the product added onto that value (`FusedSum`), with no loop of its
+//! own.
 
 use crate::compile::Compiled;
 use crate::ir::{Block, NodeId, Op};
