@@ -394,6 +394,129 @@ impl PackedMatrix {
         }
     }
 
+    /// `C_k += (P · B)[block k's rows]` for blocks of P's rows one after another from
+    /// row 0, each with a C of its own, B where `b_at` says (`n` columns): the weight
+    /// gradients of gates that split panels (35 rows in panels of 32), a panel across
+    /// two blocks storing its rows into both. Through a product of the whole stack and
+    /// an add loop per block, the tiny LSTM spent 2.9% of its time around these
+    /// products. Returns false, and does nothing, where this does not apply: without
+    /// AVX-512, or where a block has fewer rows than a panel (a panel would then cross
+    /// into a third).
+    ///
+    /// # Panics
+    /// When the blocks' rows do not add up to P's, or a block's columns or B's reach
+    /// past their slices (a bug of the caller's).
+    pub(crate) fn multiply_add_into_blocks(
+        &self,
+        b: &[f32],
+        b_at: Operand,
+        n: usize,
+        blocks: &mut [RowBlock<'_>],
+    ) -> bool {
+        let mr = self.isa.panel_rows();
+        if self.isa != Isa::Avx512 || blocks.iter().any(|block| block.rows < mr) {
+            return false;
+        }
+        let stacked: usize = blocks.iter().map(|block| block.rows).sum();
+        assert_eq!(
+            stacked, self.rows,
+            "blocks of {stacked} rows for {} rows",
+            self.rows
+        );
+        for block in blocks.iter() {
+            self.check_bounds(b, b_at, block.c, (block.at, block.ld), n, block.rows);
+        }
+        if n == 0 || self.cols == 0 {
+            return true;
+        }
+        // (start row, first value, column stride) of each block: the pointers are taken
+        // once, so that two blocks' C can be written by one kernel call.
+        let mut start = 0;
+        let places: Vec<(usize, *mut f32, usize)> = blocks
+            .iter_mut()
+            .map(|block| {
+                let place = (start, block.c[block.at..].as_mut_ptr(), block.ld);
+                start += block.rows;
+                place
+            })
+            .collect();
+        for first in (0..self.cols).step_by(INNER_BLOCK) {
+            let depth = INNER_BLOCK.min(self.cols - first);
+            let mut k = 0;
+            for p in 0..self.rows.div_ceil(mr) {
+                let (top, bottom) = (p * mr, ((p + 1) * mr).min(self.rows));
+                while places[k].0 + blocks[k].rows <= top {
+                    k += 1;
+                }
+                let (block_start, c, ldc) = places[k];
+                let within = top - block_start;
+                let split_at = (blocks[k].rows - within).min(bottom - top);
+                // Where the panel crosses into the next block, its rows from `split_at`
+                // go to that block's first rows.
+                let (c2, ldc2) = if split_at < bottom - top {
+                    (places[k + 1].1, places[k + 1].2)
+                } else {
+                    (std::ptr::null_mut(), 0)
+                };
+                let first_columns = Block {
+                    k: depth,
+                    a: self.panel(p)[first * panel_stride(self.isa, self.rows, p)..].as_ptr(),
+                    stride: panel_stride(self.isa, self.rows, p),
+                    b: b[b_at.offset + first * b_at.step..].as_ptr(),
+                    ldb: b_at.ld,
+                    b_step: b_at.step,
+                    c: c.wrapping_add(within),
+                    ldc,
+                    height: bottom - top,
+                    streamed: false,
+                    accumulate: true,
+                    split_at,
+                    c2,
+                    ldc2,
+                };
+                // SAFETY: the kernels read `depth` packed columns of this panel from
+                // `first` and `depth` values of B's `n` columns from `first` (by
+                // `check_bounds`); they read and write rows `within..within +
+                // split_at` of block k's C, and the panel's other rows (fewer than a
+                // panel, so within the next block, of at least a panel's rows) as that
+                // block's first rows, of `n` columns: all inside their slices by
+                // `check_bounds`.
+                unsafe { self.run_across(first_columns, n) };
+            }
+        }
+        true
+    }
+
+    /// Panel `p`'s packed values.
+    fn panel(&self, p: usize) -> &[f32] {
+        let mr = self.isa.panel_rows();
+        &self.panels[p * mr * self.cols..][..panel_stride(self.isa, self.rows, p) * self.cols]
+    }
+
+    /// `first_columns` (a panel times B's columns from `first_columns.b`, into C from
+    /// `first_columns.c`), and the same for every block of B's columns up to `n`: each
+    /// block `block_cols` wide, the last narrower.
+    ///
+    /// # Safety
+    /// As `Block::run`, for each block of `n` columns of B and of C (and of the second
+    /// C), with `isa`'s instructions present.
+    unsafe fn run_across(&self, first_columns: Block, n: usize) {
+        let nr = block_cols(self.isa);
+        let mut j = 0;
+        while j < n {
+            let block = Block {
+                b: first_columns.b.wrapping_add(j * first_columns.ldb),
+                c: first_columns.c.wrapping_add(j * first_columns.ldc),
+                c2: first_columns.c2.wrapping_add(j * first_columns.ldc2),
+                ..first_columns
+            };
+            let width = nr.min(n - j);
+            // SAFETY: forwarded from the caller.
+            unsafe { block.run(self.isa, width) };
+            j += width;
+        }
+    }
+
     /// The rows of a panel: a product may start at any multiple of it.
     pub(crate) fn panel_height(&self) -> usize {
         self.isa.panel_rows()
@@ -437,36 +560,32 @@ impl PackedMatrix {
         streamed: bool,
         accumulate: bool,
     ) {
-        let (mr, nr) = (self.isa.panel_rows(), block_cols(self.isa));
+        let mr = self.isa.panel_rows();
         for p in rows.start / mr..rows.end.div_ceil(mr) {
             let stride = panel_stride(self.isa, self.rows, p);
-            let panel = &self.panels[p * mr * self.cols..][..stride * self.cols];
             let height = mr.min(rows.end - p * mr);
-            let mut j = 0;
-            while j < n {
-                let width = nr.min(n - j);
-                let block = Block {
-                    k: depth,
-                    a: panel[first * stride..].as_ptr(),
-                    stride,
-                    b: b[b_at.offset + j * b_at.ld + first * b_at.step..].as_ptr(),
-                    ldb: b_at.ld,
-                    b_step: b_at.step,
-                    c: c[c_offset + j * ldc + p * mr - rows.start..].as_mut_ptr(),
-                    ldc,
-                    height,
-                    streamed,
-                    accumulate,
-                };
-                // SAFETY: the kernel reads `depth` packed columns of this panel from
-                // `first`, `depth` values of `width` columns of B from `first`, and
-                // writes (with `accumulate`, reads and writes) `height` values of
-                // `width` columns of C: all in bounds by `check_bounds`, since
-                // `first + depth <= self.cols` and the panels' rows lie in `rows`;
-                // `detect` found the instructions.
-                unsafe { block.run(self.isa, width) };
-                j += width;
-            }
+            let first_columns = Block {
+                k: depth,
+                a: self.panel(p)[first * stride..].as_ptr(),
+                stride,
+                b: b[b_at.offset + first * b_at.step..].as_ptr(),
+                ldb: b_at.ld,
+                b_step: b_at.step,
+                c: c[c_offset + p * mr - rows.start..].as_mut_ptr(),
+                ldc,
+                height,
+                streamed,
+                accumulate,
+                split_at: height,
+                c2: std::ptr::null_mut(),
+                ldc2: 0,
+            };
+            // SAFETY: the kernels read `depth` packed columns of this panel from
+            // `first`, `depth` values of B's `n` columns from `first`, and write (with
+            // `accumulate`, read and write) `height` values of `n` columns of C: all in
+            // bounds by `check_bounds`, since `first + depth <= self.cols` and the
+            // panels' rows lie in `rows`; `detect` found the instructions.
+            unsafe { self.run_across(first_columns, n) };
         }
     }
 }
@@ -558,6 +677,9 @@ impl PackedMatrix {
                 height: (self.rows - first * mr).min(count * mr),
                 streamed: self.streamed,
                 accumulate: add,
+                split_at: usize::MAX,
+                c2: std::ptr::null_mut(),
+                ldc2: 0,
             };
             // SAFETY: b holds `k` values and c `rows` values (asserted above); the
             // group reads `count` whole panels, as many as its kernel was chosen for,
@@ -809,7 +931,17 @@ impl AlignedColumns {
     }
 }
 
+/// Where `multiply_add_into_blocks` adds a block of a stacked product's rows: `rows`
+/// rows, column j from `c[at + j * ld]`.
+pub(crate) struct RowBlock<'a> {
+    pub c: &'a mut [f32],
+    pub at: usize,
+    pub ld: usize,
+    pub rows: usize,
+}
+
 /// One kernel call: a panel of `height` valid rows times `width` columns of B.
+#[derive(Clone, Copy)]
 struct Block {
     k: usize,
     a: *const f32,
@@ -827,6 +959,12 @@ struct Block {
     streamed: bool,
     /// Whether to add the product to C rather than overwrite C.
     accumulate: bool,
+    /// The panel's rows stored from `c` (`height`, or more, when all of them); the
+    /// rest go to a second C from `c2`, its columns `ldc2` apart (a panel across the
+    /// boundary of two blocks of rows, see `multiply_add_into_blocks`).
+    split_at: usize,
+    c2: *mut f32,
+    ldc2: usize,
 }
 
 /// Weights larger than this (the size of a core's L1 cache) stream from L2 or L3 at
@@ -1063,19 +1201,34 @@ mod x86 {
         let mut hi = [_mm512_setzero_ps(); NR];
         // Masked loads and stores touch only the panel's valid rows (the last panel is
         // partial).
-        let rows_lo = blk.height.min(16);
-        let rows_hi = blk.height.saturating_sub(16);
-        let mask_lo: __mmask16 = ((1u32 << rows_lo) - 1) as u16;
-        let mask_hi: __mmask16 = ((1u32 << rows_hi) - 1) as u16;
+        // Rows up to `split_at` go to C, the others (of a panel split between two
+        // blocks) to the second C, addressed so that its first row is lane `split_at`.
+        let lanes = |rows: usize| ((1u32 << rows) - 1) as u16;
+        let rows_c = blk.split_at.min(blk.height);
+        let split = rows_c < blk.height;
+        let mask_lo: __mmask16 = lanes(rows_c.min(16));
+        let mask_hi: __mmask16 = lanes(rows_c.saturating_sub(16));
+        let mask2_lo: __mmask16 = lanes(blk.height.min(16)) & !mask_lo;
+        let mask2_hi: __mmask16 = lanes(blk.height.saturating_sub(16)) & !mask_hi;
+        let second = |j: usize| blk.c2.wrapping_add(j * blk.ldc2).wrapping_sub(rows_c);
         debug_assert!(!upper || blk.stride == 32, "a 32-row panel stores 32 rows");
         if ACC {
             for j in 0..NR {
-                // SAFETY: column j of C has `height` valid values from `c + j * ldc`.
+                // SAFETY: column j of C has `split_at` valid values (or `height`) from
+                // `c + j * ldc`, and of the second C the rest from `c2 + j * ldc2`;
+                // masked-off lanes are not read.
                 unsafe {
-                    let out = blk.c.add(j * blk.ldc);
+                    let out = blk.c.wrapping_add(j * blk.ldc);
                     lo[j] = _mm512_maskz_loadu_ps(mask_lo, out);
                     if upper {
-                        hi[j] = _mm512_maskz_loadu_ps(mask_hi, out.add(16));
+                        hi[j] = _mm512_maskz_loadu_ps(mask_hi, out.wrapping_add(16));
+                    }
+                    if split {
+                        let out = second(j);
+                        lo[j] = _mm512_mask_loadu_ps(lo[j], mask2_lo, out);
+                        if upper {
+                            hi[j] = _mm512_mask_loadu_ps(hi[j], mask2_hi, out.wrapping_add(16));
+                        }
                     }
                 }
             }
@@ -1117,12 +1270,19 @@ mod x86 {
             }
         }
         for j in 0..NR {
-            // SAFETY: column j of C has `height` writable values from `c + j * ldc`.
+            // SAFETY: as for the loads above, writing.
             unsafe {
-                let out = blk.c.add(j * blk.ldc);
+                let out = blk.c.wrapping_add(j * blk.ldc);
                 _mm512_mask_storeu_ps(out, mask_lo, lo[j]);
                 if upper {
-                    _mm512_mask_storeu_ps(out.add(16), mask_hi, hi[j]);
+                    _mm512_mask_storeu_ps(out.wrapping_add(16), mask_hi, hi[j]);
+                }
+                if split {
+                    let out = second(j);
+                    _mm512_mask_storeu_ps(out, mask2_lo, lo[j]);
+                    if upper {
+                        _mm512_mask_storeu_ps(out.wrapping_add(16), mask2_hi, hi[j]);
+                    }
                 }
             }
         }
@@ -1692,6 +1852,74 @@ mod tests {
                                 }
                             }
                         }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Stacks of blocks that split panels, at inner dimensions below and past the
+    /// inner block and at every block width: each block's C gains its rows of the
+    /// product, exactly, and nothing around them changes. Blocks smaller than a panel
+    /// are declined, and left as they were.
+    #[test]
+    fn products_add_into_blocks_that_split_panels() {
+        for isa in runnable_isas() {
+            for blocks in [
+                vec![35, 35, 35, 35],
+                vec![33, 40],
+                vec![32, 32],
+                vec![64, 35, 47],
+                vec![50],
+                vec![31, 40],
+            ] {
+                for &(k, n) in &[(7, 1), (130, 9), (35, 35), (3, 17)] {
+                    let m: usize = blocks.iter().sum();
+                    let a = values(m * k, 11);
+                    let packed = PackedMatrix::pack_for(isa, &a, m, k, (1, m));
+                    let ldb = k + 2;
+                    let b = values(1 + ldb * n, 12);
+                    let want = reference(&a, (m, k), (1, m), &b[1..], ldb, n);
+                    // Each block's C: its rows of n columns, 2 apart, after 3 values.
+                    let before: Vec<Vec<f32>> = blocks
+                        .iter()
+                        .enumerate()
+                        .map(|(i, &rows)| values(3 + (rows + 2) * n, 13 + i as u32))
+                        .collect();
+                    let mut after = before.clone();
+                    let mut rows: Vec<RowBlock<'_>> = after
+                        .iter_mut()
+                        .zip(&blocks)
+                        .map(|(c, &rows)| RowBlock {
+                            c,
+                            at: 3,
+                            ld: rows + 2,
+                            rows,
+                        })
+                        .collect();
+                    let done =
+                        packed.multiply_add_into_blocks(&b, Operand::columns(1, ldb), n, &mut rows);
+                    let applies = isa == Isa::Avx512 && blocks.iter().all(|&r| r >= 32);
+                    assert_eq!(done, applies, "{isa:?} {blocks:?}");
+                    let mut first = 0;
+                    for (i, &rows) in blocks.iter().enumerate() {
+                        for (at, (&got, &was)) in after[i].iter().zip(&before[i]).enumerate() {
+                            // Row r of column j lies at 3 + r + j * (rows + 2).
+                            let (j, r) = (
+                                at.saturating_sub(3) / (rows + 2),
+                                at.saturating_sub(3) % (rows + 2),
+                            );
+                            let expected = if done && at >= 3 && r < rows {
+                                was as f64 + want[first + r + j * m]
+                            } else {
+                                was as f64
+                            };
+                            assert!(
+                                got as f64 == expected,
+                                "{isa:?} {blocks:?} ({k}, {n}): block {i} at {at}: {got} against {expected}"
+                            );
+                        }
+                        first += rows;
                     }
                 }
             }

@@ -7,7 +7,7 @@ use std::sync::{Arc, OnceLock};
 
 use crate::cell::{BufferCols, BufferSpec};
 use crate::copies::copy_run;
-use crate::packed::{self, AlignedColumns, Operand, PackedMatrix};
+use crate::packed::{self, AlignedColumns, Operand, PackedMatrix, RowBlock};
 use crate::scalar::{gemm, Strided};
 use crate::Scalar;
 
@@ -629,9 +629,24 @@ impl<T: Scalar> Tape<T> {
             }
             return;
         }
-        // Blocks that split panels (35 rows in panels of 32): the stack's product, in
-        // whole panels, then each block's share added to its gradient.
-        // (The product overwrites the buffer, so it need not be cleared first.)
+        // Blocks that split panels (35 rows in panels of 32): a panel across two
+        // blocks adds its rows to both gradients.
+        let mut rows: Vec<RowBlock<'_>> = blocks
+            .iter_mut()
+            .map(|block| RowBlock {
+                at: block.col_start * block.grad_rows,
+                ld: block.grad_rows,
+                rows: block.rows,
+                c: packed::as_f32_mut(block.grad).expect("f32"),
+            })
+            .collect();
+        if dz.multiply_add_into_blocks(vt, vt_at, cols, &mut rows) {
+            return;
+        }
+        drop(rows);
+        // Where that does not apply (blocks smaller than a panel, or AVX2): the
+        // stack's product, in whole panels, then each block's share added to its
+        // gradient. (The product overwrites the buffer, so it need not be cleared.)
         let mut product = pool::<T>().take(stacked * cols, false);
         let out = packed::as_f32_mut(&mut product).expect("f32");
         dz.multiply_rows(0..stacked, vt, vt_at, out, (0, stacked), cols, false);
