@@ -439,8 +439,9 @@ fn run_values<C: Cell<f32>>(
 /// the grounds that generated code writes before it reads. Here a pass over NaN inputs
 /// leaves NaN in every reused buffer; the passes after it must be bit for bit the
 /// passes before it, for several cells, packed batches split across threads, both
-/// directions, with and without initial states. The poisoning runs the cell itself and
-/// a vanilla RNN of the same sizes, whose buffers the cell may then reuse.
+/// directions, with and without initial states. The poisoning runs the cell itself,
+/// the cell with NaN parameters (which fill its stacked weights, never cleared either),
+/// and a vanilla RNN of the same sizes, whose buffers the cell may then reuse.
 fn leftover_buffers_change_nothing<C: Cell<f32>>(dims: &[usize]) {
     let mut rng = Rng::seed(11);
     let cell = C::with_dims(dims, &Init::pytorch_default(dims[1]), &mut rng).unwrap();
@@ -462,6 +463,10 @@ fn leftover_buffers_change_nothing<C: Cell<f32>>(dims: &[usize]) {
         .collect();
     let nan_x = DMatrix::from_element(dims[0], columns, f32::NAN);
     let nan_d = DMatrix::from_element(cell.output_size(), columns, f32::NAN);
+    let mut nan_cell = cell.clone();
+    for param in nan_cell.parameters_mut() {
+        param.values.fill(f32::NAN);
+    }
     for direction in [Direction::Forward, Direction::Reverse] {
         for initial in [None, Some(states.as_slice())] {
             let before = run_values(&cell, &steps, &x, initial, &d_out, direction);
@@ -474,6 +479,11 @@ fn leftover_buffers_change_nothing<C: Cell<f32>>(dims: &[usize]) {
             assert!(
                 poisoned.iter().any(|v| v.is_nan()),
                 "the poisoning pass made no NaN"
+            );
+            let poisoned = run_values(&nan_cell, &steps, &x, initial, &d_out, direction);
+            assert!(
+                poisoned.iter().any(|v| v.is_nan()),
+                "the pass with NaN parameters made no NaN"
             );
             let after = run_values(&cell, &steps, &x, initial, &d_out, direction);
             let same = before

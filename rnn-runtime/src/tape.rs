@@ -296,11 +296,12 @@ impl<T: Scalar> Tape<T> {
         let rows: Vec<usize> = specs.iter().map(|s| s.rows).collect();
         // The generated code writes every column of an internal per-step buffer
         // before it reads it (stores and GEMMs assign; the scheduler zeroes what must
-        // start at zero), so only the small per-batch and weight buffers, and those the
-        // caller names (the gradient of an input that a cell never reads is never
-        // written), need zeroing: clearing the rest cost 9-12% of the small and medium
-        // LSTM's time. `tests/sequences.rs` checks this by running on buffers that
-        // NaN-filled tapes left behind.
+        // start at zero), and its `prepare` loads every block of every stacked weight,
+        // so only the small per-batch buffers, and those the caller names (the
+        // gradient of an input that a cell never reads is never written), need
+        // zeroing: clearing the rest cost 9-12% of the small and medium LSTM's time.
+        // `tests/sequences.rs` checks this by running on buffers that NaN-filled tapes
+        // left behind.
         let bufs = {
             let mut pool = pool::<T>();
             specs
@@ -308,7 +309,7 @@ impl<T: Scalar> Tape<T> {
                 .zip(rows.iter().zip(&cols))
                 .enumerate()
                 .map(|(k, (spec, (r, c)))| {
-                    let zero = spec.cols != BufferCols::Steps || zeroed.contains(&k);
+                    let zero = spec.cols == BufferCols::Batch || zeroed.contains(&k);
                     pool.take(r * c, zero)
                 })
                 .collect()
