@@ -30,6 +30,8 @@ pub trait Cell<T: Scalar>: Parameters<T> + Clone + Send + Sync + Sized {
     fn tape_buffers(&self) -> Vec<BufferSpec>;
 
     /// Before the time loop: stack the weights, compute what does not depend on states.
+    /// It writes every block of every stacked weight buffer: the tape does not clear
+    /// them.
     fn prepare(&self, tape: &mut Tape<T>);
 
     /// One step over `n` sequences whose columns start at `off`.
@@ -37,6 +39,8 @@ pub trait Cell<T: Scalar>: Parameters<T> + Clone + Send + Sync + Sized {
 
     /// One step back: from the gradients of the new states to those of the previous
     /// states, accumulating what the step contributes to the parameters' gradients.
+    /// It writes each previous state's gradient whole for its `n` columns, without
+    /// reading it first: the runtime may hand it a buffer of stale values.
     fn step_backward(&self, tape: &mut Tape<T>, off: usize, n: usize, grads: &mut Self::Grads);
 
     /// After the backward loop: the input gradients and the weight gradients.
