@@ -458,10 +458,11 @@ impl PackedMatrix {
                 } else {
                     (std::ptr::null_mut(), 0)
                 };
+                let stride = panel_stride(self.isa, self.rows, p);
                 let first_columns = Block {
                     k: depth,
-                    a: self.panel(p)[first * panel_stride(self.isa, self.rows, p)..].as_ptr(),
-                    stride: panel_stride(self.isa, self.rows, p),
+                    a: self.panel(p)[first * stride..].as_ptr(),
+                    stride,
                     b: b[b_at.offset + first * b_at.step..].as_ptr(),
                     ldb: b_at.ld,
                     b_step: b_at.step,
