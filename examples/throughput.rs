@@ -2,7 +2,8 @@
 //! forward + backward (loss = the sum of all outputs), per cell and size.
 //!
 //! Run: `cargo run --release --example throughput -- [--json] [--sizes tiny,small,medium,large]
-//! [--cells lstm,gru,rnn_tanh,peephole_lstm,mgu] [--threads N]`
+//! [--cells lstm,gru,rnn_tanh,peephole_lstm,mgu] [--threads N]`; a size may also be
+//! given as `TxBxIxH` (`--sizes 70x4x128x128`).
 //!
 //! Times are medians of repeated runs after warm-up, in milliseconds; GFLOP/s counts
 //! 2·G·H·(I+H)·B·T forward FLOPs (G = 4 LSTM, 3 GRU, 1 RNN) and 3x that for forward +
@@ -23,7 +24,7 @@ struct Args {
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
-    /// Comma-separated sizes: tiny, small, medium, large.
+    /// Comma-separated sizes: tiny, small, medium, large, or TxBxIxH (70x4x128x128).
     #[arg(long, default_value = "tiny,small,medium,large")]
     sizes: String,
     /// Comma-separated cells: lstm, gru, rnn_tanh, peephole_lstm, mgu.
@@ -84,6 +85,26 @@ fn time_cell<C: Cell<f32>>(
     Ok((fwd, fwdbwd))
 }
 
+/// A size by name, or as `TxBxIxH` (`70x4x128x128`: 70 steps, batch 4, 128 inputs,
+/// 128 hidden units).
+fn parse_size(size: &str) -> Result<(usize, usize, usize, usize), String> {
+    if let Some((_, dims)) = SIZES.iter().find(|(name, _)| *name == size) {
+        return Ok(*dims);
+    }
+    let dims: Vec<usize> = size
+        .split('x')
+        .map(str::parse)
+        .collect::<Result<_, _>>()
+        .map_err(|_| format!("unknown size `{size}`: a name or TxBxIxH"))?;
+    match dims[..] {
+        [t, b, i, h] => Ok((t, b, i, h)),
+        _ => Err(format!(
+            "size `{size}` has {} numbers; TxBxIxH has 4",
+            dims.len()
+        )),
+    }
+}
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
     if let Some(threads) = args.threads {
@@ -96,10 +117,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let mut rows = Vec::new();
     for size in args.sizes.split(',') {
-        let (_, (t, b, i, h)) = *SIZES
-            .iter()
-            .find(|(name, _)| *name == size)
-            .ok_or_else(|| format!("unknown size `{size}`"))?;
+        let (t, b, i, h) = parse_size(size)?;
         let reps = if size == "large" { 3 } else { 10 };
         for cell in args.cells.split(',') {
             let g = gates(cell).ok_or_else(|| format!("unknown cell `{cell}`"))?;

@@ -71,6 +71,7 @@ mod copies;
 pub mod data;
 mod error;
 pub mod gradcheck;
+mod helper;
 pub mod loss;
 pub mod math;
 pub mod modules;

@@ -649,18 +649,53 @@ impl PackedMatrix {
     /// of the caller's).
     #[inline]
     pub(crate) fn multiply_one_column(&self, b: &[f32], c: &mut [f32], add: bool) {
+        let panels = self.rows.div_ceil(self.isa.panel_rows());
+        self.one_column_panels(b, c, add, 0..panels);
+    }
+
+    /// `multiply_one_column`'s product in two halves for two threads, as ranges of
+    /// panels split at a boundary of its groups of panels (so that each half runs the
+    /// kernels, and gives the results, of the whole product). `None` with fewer than
+    /// two groups.
+    pub(crate) fn one_column_halves(&self) -> Option<[Range<usize>; 2]> {
+        let (group, panels) = (
+            self.isa.one_column_group(),
+            self.rows.div_ceil(self.isa.panel_rows()),
+        );
+        let groups = panels.div_ceil(group);
+        let half = groups / 2 * group;
+        (groups >= 2).then_some([0..half, half..panels])
+    }
+
+    /// `multiply_one_column`'s rows of panels `panels` (starting at a group's first
+    /// panel, see `one_column_halves`), c holding those rows from its start.
+    ///
+    /// # Panics
+    /// As `multiply_one_column`.
+    #[inline]
+    pub(crate) fn one_column_panels(
+        &self,
+        b: &[f32],
+        c: &mut [f32],
+        add: bool,
+        panels: Range<usize>,
+    ) {
         let (mr, k) = (self.isa.panel_rows(), self.cols);
-        let (group, panels) = (self.isa.one_column_group(), self.rows.div_ceil(mr));
+        let (group, all) = (self.isa.one_column_group(), self.rows.div_ceil(mr));
+        let rows = (panels.end * mr).min(self.rows) - (panels.start * mr).min(self.rows);
         assert!(
-            b.len() >= k && c.len() >= self.rows,
+            b.len() >= k
+                && c.len() >= rows
+                && panels.end <= all
+                && panels.start.is_multiple_of(group),
             "packed product: operands out of bounds"
         );
         // (With no inner dimension, the kernels read nothing and store zeros, or add
         // them.)
-        let mut first = 0;
-        while first < panels {
-            let count = group.min(panels - first);
-            let last = first + count == panels;
+        let mut first = panels.start;
+        while first < panels.end {
+            let count = group.min(all - first);
+            let last = first + count == all;
             let block = Block {
                 k,
                 a: self.panels[first * mr * k..].as_ptr(),
@@ -673,7 +708,7 @@ impl PackedMatrix {
                 b: b.as_ptr(),
                 ldb: k,
                 b_step: 1,
-                c: c[first * mr..].as_mut_ptr(),
+                c: c[(first - panels.start) * mr..].as_mut_ptr(),
                 ldc: mr,
                 height: (self.rows - first * mr).min(count * mr),
                 streamed: self.streamed,
@@ -682,7 +717,7 @@ impl PackedMatrix {
                 c2: std::ptr::null_mut(),
                 ldc2: 0,
             };
-            // SAFETY: b holds `k` values and c `rows` values (asserted above); the
+            // SAFETY: b holds `k` values and c the range's rows (asserted above); the
             // group reads `count` whole panels, as many as its kernel was chosen for,
             // the last storing the rows it was chosen for; `pack_into` found the
             // instructions of `self.isa`.
@@ -908,22 +943,38 @@ impl AlignedColumns {
     /// When `x` has fewer values than M has rows, or `out` than it has columns (a bug
     /// of the caller's).
     pub(crate) fn transposed_times(&self, x: &[f32], out: &mut [f32], add: bool) {
+        self.transposed_times_columns(x, out, add, 0..self.cols);
+    }
+
+    /// `transposed_times` for M's columns `columns` only, `out` holding their values
+    /// from its start: half of the product, for two threads.
+    ///
+    /// # Panics
+    /// As `transposed_times`, and when `columns` ends past M's.
+    pub(crate) fn transposed_times_columns(
+        &self,
+        x: &[f32],
+        out: &mut [f32],
+        add: bool,
+        columns: Range<usize>,
+    ) {
         assert!(
-            self.rows <= x.len() && self.cols <= out.len(),
+            self.rows <= x.len() && columns.end <= self.cols && columns.len() <= out.len(),
             "transposed product: operands out of bounds"
         );
-        if self.cols == 0 {
+        if columns.is_empty() {
             return;
         }
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: the kernel reads `rows` values of each of the `cols` columns (inside
-        // `storage`, by `copy_into`) and of `x`, and writes `cols` values of `out`;
+        // SAFETY: the kernel reads `rows` values of each of the range's columns (inside
+        // `storage`, by `copy_into`) and of `x`, and writes one value per column to
+        // `out`;
         // `copy_into` found AVX-512.
         unsafe {
             x86::avx512_dot_columns(
-                self.storage.as_ptr(),
+                self.storage[columns.start * self.ld..].as_ptr(),
                 self.ld,
-                (self.rows, self.cols),
+                (self.rows, columns.len()),
                 x.as_ptr(),
                 out.as_mut_ptr(),
                 add,

@@ -7,6 +7,7 @@ use std::sync::{Arc, OnceLock};
 
 use crate::cell::{BufferCols, BufferSpec};
 use crate::copies::copy_run;
+use crate::helper;
 use crate::packed::{self, AlignedColumns, Operand, PackedMatrix, RowBlock};
 use crate::scalar::{gemm, Strided};
 use crate::Scalar;
@@ -457,15 +458,34 @@ impl<T: Scalar> Tape<T> {
         if n == 1 {
             // A batch of one, every step of the notebooks' models: the shortest path.
             let (b_at, c_at) = (src.2 * src_ld + src.1, dst.2 * dst_ld + dst.1);
-            return matrix.multiply_one_column(&b[b_at..], &mut c[c_at..], add);
+            let (b, c) = (&b[b_at..], &mut c[c_at..]);
+            let fmas = self.rows[stack] * self.cols[stack];
+            let Some([mine, theirs]) = matrix.one_column_halves().filter(|_| shares(fmas, true))
+            else {
+                return matrix.multiply_one_column(b, c, add);
+            };
+            // A large weight: its rows in two halves, each staying in the cache of the
+            // core that reads it at every step.
+            let (c_mine, c_theirs) = c.split_at_mut(theirs.start * matrix.panel_height());
+            return helper::in_two(
+                || matrix.one_column_panels(b, c_mine, add, mine),
+                || matrix.one_column_panels(b, c_theirs, add, theirs),
+            );
         }
-        matrix.multiply(
-            b,
-            (src.2 * src_ld + src.1, src_ld),
-            c,
-            (dst.2 * dst_ld + dst.1, dst_ld),
-            n,
-            add,
+        let (b_at, c_at) = (src.2 * src_ld + src.1, dst.2 * dst_ld + dst.1);
+        let fmas = self.rows[stack] * self.cols[stack] * n;
+        let Some(first) = share_point(n, fmas, n < self.columns) else {
+            return matrix.multiply(b, (b_at, src_ld), c, (c_at, dst_ld), n, add);
+        };
+        // A batch too small to split into parts (see `helper`): the columns in two
+        // halves, the second on the helper thread.
+        let (mine, theirs) = c.split_at_mut(c_at + first * dst_ld);
+        helper::in_two(
+            || matrix.multiply(b, (b_at, src_ld), mine, (c_at, dst_ld), first, add),
+            || {
+                let b_at = (b_at + first * src_ld, src_ld);
+                matrix.multiply(b, b_at, theirs, (0, dst_ld), n - first, add)
+            },
         );
     }
 
@@ -490,7 +510,18 @@ impl<T: Scalar> Tape<T> {
             dst.2 * self.rows[dst.0] + dst.1,
         );
         let (b, c) = f32_operands(&mut self.bufs, src.0, dst.0);
-        copy.transposed_times(&b[src_at..], &mut c[dst_at..], add);
+        let (x, out) = (&b[src_at..], &mut c[dst_at..]);
+        let cols = self.cols[stack];
+        let Some(half) = share_point(cols, self.rows[stack] * cols, true) else {
+            copy.transposed_times(x, out, add);
+            return true;
+        };
+        // A large weight: its columns in two halves, as in `packed_gemm`.
+        let (mine, theirs) = out.split_at_mut(half);
+        helper::in_two(
+            || copy.transposed_times_columns(x, mine, add, 0..half),
+            || copy.transposed_times_columns(x, theirs, add, half..cols),
+        );
         true
     }
 
@@ -616,53 +647,48 @@ impl<T: Scalar> Tape<T> {
         let dz = &self.packed_dz[dz_at].1;
         // vᵀ read in place: row j of v is column j of the product's right operand.
         let vt = packed::as_f32(&self.bufs[v.0]).expect("`available` checked f32");
-        let vt_at = Operand::rows(v.1, self.rows[v.0]);
-        let panel = dz.panel_height();
-        if blocks.len() == 1 || blocks.iter().all(|b| b.rows.is_multiple_of(panel)) {
-            // Each block starts on a panel: its rows of the product go straight into
-            // its gradient.
-            let mut row = 0;
-            for block in blocks {
-                let grad = packed::as_f32_mut(block.grad).expect("f32");
-                let c_at = (block.col_start * block.grad_rows, block.grad_rows);
-                dz.multiply_rows(row..row + block.rows, vt, vt_at, grad, c_at, cols, true);
-                row += block.rows;
-            }
-            return;
-        }
-        // Blocks that split panels (35 rows in panels of 32): a panel across two
-        // blocks adds its rows to both gradients.
-        let mut rows: Vec<RowBlock<'_>> = blocks
+        let ld = self.rows[v.0];
+        let Some(first) = share_point(cols, stacked * self.columns * cols, false) else {
+            return add_weight_grads(dz, vt, Operand::rows(v.1, ld), cols, blocks);
+        };
+        // A batch too small to split (the notebooks' batch of one): the gradients'
+        // columns in two halves, the second on the helper thread.
+        let (mut mine, mut theirs): (Vec<_>, Vec<_>) = blocks
             .iter_mut()
-            .map(|block| RowBlock {
-                at: block.col_start * block.grad_rows,
-                ld: block.grad_rows,
-                rows: block.rows,
-                c: packed::as_f32_mut(block.grad).expect("f32"),
+            .map(|block| {
+                let (low, high) = block
+                    .grad
+                    .split_at_mut((block.col_start + first) * block.grad_rows);
+                let (grad_rows, rows) = (block.grad_rows, block.rows);
+                let low = GradBlock {
+                    grad: low,
+                    grad_rows,
+                    col_start: block.col_start,
+                    rows,
+                };
+                (
+                    low,
+                    GradBlock {
+                        grad: high,
+                        grad_rows,
+                        col_start: 0,
+                        rows,
+                    },
+                )
             })
-            .collect();
-        if dz.multiply_add_into_blocks(vt, vt_at, cols, &mut rows) {
-            return;
-        }
-        drop(rows);
-        // Where that does not apply (blocks smaller than a panel, or AVX2): the
-        // stack's product, in whole panels, then each block's share added to its
-        // gradient. (The product overwrites the buffer, so it need not be cleared.)
-        let mut product = pool::<T>().take(stacked * cols, false);
-        let out = packed::as_f32_mut(&mut product).expect("f32");
-        dz.multiply_rows(0..stacked, vt, vt_at, out, (0, stacked), cols, false);
-        let mut row = 0;
-        for block in blocks.iter_mut() {
-            for c in 0..cols {
-                let from = &product[c * stacked + row..][..block.rows];
-                let at = (block.col_start + c) * block.grad_rows;
-                for (g, p) in block.grad[at..at + block.rows].iter_mut().zip(from) {
-                    *g += *p;
-                }
-            }
-            row += block.rows;
-        }
-        pool::<T>().give(product);
+            .unzip();
+        helper::in_two(
+            || add_weight_grads(dz, vt, Operand::rows(v.1, ld), first, &mut mine),
+            || {
+                add_weight_grads(
+                    dz,
+                    vt,
+                    Operand::rows(v.1 + first, ld),
+                    cols - first,
+                    &mut theirs,
+                )
+            },
+        );
     }
 
     /// Returns the weight gradients' packed operands to their pool. The backward pass
@@ -690,9 +716,273 @@ impl<T: Scalar> Tape<T> {
     }
 }
 
+/// `blocks[k].grad += (dz · vᵀ)[block k's rows]` for `cols` columns of v (vᵀ where
+/// `vt_at` says, the packed dz's rows being the blocks' rows one after another): the
+/// stack's rows of dz packed into panels once (for every product that reads them), vᵀ
+/// read in place (the kernel broadcasts each value of B, and a step's values of v lie
+/// side by side: copying vᵀ out first took 2.7% of the tiny MGU's time, for nothing),
+/// and the product blocked over the columns. matrixmultiply ran these at about 71% of
+/// the multiply-add peak (`perf` of the medium LSTM); see `benches/README.md`.
+fn add_weight_grads<T: Scalar>(
+    dz: &PackedMatrix,
+    vt: &[f32],
+    vt_at: Operand,
+    cols: usize,
+    blocks: &mut [GradBlock<'_, T>],
+) {
+    let stacked: usize = blocks.iter().map(|b| b.rows).sum();
+    let panel = dz.panel_height();
+    if blocks.len() == 1 || blocks.iter().all(|b| b.rows.is_multiple_of(panel)) {
+        // Each block starts on a panel: its rows of the product go straight into its
+        // gradient.
+        let mut row = 0;
+        for block in blocks {
+            let grad = packed::as_f32_mut(block.grad).expect("f32");
+            let c_at = (block.col_start * block.grad_rows, block.grad_rows);
+            dz.multiply_rows(row..row + block.rows, vt, vt_at, grad, c_at, cols, true);
+            row += block.rows;
+        }
+        return;
+    }
+    // Blocks that split panels (35 rows in panels of 32): a panel across two blocks
+    // adds its rows to both gradients.
+    let mut rows: Vec<RowBlock<'_>> = blocks
+        .iter_mut()
+        .map(|block| RowBlock {
+            at: block.col_start * block.grad_rows,
+            ld: block.grad_rows,
+            rows: block.rows,
+            c: packed::as_f32_mut(block.grad).expect("f32"),
+        })
+        .collect();
+    if dz.multiply_add_into_blocks(vt, vt_at, cols, &mut rows) {
+        return;
+    }
+    drop(rows);
+    // Where that does not apply (blocks smaller than a panel, or AVX2): the stack's
+    // product, in whole panels, then each block's share added to its gradient. (The
+    // product overwrites the buffer, so it need not be cleared.)
+    let mut product = pool::<T>().take(stacked * cols, false);
+    let out = packed::as_f32_mut(&mut product).expect("f32");
+    dz.multiply_rows(0..stacked, vt, vt_at, out, (0, stacked), cols, false);
+    let mut row = 0;
+    for block in blocks.iter_mut() {
+        for c in 0..cols {
+            let from = &product[c * stacked + row..][..block.rows];
+            let at = (block.col_start + c) * block.grad_rows;
+            for (g, p) in block.grad[at..at + block.rows].iter_mut().zip(from) {
+                *g += *p;
+            }
+        }
+        row += block.rows;
+    }
+    pool::<T>().give(product);
+}
+
+/// A step's product of at least this many multiply-adds is shared with the helper
+/// thread where a pass runs on one thread (see `helper`). Its weight sits in both
+/// cores' caches after the first step, so only the state and the product's half move
+/// between the cores, and the exchange costs about a microsecond: at batch 4 a 512 ×
+/// 128 weight's product (262 K multiply-adds) gained 1.3-1.5x in the LSTM's pass, at
+/// batch 2 (131 K) nothing.
+const SHARED_STEP_FMAS: usize = 1 << 18;
+
+/// The same for a product over all steps (the input projection, the gradients): its
+/// operands were just written on this core, and the helper reads them from its
+/// caches. The tiny LSTM's products (343 K multiply-adds over 50 KB) ran 75% slower
+/// on the helper than here, taking longer in two halves than in one; at a batch of
+/// one, H = 128 (4.6 M) gained nothing and H = 256 (18 M) 1.3-1.5x.
+const SHARED_PASS_FMAS: usize = 1 << 23;
+
+/// Whether a product of `fmas` multiply-adds (`per_step`: one step's, or one over all
+/// steps) is large enough to share, and a helper may take it.
+fn shares(fmas: usize, per_step: bool) -> bool {
+    let least = if per_step {
+        SHARED_STEP_FMAS
+    } else {
+        SHARED_PASS_FMAS
+    };
+    fmas >= least && helper::allowed()
+}
+
+/// Where a product of `n` columns and `fmas` multiply-adds (`per_step`: one step's, or
+/// one over all steps) splits its columns between this thread and the helper, if it is
+/// large enough to share and a helper may take it: about half, rounded to the
+/// kernel's blocks of 8 columns.
+fn share_point(n: usize, fmas: usize, per_step: bool) -> Option<usize> {
+    if n < 2 || !shares(fmas, per_step) {
+        return None;
+    }
+    Some(if n >= 16 { (n / 2 + 4) / 8 * 8 } else { n / 2 })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use crate::cell::BufferCols;
+    use crate::Rng;
+
+    fn spec(rows: usize, cols: BufferCols) -> BufferSpec {
+        BufferSpec {
+            rows,
+            cols,
+            what: "test",
+        }
+    }
+
+    fn fill(values: &mut [f32], rng: &mut Rng) {
+        for v in values {
+            *v = rng.normal() as f32;
+        }
+    }
+
+    /// `Σₚ a[a_at + p·a_step] · b[b_at + p·b_step]` over `k` terms, in f64, with the
+    /// sum of the terms' magnitudes.
+    fn dot(
+        a: &[f32],
+        (a_at, a_step): (usize, usize),
+        b: &[f32],
+        (b_at, b_step): (usize, usize),
+        k: usize,
+    ) -> [f64; 2] {
+        (0..k)
+            .map(|p| f64::from(a[a_at + p * a_step]) * f64::from(b[b_at + p * b_step]))
+            .fold([0.0, 0.0], |[sum, size], term| {
+                [sum + term, size + term.abs()]
+            })
+    }
+
+    /// An f32 sum of many terms against its f64 value: the error grows with the terms'
+    /// magnitudes (`size`); a value from the wrong half would be off by about `size`.
+    fn assert_close(got: f32, [want, size]: [f64; 2], what: &str) {
+        assert!(
+            (f64::from(got) - want).abs() <= 1e-5 * (1.0 + size),
+            "{what}: {got} against {want}"
+        );
+    }
+
+    /// Products large enough to share with the helper thread: every value of both
+    /// halves, over all steps, over one step's columns, and of one column (rows split
+    /// by panels), plain, added to, and transposed.
+    #[test]
+    fn products_shared_with_the_helper_fill_both_halves() {
+        if !packed::available::<f32>() {
+            return;
+        }
+        let (m, k, batch, steps) = (1024, 256, 8, 20);
+        let columns = batch * steps;
+        let specs = [
+            spec(m, BufferCols::Fixed(k)),
+            spec(k, BufferCols::Steps),
+            spec(m, BufferCols::Steps),
+            spec(m, BufferCols::Steps),
+            spec(k, BufferCols::Steps),
+        ];
+        let mut tape = Tape::<f32>::new(&specs, columns, batch);
+        let mut rng = Rng::seed(7);
+        for buf in 0..5 {
+            fill(tape.buffer_mut(buf), &mut rng);
+        }
+        let before = tape.buffer(2).to_vec();
+        if helper::allowed() {
+            assert!(share_point(columns, m * k * columns, false).is_some());
+            assert!(share_point(batch, m * k * batch, true).is_some());
+            assert!(shares(m * k, true));
+        }
+        // All steps: `out = S · src`; one step's columns: `dst += S · src`; one column:
+        // `dst = S · src`; then `back = Sᵀ · dst` over all steps, and one column of it
+        // added to.
+        let off = 3 * batch;
+        tape.gemm(0, false, (1, 0, 0), (3, 0, 0), columns);
+        tape.gemm_add(0, false, (1, 0, off), (2, 0, off), batch);
+        tape.gemm(0, false, (1, 0, 1), (2, 0, 1), 1);
+        tape.gemm(0, true, (2, 0, 0), (4, 0, 0), columns);
+        tape.gemm_add(0, true, (2, 0, 2), (4, 0, 2), 1);
+        let (s, src, dst) = (tape.buffer(0), tape.buffer(1), tape.buffer(2));
+        let (out, back) = (tape.buffer(3), tape.buffer(4));
+        for j in 0..columns {
+            for i in 0..m {
+                let [product, size] = dot(s, (i, m), src, (j * k, 1), k);
+                assert_close(out[j * m + i], [product, size], &format!("S·src[{i}, {j}]"));
+                let was = f64::from(before[j * m + i]);
+                let want = match j {
+                    1 => product,
+                    j if (off..off + batch).contains(&j) => was + product,
+                    _ => was,
+                };
+                assert_close(dst[j * m + i], [want, size], &format!("dst[{i}, {j}]"));
+            }
+            // Sᵀ · dst: S's column i is Sᵀ's row i, so a column of S times dst's.
+            for i in 0..k {
+                let [product, size] = dot(s, (i * m, 1), dst, (j * m, 1), m);
+                let want = if j == 2 { 2.0 * product } else { product };
+                let what = format!("Sᵀ·dst[{i}, {j}]");
+                assert_close(back[j * k + i], [want, 2.0 * size], &what);
+            }
+        }
+    }
+
+    /// Weight gradients large enough to share: blocks that split panels (35 rows) and
+    /// blocks on panels, one of them covering its gradient's columns from the fourth.
+    #[test]
+    fn weight_gradients_shared_with_the_helper_fill_both_halves() {
+        if !packed::available::<f32>() {
+            return;
+        }
+        for (rows, cols, col_start, columns) in [(35, 35, 0, 3500), (64, 64, 3, 1100)] {
+            let stacked = 2 * rows;
+            let specs = [
+                spec(stacked, BufferCols::Steps),
+                spec(cols, BufferCols::Steps),
+            ];
+            let mut tape = Tape::<f32>::new(&specs, columns, 1);
+            let mut rng = Rng::seed(11);
+            fill(tape.buffer_mut(0), &mut rng);
+            fill(tape.buffer_mut(1), &mut rng);
+            if helper::allowed() {
+                assert!(share_point(cols, stacked * columns * cols, false).is_some());
+            }
+            let grad_cols = col_start + cols;
+            let mut grads = [
+                vec![0.5f32; rows * grad_cols],
+                vec![-0.25f32; rows * grad_cols],
+            ];
+            let [first, second] = &mut grads;
+            let mut blocks = [
+                GradBlock {
+                    grad: first,
+                    grad_rows: rows,
+                    col_start,
+                    rows,
+                },
+                GradBlock {
+                    grad: second,
+                    grad_rows: rows,
+                    col_start,
+                    rows,
+                },
+            ];
+            tape.weight_grads((0, 0), (1, 0), cols, &mut blocks);
+            let (dz, v) = (tape.buffer(0), tape.buffer(1));
+            for (g, (grad, start)) in grads.iter().zip([0.5, -0.25]).enumerate() {
+                for c in 0..grad_cols {
+                    for r in 0..rows {
+                        // (dz · vᵀ)[g·rows + r, c - col_start], over every column.
+                        let what = format!("block {g} of {rows} rows: gradient [{r}, {c}]");
+                        let [sum, size] = if c < col_start {
+                            [0.0, 0.0]
+                        } else {
+                            // dz's row g·rows + r times v's row c - col_start.
+                            let (row, v_row) = (g * rows + r, c - col_start);
+                            dot(dz, (row, stacked), v, (v_row, cols), columns)
+                        };
+                        assert_close(grad[c * rows + r], [start + sum, size], &what);
+                    }
+                }
+            }
+        }
+    }
 
     /// A pass that had more values in use at once than the floor gets all its buffers
     /// back the next time; beyond what was ever in use, buffers are freed.

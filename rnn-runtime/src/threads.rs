@@ -61,6 +61,8 @@ pub(crate) fn each_in_parallel<I: Send, R: Send>(
         return items.into_iter().map(work).collect();
     }
     let share = (allowed / items.len()).max(1);
+    // The parts want every worker: a helper spinning on one would leave them one.
+    crate::helper::retire();
     // rayon's workers stay alive between passes: waking one took about 60 µs here,
     // spawning a thread 170 µs, and a pass of the small LSTM starts two such parts.
     items
