@@ -780,12 +780,14 @@ fn add_weight_grads<T: Scalar>(
 }
 
 /// A step's product of at least this many multiply-adds is shared with the helper
-/// thread where a pass runs on one thread (see `helper`). Its weight sits in both
-/// cores' caches after the first step, so only the state and the product's half move
-/// between the cores, and the exchange costs about a microsecond: at batch 4 a 512 ×
-/// 128 weight's product (262 K multiply-adds) gained 1.3-1.5x in the LSTM's pass, at
-/// batch 2 (131 K) nothing.
-const SHARED_STEP_FMAS: usize = 1 << 18;
+/// thread where a pass runs on one thread (see `helper`). Its weight stays in the
+/// cores' caches from step to step (a batch of one splits it by rows, and each core
+/// keeps its half), so only the state and the product's halves move between the
+/// cores, about a microsecond of exchange.
+/// In a batch of one, the LSTM's and the GRU's passes (70 steps) took 0.60-0.72 of
+/// their one-thread time from H = 192 (the LSTM's 768 × 192 weight, 147 K) up; the
+/// GRU at H = 192 (576 × 192, 110 K) gained nothing (`examples/helper_speedup.rs`).
+const SHARED_STEP_FMAS: usize = 1 << 17;
 
 /// The same for a product over all steps (the input projection, the gradients): its
 /// operands were just written on this core, and the helper reads them from its
