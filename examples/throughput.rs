@@ -16,7 +16,7 @@ use std::time::Instant;
 use clap::Parser;
 use rnn_runtime::nalgebra::DMatrix;
 use rnn_runtime::prelude::*;
-use rnn_suite::bench_cells::{gates, Mgu, PeepholeLstm, SIZES};
+use rnn_suite::bench_cells::{gates, shape, Mgu, PeepholeLstm};
 
 #[derive(Parser)]
 #[command(about = "Times forward and forward+backward of cells declared with #[recurrent]")]
@@ -85,26 +85,6 @@ fn time_cell<C: Cell<f32>>(
     Ok((fwd, fwdbwd))
 }
 
-/// A size by name, or as `TxBxIxH` (`70x4x128x128`: 70 steps, batch 4, 128 inputs,
-/// 128 hidden units).
-fn parse_size(size: &str) -> Result<(usize, usize, usize, usize), String> {
-    if let Some((_, dims)) = SIZES.iter().find(|(name, _)| *name == size) {
-        return Ok(*dims);
-    }
-    let dims: Vec<usize> = size
-        .split('x')
-        .map(str::parse)
-        .collect::<Result<_, _>>()
-        .map_err(|_| format!("unknown size `{size}`: a name or TxBxIxH"))?;
-    match dims[..] {
-        [t, b, i, h] => Ok((t, b, i, h)),
-        _ => Err(format!(
-            "size `{size}` has {} numbers; TxBxIxH has 4",
-            dims.len()
-        )),
-    }
-}
-
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
     if let Some(threads) = args.threads {
@@ -117,7 +97,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let mut rows = Vec::new();
     for size in args.sizes.split(',') {
-        let (t, b, i, h) = parse_size(size)?;
+        let (t, b, i, h) = shape(size)?;
         let reps = if size == "large" { 3 } else { 10 };
         for cell in args.cells.split(',') {
             let g = gates(cell).ok_or_else(|| format!("unknown cell `{cell}`"))?;

@@ -33,6 +33,26 @@ pub const SIZES: [(&str, Shape); 4] = [
     ("large", (100, 64, 512, 1024)),
 ];
 
+/// A size by name, or as `TxBxIxH` (`70x4x128x128`: 70 steps, batch 4, 128 inputs,
+/// 128 hidden units).
+pub fn shape(size: &str) -> Result<Shape, String> {
+    if let Some((_, dims)) = SIZES.iter().find(|(name, _)| *name == size) {
+        return Ok(*dims);
+    }
+    let dims: Vec<usize> = size
+        .split('x')
+        .map(str::parse)
+        .collect::<Result<_, _>>()
+        .map_err(|_| format!("unknown size `{size}`: a name or TxBxIxH"))?;
+    match dims[..] {
+        [t, b, i, h] => Ok((t, b, i, h)),
+        _ => Err(format!(
+            "size `{size}` has {} numbers; TxBxIxH has 4",
+            dims.len()
+        )),
+    }
+}
+
 /// The number of gate blocks (G) of each cell, for FLOP counts: 2·G·H·(I+H)·B·T forward.
 pub fn gates(cell: &str) -> Option<usize> {
     match cell {
