@@ -11,12 +11,14 @@
 //!
 //! Whoever posts a task never waits for the helper to arrive: a task nobody has taken
 //! when the poster's own half is done is taken back and run by the poster. The results
-//! do not depend on which thread ran which half, only the time does.
+//! do not depend on which thread ran which half, only the time does. A helper that
+//! keeps its posters waiting (its core busy with another program) is left alone for a
+//! while (`Ledger`).
 
 use std::any::Any;
 use std::cell::UnsafeCell;
 use std::panic::{self, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU8, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -24,6 +26,12 @@ use std::time::{Duration, Instant};
 /// training step of a small model (forward, backward, the optimizer's update) posts
 /// several tasks well within this.
 const LINGER: Duration = Duration::from_millis(1);
+
+/// What the helper's tasks saved their posters is reckoned over windows of this many
+/// tasks: a window that saved nothing (its helper's core busy with another program)
+/// makes posters run both halves themselves for `BACK_OFF`.
+const WINDOW: u32 = 16;
+const BACK_OFF: Duration = Duration::from_millis(50);
 
 /// The states of the helper's one task slot.
 const FREE: u8 = 0;
@@ -51,6 +59,66 @@ struct Helper {
     serving: AtomicBool,
     /// Set when the pool's workers are wanted for parts of a pass: the helper leaves.
     retire: AtomicBool,
+    /// What its tasks saved of late.
+    ledger: Ledger,
+}
+
+/// The time the helper's tasks saved their posters in the current window, and until
+/// when posters leave the helper alone.
+struct Ledger {
+    tasks: AtomicU32,
+    saved_ns: AtomicI64,
+    /// Whether `until` holds a time: checked without the lock at every post.
+    backing_off: AtomicBool,
+    until: Mutex<Option<Instant>>,
+}
+
+impl Ledger {
+    const fn new() -> Ledger {
+        Ledger {
+            tasks: AtomicU32::new(0),
+            saved_ns: AtomicI64::new(0),
+            backing_off: AtomicBool::new(false),
+            until: Mutex::new(None),
+        }
+    }
+
+    /// Books a task the helper ran: its poster's own half took `own` (about what the
+    /// other half would have taken it), and then it waited `waited` for the helper. A
+    /// window that saved nothing starts a back-off from `now`.
+    fn book(&self, own: Duration, waited: Duration, now: Instant) {
+        let nanos = |d: Duration| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX);
+        let saved = nanos(own).saturating_sub(nanos(waited));
+        let total = self
+            .saved_ns
+            .fetch_add(saved, Ordering::Relaxed)
+            .saturating_add(saved);
+        if self.tasks.fetch_add(1, Ordering::Relaxed) + 1 < WINDOW {
+            return;
+        }
+        self.tasks.store(0, Ordering::Relaxed);
+        self.saved_ns.store(0, Ordering::Relaxed);
+        if total <= 0 {
+            *self.until.lock().unwrap_or_else(|e| e.into_inner()) = Some(now + BACK_OFF);
+            self.backing_off.store(true, Ordering::Release);
+        }
+    }
+
+    /// Whether posters leave the helper alone at `now`.
+    fn backing_off(&self, now: impl FnOnce() -> Instant) -> bool {
+        if !self.backing_off.load(Ordering::Acquire) {
+            return false;
+        }
+        let mut until = self.until.lock().unwrap_or_else(|e| e.into_inner());
+        match *until {
+            Some(end) if now() < end => true,
+            _ => {
+                *until = None;
+                self.backing_off.store(false, Ordering::Release);
+                false
+            }
+        }
+    }
 }
 
 // SAFETY: `task` is only accessed by the one thread that the state machine gives it to:
@@ -64,6 +132,7 @@ static HELPER: Helper = Helper {
     panic: Mutex::new(None),
     serving: AtomicBool::new(false),
     retire: AtomicBool::new(false),
+    ledger: Ledger::new(),
 };
 
 /// Runs `mine` on this thread and `theirs` on the helper thread, when helping is
@@ -72,6 +141,7 @@ static HELPER: Helper = Helper {
 /// either way; a panic in either is resumed here, after both are done with their data.
 pub(crate) fn in_two<A: FnOnce(), B: FnOnce() + Send>(mine: A, theirs: B) {
     if !allowed()
+        || HELPER.ledger.backing_off(Instant::now)
         || HELPER
             .state
             .compare_exchange(FREE, HELD, Ordering::Acquire, Ordering::Relaxed)
@@ -96,11 +166,14 @@ pub(crate) fn in_two<A: FnOnce(), B: FnOnce() + Send>(mine: A, theirs: B) {
     HELPER.state.store(POSTED, Ordering::Release);
     let posted = Posted;
     summon();
+    let began = Instant::now();
     mine();
-    let taken_back = posted.finish();
-    if taken_back {
-        call();
+    let done = Instant::now();
+    if posted.finish() {
+        return call();
     }
+    let now = Instant::now();
+    HELPER.ledger.book(done - began, now - done, now);
 }
 
 /// Whether this thread may post to the helper.
@@ -237,6 +310,32 @@ mod tests {
             assert_eq!((mine.into_inner(), theirs.into_inner()), (1, 1));
             assert_eq!(out, [3, 4]);
         }
+    }
+
+    #[test]
+    fn a_window_of_tasks_that_saved_nothing_leaves_the_helper_alone_for_a_while() {
+        let ledger = Ledger::new();
+        let t0 = Instant::now();
+        let us = Duration::from_micros;
+        // A window that saved time: 15 tasks of 2 µs saved, one that waited 20 µs.
+        for _ in 1..WINDOW {
+            ledger.book(us(3), us(1), t0);
+        }
+        ledger.book(us(3), us(20), t0);
+        assert!(!ledger.backing_off(|| t0), "the window saved 13 µs");
+        // One that lost time: the helper stopped once for 100 µs.
+        ledger.book(us(3), us(100), t0);
+        for _ in 2..WINDOW {
+            ledger.book(us(3), us(1), t0);
+        }
+        assert!(!ledger.backing_off(|| t0), "the window is not yet complete");
+        ledger.book(us(3), us(1), t0);
+        assert!(ledger.backing_off(|| t0 + BACK_OFF / 2));
+        // Over when its time is up, and the next window starts from nothing.
+        assert!(!ledger.backing_off(|| t0 + BACK_OFF));
+        assert!(!ledger.backing_off(|| t0));
+        ledger.book(us(1), us(50), t0);
+        assert!(!ledger.backing_off(|| t0));
     }
 
     #[test]
