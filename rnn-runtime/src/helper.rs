@@ -176,9 +176,13 @@ pub(crate) fn in_two<A: FnOnce(), B: FnOnce() + Send>(mine: A, theirs: B) {
     HELPER.ledger.book(done - began, now - done, now);
 }
 
-/// Whether this thread may post to the helper.
+/// Whether this thread may post to the helper: more than one thread allowed, and
+/// cores for them (on one core, a spinning helper would take its time from the
+/// poster), and this thread not one of rayon's workers (whose passes are parts of a
+/// batch, with a core each).
 pub(crate) fn allowed() -> bool {
-    crate::threads::threads() >= 2 && rayon::current_thread_index().is_none()
+    use crate::threads::{cores, threads};
+    threads() >= 2 && cores() >= 2 && rayon::current_thread_index().is_none()
 }
 
 /// A posted task's claim on its poster's frame: dropped (also when `mine` panics), it
