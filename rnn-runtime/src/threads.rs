@@ -2,7 +2,8 @@
 //!
 //! Parallelism comes from splitting a batch into parts that unroll on rayon's worker
 //! threads (see `sequence`): each part runs single-threaded kernels, so the threads
-//! never outnumber the cores. (matrixmultiply's own threading is off: inside two
+//! never outnumber the cores. A batch too small to split runs on the calling thread,
+//! which shares its large products with a helper on a second core (see `helper`). (matrixmultiply's own threading is off: inside two
 //! parts it would run four threads on two cores, measured slower than either alone.)
 
 use std::cell::Cell;
@@ -15,6 +16,8 @@ use rayon::prelude::*;
 static THREADS: AtomicUsize = AtomicUsize::new(0);
 
 /// Sets how many threads forward and backward passes use (by default, every core).
+/// With one, nothing runs beside the calling thread: no parts of a batch on other
+/// threads, and no helper thread for a small batch's products.
 pub fn set_threads(threads: usize) -> crate::Result<()> {
     crate::ensure!(
         threads > 0,
