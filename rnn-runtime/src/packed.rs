@@ -649,8 +649,13 @@ impl PackedMatrix {
     /// of the caller's).
     #[inline]
     pub(crate) fn multiply_one_column(&self, b: &[f32], c: &mut [f32], add: bool) {
+        assert!(
+            b.len() >= self.cols && c.len() >= self.rows,
+            "packed product: operands out of bounds"
+        );
         let panels = self.rows.div_ceil(self.isa.panel_rows());
-        self.one_column_panels(b, c, add, 0..panels);
+        // SAFETY: asserted above; the range starts at the first group.
+        unsafe { self.one_column_groups(b, c, add, 0..panels) };
     }
 
     /// `multiply_one_column`'s product in two halves for two threads, as ranges of
@@ -680,16 +685,31 @@ impl PackedMatrix {
         add: bool,
         panels: Range<usize>,
     ) {
-        let (mr, k) = (self.isa.panel_rows(), self.cols);
+        let mr = self.isa.panel_rows();
         let (group, all) = (self.isa.one_column_group(), self.rows.div_ceil(mr));
         let rows = (panels.end * mr).min(self.rows) - (panels.start * mr).min(self.rows);
         assert!(
-            b.len() >= k
+            b.len() >= self.cols
                 && c.len() >= rows
                 && panels.end <= all
                 && panels.start.is_multiple_of(group),
             "packed product: operands out of bounds"
         );
+        // SAFETY: asserted above.
+        unsafe { self.one_column_groups(b, c, add, panels) };
+    }
+
+    /// The one-column kernels over the groups of panels `panels`, c holding their rows
+    /// from its start. (Checked by its callers: at every step of the tiny MGU, 280
+    /// products a pass, a check with a division cost it 2%.)
+    ///
+    /// # Safety
+    /// b holds as many values as P has columns, c the range's rows; the range ends
+    /// within P and starts at a group's first panel.
+    #[inline(always)]
+    unsafe fn one_column_groups(&self, b: &[f32], c: &mut [f32], add: bool, panels: Range<usize>) {
+        let (mr, k) = (self.isa.panel_rows(), self.cols);
+        let (group, all) = (self.isa.one_column_group(), self.rows.div_ceil(mr));
         // (With no inner dimension, the kernels read nothing and store zeros, or add
         // them.)
         let mut first = panels.start;
@@ -717,8 +737,8 @@ impl PackedMatrix {
                 c2: std::ptr::null_mut(),
                 ldc2: 0,
             };
-            // SAFETY: b holds `k` values and c the range's rows (asserted above); the
-            // group reads `count` whole panels, as many as its kernel was chosen for,
+            // SAFETY: b holds `k` values and c the range's rows (the caller's promise);
+            // the group reads `count` whole panels, as many as its kernel was chosen for,
             // the last storing the rows it was chosen for; `pack_into` found the
             // instructions of `self.isa`.
             unsafe { self.one_column[usize::from(last)](&block) };

@@ -460,8 +460,8 @@ impl<T: Scalar> Tape<T> {
             let (b_at, c_at) = (src.2 * src_ld + src.1, dst.2 * dst_ld + dst.1);
             let (b, c) = (&b[b_at..], &mut c[c_at..]);
             let fmas = self.rows[stack] * self.cols[stack];
-            let Some([mine, theirs]) = matrix.one_column_halves().filter(|_| shares(fmas, true))
-            else {
+            let halves = shares(fmas, true).then(|| matrix.one_column_halves());
+            let Some(Some([mine, theirs])) = halves else {
                 return matrix.multiply_one_column(b, c, add);
             };
             // A large weight: its rows in two halves, each staying in the cache of the
