@@ -136,8 +136,8 @@ static HELPER: Helper = Helper {
 };
 
 /// Runs `mine` on this thread and `theirs` on the helper thread, when helping is
-/// allowed (more than one thread, and this thread not one of rayon's workers) and the
-/// helper is free; otherwise `theirs` after `mine`, here. `theirs` runs exactly once
+/// `allowed`, the helper has not been backing off (`Ledger`), and it is free (no
+/// other thread's task in its slot); otherwise `theirs` after `mine`, here. `theirs` runs exactly once
 /// either way; a panic in either is resumed here, after both are done with their data.
 pub(crate) fn in_two<A: FnOnce(), B: FnOnce() + Send>(mine: A, theirs: B) {
     if !allowed()
