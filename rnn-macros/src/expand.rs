@@ -499,48 +499,6 @@ fn col0(plan: &Plan, buf: usize, which: Program) -> TokenStream {
     }
 }
 
-/// A kernel that only sums blocks of buffers over the columns into vector parameters'
-/// gradients (the biases' gradients after the backward loop), as one call of
-/// `Tape::add_column_sums` per gradient, which keeps its sums in registers; `None` for
-/// any other kernel.
-fn column_sums(
-    c: &Compiled,
-    plan: &Plan,
-    which: Program,
-    kernel: &Kernel,
-    params: &[Ident],
-) -> Option<TokenStream> {
-    let syms = &c.ir.syms;
-    let sums = kernel
-        .body
-        .iter()
-        .map(|stmt| match stmt {
-            KStmt::Accumulate {
-                param,
-                value: Operand::Load(l),
-            } => {
-                let (field, buf) = (&params[*param], l.buf);
-                let (row, col) = (l.row.tokens(syms), col0(plan, buf, which));
-                Some(quote! {
-                    __tape.add_column_sums(
-                        (#buf, #row, #col),
-                        __n,
-                        &mut __grads.#field.as_mut_slice()[..__rows],
-                    );
-                })
-            }
-            _ => None,
-        })
-        .collect::<Option<Vec<_>>>()?;
-    let rows = kernel.rows.tokens(syms);
-    Some(quote! {
-        {
-            let __rows: usize = #rows;
-            #(#sums)*
-        }
-    })
-}
-
 /// One kernel as a loop over columns and rows, with every value a local.
 fn fused_loop(
     c: &Compiled,
@@ -550,9 +508,6 @@ fn fused_loop(
     params: &[Ident],
 ) -> TokenStream {
     let syms = &c.ir.syms;
-    if let Some(sums) = column_sums(c, plan, which, kernel, params) {
-        return sums;
-    }
     let mut bufs: Vec<usize> = Vec::new();
     let mut vec_params: Vec<usize> = Vec::new();
     let mut grad_params: Vec<usize> = Vec::new();

@@ -576,62 +576,6 @@ impl<T: Scalar> Tape<T> {
         }
     }
 
-    /// `sums[i] += Σ_c src[i, c]` over `n` columns from `src` (as many rows as `sums`
-    /// has): a bias's gradient from its gate's dz over every step. The generated code
-    /// once added each column to the gradient in its own call, which kept the sums in
-    /// memory, each add waiting on the last store (2.5% of the tiny LSTM's time); here
-    /// they stay in registers, with four columns' chains in flight.
-    pub fn add_column_sums(&self, (buf, row, col): At, n: usize, sums: &mut [T]) {
-        let (ld, values) = (self.rows[buf], &self.bufs[buf]);
-        let rows = sums.len();
-        let column = |c: usize, first: usize| &values[(col + c) * ld + row + first..];
-        // The sums of a whole chunk of rows from `first`: four columns at a time, each
-        // into an accumulator of its own. (Indexed by a runtime value, an array of
-        // them went to the stack, one value at a time.)
-        let chunk = |first: usize| {
-            let mut acc = [[T::zero(); SUM_CHUNK]; 4];
-            let mut c = 0;
-            while c + 4 <= n {
-                add_chunk(&mut acc[0], column(c, first));
-                add_chunk(&mut acc[1], column(c + 1, first));
-                add_chunk(&mut acc[2], column(c + 2, first));
-                add_chunk(&mut acc[3], column(c + 3, first));
-                c += 4;
-            }
-            for c in c..n {
-                add_chunk(&mut acc[0], column(c, first));
-            }
-            let [a, b, c, d] = acc;
-            std::array::from_fn::<T, SUM_CHUNK, _>(|j| (a[j] + b[j]) + (c[j] + d[j]))
-        };
-        let mut first = 0;
-        while first + SUM_CHUNK <= rows {
-            for (sum, total) in sums[first..].iter_mut().zip(chunk(first)) {
-                *sum += total;
-            }
-            first += SUM_CHUNK;
-        }
-        if first == rows {
-            return;
-        }
-        if rows >= SUM_CHUNK {
-            // The last rows short of a chunk: as the chunk that ends with them, of
-            // which only they are added (a loop over them alone kept its sums in
-            // memory, one value at a time: 1.8% of the tiny LSTM).
-            let last = rows - SUM_CHUNK;
-            for (sum, total) in sums[first..].iter_mut().zip(&chunk(last)[first - last..]) {
-                *sum += *total;
-            }
-            return;
-        }
-        // Fewer rows than a chunk: column by column.
-        for c in 0..n {
-            for (sum, v) in sums.iter_mut().zip(column(c, 0)) {
-                *sum += *v;
-            }
-        }
-    }
-
     /// Copies columns `col_start..` of a parameter (column-major, `param_rows` rows) into
     /// rows `row..` of a stacked weight buffer, as many columns as the buffer has.
     pub fn load_block(
@@ -769,19 +713,6 @@ impl<T: Scalar> Tape<T> {
         let panels = pack_pooled(&values[dz.1..], rows, self.columns, strides);
         self.packed_dz.push((key, panels));
         self.packed_dz.len() - 1
-    }
-}
-
-/// Rows per accumulator in `Tape::add_column_sums`: one AVX-512 vector of f32 (two of
-/// AVX2).
-const SUM_CHUNK: usize = 16;
-
-/// `acc += column[..SUM_CHUNK]`, as whole vectors.
-#[inline(always)]
-fn add_chunk<T: Scalar>(acc: &mut [T; SUM_CHUNK], column: &[T]) {
-    let column: &[T; SUM_CHUNK] = column[..SUM_CHUNK].try_into().expect("a whole chunk");
-    for (a, v) in acc.iter_mut().zip(column) {
-        *a += *v;
     }
 }
 
@@ -990,32 +921,6 @@ mod tests {
                 let want = if j == 2 { 2.0 * product } else { product };
                 let what = format!("Sᵀ·dst[{i}, {j}]");
                 assert_close(back[j * k + i], [want, 2.0 * size], &what);
-            }
-        }
-    }
-
-    /// Column sums (the biases' gradients) of every row count around the chunk of
-    /// 16, from a block inside the buffer, over no, one, few and many columns: each
-    /// added to what the sums held.
-    #[test]
-    fn column_sums_add_every_rows_columns() {
-        for rows in [3, 15, 16, 17, 35, 48] {
-            for n in [0, 1, 5, 70] {
-                let (ld, row, col) = (rows + 7, 4, 2);
-                let columns = col + n + 1;
-                let mut tape = Tape::<f32>::new(&[spec(ld, BufferCols::Steps)], columns, 1);
-                fill(
-                    tape.buffer_mut(0),
-                    &mut Rng::seed(rows as u64 * 100 + n as u64),
-                );
-                let mut sums: Vec<f32> = (0..rows).map(|i| i as f32).collect();
-                tape.add_column_sums((0, row, col), n, &mut sums);
-                let values = tape.buffer(0);
-                for (i, sum) in sums.iter().enumerate() {
-                    let [total, size] = dot(values, ((col * ld) + row + i, ld), &[1.0], (0, 0), n);
-                    let what = format!("row {i} of {rows}, {n} columns");
-                    assert_close(*sum, [i as f64 + total, size], &what);
-                }
             }
         }
     }
