@@ -672,8 +672,9 @@ impl PackedMatrix {
         (groups >= 2).then_some([0..half, half..panels])
     }
 
-    /// `multiply_one_column`'s rows of panels `panels` (starting at a group's first
-    /// panel, see `one_column_halves`), c holding those rows from its start.
+    /// `multiply_one_column`'s rows of panels `panels` (from a group's first panel to
+    /// another's, or to the last panel: see `one_column_halves`), c holding those rows
+    /// from its start.
     ///
     /// # Panics
     /// As `multiply_one_column`.
@@ -692,7 +693,8 @@ impl PackedMatrix {
             b.len() >= self.cols
                 && c.len() >= rows
                 && panels.end <= all
-                && panels.start.is_multiple_of(group),
+                && panels.start.is_multiple_of(group)
+                && (panels.end == all || panels.end.is_multiple_of(group)),
             "packed product: operands out of bounds"
         );
         // SAFETY: asserted above.
@@ -704,8 +706,9 @@ impl PackedMatrix {
     /// products a pass, a check with a division cost it 2%.)
     ///
     /// # Safety
-    /// b holds as many values as P has columns, c the range's rows; the range ends
-    /// within P and starts at a group's first panel.
+    /// b holds as many values as P has columns, c the range's rows; the range starts at
+    /// a group's first panel and ends at another's, or at P's last panel (the kernels
+    /// run whole groups).
     #[inline(always)]
     unsafe fn one_column_groups(&self, b: &[f32], c: &mut [f32], add: bool, panels: Range<usize>) {
         let (mr, k) = (self.isa.panel_rows(), self.cols);
