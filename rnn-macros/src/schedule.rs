@@ -953,6 +953,17 @@ mod tests {
         assert_eq!(stores_of_dz, 4, "one store per gate: {:#?}", step.body);
     }
 
+    /// Whether a stage is a product added onto its destination.
+    fn adds(stage: &Stage) -> bool {
+        matches!(
+            stage,
+            Stage::Gemm {
+                accumulate: true,
+                ..
+            }
+        )
+    }
+
     /// The MGU's gradient of the previous `h` is a loop's term plus `U_fᵀ dz_f`: the
     /// loop stores the term where that gradient goes, and the product adds onto it,
     /// with no loop for the sum.
@@ -965,15 +976,6 @@ mod tests {
                 h = (1.0 - f) * h + f * n;
             }
         }));
-        let adds = |s: &Stage| {
-            matches!(
-                s,
-                Stage::Gemm {
-                    accumulate: true,
-                    ..
-                }
-            )
-        };
         let kernel = |s: &Stage| matches!(s, Stage::Kernel(_));
         let steps = &plan.step_backward;
         assert_eq!(count(steps, adds), 1, "{steps:#?}");
@@ -1006,15 +1008,6 @@ mod tests {
                 h = a + V * a;
             }
         }));
-        let adds = |s: &Stage| {
-            matches!(
-                s,
-                Stage::Gemm {
-                    accumulate: true,
-                    ..
-                }
-            )
-        };
         assert_eq!(
             count(&plan.step_forward, adds),
             0,

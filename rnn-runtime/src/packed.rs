@@ -458,22 +458,15 @@ impl PackedMatrix {
                 } else {
                     (std::ptr::null_mut(), 0)
                 };
-                let stride = panel_stride(self.isa, self.rows, p);
                 let first_columns = Block {
-                    k: depth,
-                    a: self.panel(p)[first * stride..].as_ptr(),
-                    stride,
-                    b: b[b_at.offset + first * b_at.step..].as_ptr(),
-                    ldb: b_at.ld,
-                    b_step: b_at.step,
                     c: c.wrapping_add(within),
                     ldc,
                     height: bottom - top,
-                    streamed: false,
                     accumulate: true,
                     split_at,
                     c2,
                     ldc2,
+                    ..self.panel_times(p, (first, depth), b, b_at)
                 };
                 // SAFETY: the kernels read `depth` packed columns of this panel from
                 // `first` and `depth` values of B's `n` columns from `first` (by
@@ -486,6 +479,35 @@ impl PackedMatrix {
             }
         }
         true
+    }
+
+    /// The kernel call for panel `p`'s packed columns `first..first + depth` times B
+    /// (where `b_at` says) from its row `first`, with no C yet: its callers say where
+    /// the product goes (`blocks`, `multiply_add_into_blocks`).
+    fn panel_times(
+        &self,
+        p: usize,
+        (first, depth): (usize, usize),
+        b: &[f32],
+        b_at: Operand,
+    ) -> Block {
+        let stride = panel_stride(self.isa, self.rows, p);
+        Block {
+            k: depth,
+            a: self.panel(p)[first * stride..].as_ptr(),
+            stride,
+            b: b[b_at.offset + first * b_at.step..].as_ptr(),
+            ldb: b_at.ld,
+            b_step: b_at.step,
+            c: std::ptr::null_mut(),
+            ldc: 0,
+            height: 0,
+            streamed: false,
+            accumulate: false,
+            split_at: 0,
+            c2: std::ptr::null_mut(),
+            ldc2: 0,
+        }
     }
 
     /// Panel `p`'s packed values.
@@ -563,23 +585,15 @@ impl PackedMatrix {
     ) {
         let mr = self.isa.panel_rows();
         for p in rows.start / mr..rows.end.div_ceil(mr) {
-            let stride = panel_stride(self.isa, self.rows, p);
             let height = mr.min(rows.end - p * mr);
             let first_columns = Block {
-                k: depth,
-                a: self.panel(p)[first * stride..].as_ptr(),
-                stride,
-                b: b[b_at.offset + first * b_at.step..].as_ptr(),
-                ldb: b_at.ld,
-                b_step: b_at.step,
                 c: c[c_offset + p * mr - rows.start..].as_mut_ptr(),
                 ldc,
                 height,
                 streamed,
                 accumulate,
                 split_at: height,
-                c2: std::ptr::null_mut(),
-                ldc2: 0,
+                ..self.panel_times(p, (first, depth), b, b_at)
             };
             // SAFETY: the kernels read `depth` packed columns of this panel from
             // `first`, `depth` values of B's `n` columns from `first`, and write (with
