@@ -364,7 +364,7 @@ mod tests {
             .collect();
         let columns: usize = lengths.iter().sum();
         let mut seed = seed;
-        let mut params: Vec<Vec<f64>> = shapes
+        let params: Vec<Vec<f64>> = shapes
             .params
             .iter()
             .map(|(r, c)| {
@@ -374,9 +374,9 @@ mod tests {
                 )
             })
             .collect();
-        let mut inputs = vec![random_values(2 * columns, &mut seed)];
+        let inputs = vec![random_values(2 * columns, &mut seed)];
         let n_states = ir.states.len();
-        let mut initial: Vec<Vec<f64>> = (0..n_states)
+        let initial: Vec<Vec<f64>> = (0..n_states)
             .map(|_| random_values(3 * batch, &mut seed))
             .collect();
         let d_output = random_values(3 * columns, &mut seed);
@@ -477,7 +477,7 @@ mod tests {
         // with the value moved by ±eps and ±2·eps, and the largest of those losses.
         // The central difference's error (order eps²) was 1.8e-5 of dV2 where `exp`
         // compounded over the steps (9.29017 against 9.29034).
-        let stencil = |mut loss_at: Box<dyn FnMut(f64) -> f64 + '_>| {
+        let stencil = |loss_at: &mut dyn FnMut(f64) -> f64| {
             let [l2, l1, m1, m2] = [2.0, 1.0, -1.0, -2.0].map(|k| loss_at(k * eps));
             let numeric = (-l2 + 8.0 * l1 - 8.0 * m1 + m2) / (12.0 * eps);
             (
@@ -495,54 +495,34 @@ mod tests {
             (analytic - numeric).abs()
                 <= 1e-6 * (1.0 + numeric.abs().max(analytic.abs())) + 4e-9 * size
         };
-        for p in 0..params.len() {
-            for i in 0..params[p].len() {
-                let at = params[p][i];
-                let numeric = stencil(Box::new(|d| {
-                    params[p][i] = at + d;
-                    let l = loss(&params, &inputs, &initial);
-                    params[p][i] = at;
-                    l
-                }));
-                prop_assert!(
-                    close(results.d_params[p][i], numeric),
-                    "d{}[{i}]: {} against finite differences {}\n{source}",
-                    ir.params[p].name,
-                    results.d_params[p][i],
-                    numeric.0
-                );
-            }
-        }
-        for i in 0..inputs[0].len() {
-            let at = inputs[0][i];
-            let numeric = stencil(Box::new(|d| {
-                inputs[0][i] = at + d;
-                let l = loss(&params, &inputs, &initial);
-                inputs[0][i] = at;
-                l
-            }));
-            prop_assert!(
-                close(results.d_inputs[0][i], numeric),
-                "dx[{i}]: {} against {}\n{source}",
-                results.d_inputs[0][i],
-                numeric.0
-            );
-        }
-        for k in 0..n_states {
-            for i in 0..initial[k].len() {
-                let at = initial[k][i];
-                let numeric = stencil(Box::new(|d| {
-                    initial[k][i] = at + d;
-                    let l = loss(&params, &inputs, &initial);
-                    initial[k][i] = at;
-                    l
-                }));
-                prop_assert!(
-                    close(results.d_initial[k][i], numeric),
-                    "d state {k}[{i}]: {} against {}\n{source}",
-                    results.d_initial[k][i],
-                    numeric.0
-                );
+        // Every value the loss depends on (the parameters, the inputs, the initial
+        // states), each against its analytic gradient.
+        let mut values = [params, inputs, initial];
+        let analytic = [&results.d_params, &results.d_inputs, &results.d_initial];
+        let name = |group: usize, k: usize, i: usize| match group {
+            0 => format!("d{}[{i}]", ir.params[k].name),
+            1 => format!("d input {k}[{i}]"),
+            _ => format!("d state {k}[{i}]"),
+        };
+        for group in 0..values.len() {
+            for k in 0..values[group].len() {
+                for i in 0..values[group][k].len() {
+                    let at = values[group][k][i];
+                    let numeric = stencil(&mut |d| {
+                        values[group][k][i] = at + d;
+                        let [params, inputs, initial] = &values;
+                        let l = loss(params, inputs, initial);
+                        values[group][k][i] = at;
+                        l
+                    });
+                    let analytic = analytic[group][k][i];
+                    prop_assert!(
+                        close(analytic, numeric),
+                        "{}: {analytic} against finite differences {}\n{source}",
+                        name(group, k, i),
+                        numeric.0
+                    );
+                }
             }
         }
         Ok(())
