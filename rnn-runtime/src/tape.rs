@@ -455,13 +455,13 @@ impl<T: Scalar> Tape<T> {
         };
         let (src_ld, dst_ld) = (self.rows[src.0], self.rows[dst.0]);
         let (b, c) = f32_operands(&mut self.bufs, src.0, dst.0);
+        let (b_at, c_at) = (src.2 * src_ld + src.1, dst.2 * dst_ld + dst.1);
         if n == 1 {
             // A batch of one, every step of the notebooks' models: the shortest path.
-            let (b_at, c_at) = (src.2 * src_ld + src.1, dst.2 * dst_ld + dst.1);
             let (b, c) = (&b[b_at..], &mut c[c_at..]);
             let fmas = self.rows[stack] * self.cols[stack];
             let halves = shares(fmas, true).then(|| matrix.one_column_halves());
-            let Some(Some([mine, theirs])) = halves else {
+            let Some([mine, theirs]) = halves.flatten() else {
                 return matrix.multiply_one_column(b, c, add);
             };
             // A large weight: its rows in two halves, each staying in the cache of the
@@ -472,7 +472,6 @@ impl<T: Scalar> Tape<T> {
                 || matrix.one_column_panels(b, c_theirs, add, theirs),
             );
         }
-        let (b_at, c_at) = (src.2 * src_ld + src.1, dst.2 * dst_ld + dst.1);
         let fmas = self.rows[stack] * self.cols[stack] * n;
         let Some(first) = share_point(n, fmas, n < self.columns) else {
             return matrix.multiply(b, (b_at, src_ld), c, (c_at, dst_ld), n, add);
