@@ -453,10 +453,18 @@ fn program(c: &Compiled, plan: &Plan, which: Program, params: &[Ident]) -> Token
             src,
             dst,
             accumulate,
+            biases,
         } => {
             let stack_buf = plan.stacks[*stack].buf;
             let (src, dst) = (loc(src), loc(dst));
-            if *accumulate {
+            if !biases.is_empty() {
+                let biases = biases.iter().map(|b| {
+                    let row = b.row.tokens(syms);
+                    let fields = b.params.iter().map(|p| &params[*p]);
+                    quote!((#row, &[#(self.#fields.as_slice()),*][..]))
+                });
+                quote!(__tape.gemm_onto(#stack_buf, #src, #dst, __n, &[#(#biases),*]);)
+            } else if *accumulate {
                 quote!(__tape.gemm_add(#stack_buf, #transpose, #src, #dst, __n);)
             } else {
                 quote!(__tape.gemm(#stack_buf, #transpose, #src, #dst, __n);)

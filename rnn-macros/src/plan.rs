@@ -72,13 +72,15 @@ pub struct Stack {
 
 #[derive(Clone, Debug)]
 pub enum Stage {
-    /// `dst = stack * src`, or `stackᵀ * src`; with `accumulate`, added to `dst`.
+    /// `dst = stack * src`, or `stackᵀ * src`; with `accumulate`, added to `dst`; with
+    /// `biases`, added onto them (the product's other rows onto zeros).
     Gemm {
         stack: usize,
         transpose: bool,
         src: Loc,
         dst: Loc,
         accumulate: bool,
+        biases: Vec<Biases>,
     },
     Copy {
         src: Loc,
@@ -95,6 +97,15 @@ pub enum Stage {
         dst: Loc,
     },
     Kernel(Kernel),
+}
+
+/// The sum of vector parameters `params` (in their order), which rows `row..` of a
+/// product start from in every column: the biases of a hoisted sum `W·x + b + b'`
+/// (see `schedule::BiasFold`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Biases {
+    pub row: Size,
+    pub params: Vec<usize>,
 }
 
 /// One fused loop over `rows` × the program's columns.

@@ -218,6 +218,7 @@ impl<'a> Exec<'a> {
                     src,
                     dst,
                     accumulate,
+                    biases,
                 } => {
                     let s = self.plan.stacks[*stack].buf;
                     let (s_rows, s_cols) = (self.rows(s), self.bufs[s].len() / self.rows(s));
@@ -239,7 +240,22 @@ impl<'a> Exec<'a> {
                                 })
                                 .sum();
                             let at = self.at(dst, step, off, c, i);
-                            if *accumulate {
+                            if !biases.is_empty() {
+                                // The rows' biases added to the product in the graph's
+                                // order, `(W·x + b) + b'` (the kernels start from the
+                                // biases instead: a rounding apart, which the tape's
+                                // tests allow for).
+                                let biased = biases.iter().find_map(|b| {
+                                    let row = b.row.eval(&self.dims);
+                                    let len = params[b.params[0]].len();
+                                    (row..row + len).contains(&i).then(|| {
+                                        b.params
+                                            .iter()
+                                            .fold(sum, |acc, p| acc + params[*p][i - row])
+                                    })
+                                });
+                                self.bufs[dst.buf][at] = biased.unwrap_or(sum);
+                            } else if *accumulate {
                                 self.bufs[dst.buf][at] += sum;
                             } else {
                                 self.bufs[dst.buf][at] = sum;
@@ -538,6 +554,14 @@ mod tests {
         ) {
             check(&source, lengths, seed)?;
         }
+    }
+
+    /// Biases that start the projection (see `schedule::BiasFold`), in every
+    /// arrangement: the plan's values and gradients are the graph's.
+    #[test]
+    fn the_plan_runs_a_projection_onto_its_biases() {
+        let source = crate::test_util::mixed_biases().to_string();
+        check(&source, vec![3, 2], 5).unwrap();
     }
 
     #[test]

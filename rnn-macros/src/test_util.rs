@@ -30,6 +30,20 @@ pub fn compile_ir(item: TokenStream) -> (CellIr, Shapes) {
 }
 
 /// Every stage up to differentiation, for a valid cell.
+/// A cell whose hoisted sums hold two biases, none, one, and one read elsewhere too.
+pub fn mixed_biases() -> TokenStream {
+    quote! {
+        fn mixed(x: Input, h: State) {
+            let a = sigmoid(W_a * x + b_a + c_a + U_a * h);
+            let g = tanh(W_g * x + U_g * h);
+            let e = W_e * x + b_e;
+            let q = W_q * x + b_q;
+            let r = q + b_r;
+            h = a * g + tanh(e + U_e * h) * e + sigmoid(r + U_r * h) * q;
+        }
+    }
+}
+
 pub fn compile_full(item: TokenStream) -> Compiled {
     let cx = Ctxt::new();
     let ast = crate::parse::parse(&cx, quote!(), item).expect("a fn");

@@ -317,35 +317,75 @@ impl PackedMatrix {
         n: usize,
         add: bool,
     ) {
+        let start = if add { Start::C } else { Start::Zero };
+        self.multiply_from(b, b_at, c, c_at, n, start);
+    }
+
+    /// `C = bias·1ᵀ + P · B` for `n` columns, addressed as in `multiply`: every column
+    /// of the product starts from `bias` (as many values as P has rows), which the
+    /// kernel loads into its accumulators, so the biases cost no pass over C of their
+    /// own.
+    ///
+    /// # Panics
+    /// As `multiply`, and when `bias` is shorter than P's columns.
+    pub(crate) fn multiply_onto(
+        &self,
+        b: &[f32],
+        b_at: (usize, usize),
+        c: &mut [f32],
+        c_at: (usize, usize),
+        n: usize,
+        bias: &[f32],
+    ) {
+        assert!(
+            bias.len() >= self.rows,
+            "packed product: a bias of {} for {} rows",
+            bias.len(),
+            self.rows
+        );
+        self.multiply_from(b, b_at, c, c_at, n, Start::Bias(bias));
+    }
+
+    /// `multiply` and `multiply_onto`: the product's columns starting from `start`.
+    fn multiply_from(
+        &self,
+        b: &[f32],
+        b_at: (usize, usize),
+        c: &mut [f32],
+        c_at: (usize, usize),
+        n: usize,
+        start: Start<'_>,
+    ) {
         let (k, (b_offset, ldb), (c_offset, ldc)) = (self.cols, b_at, c_at);
         let b_at = Operand::columns(b_offset, ldb);
         self.check_bounds(b, b_at, c, c_at, n, self.rows);
         if n == 0 || self.rows == 0 {
             return;
         }
-        if k == 0 {
-            // An empty inner dimension: the product is zero.
-            if !add {
+        if k == 0 || n == 1 {
+            // An empty inner dimension (the product is zero), or the one-column kernel,
+            // which stores C or adds to it: biases go into C first.
+            let add = match start {
+                Start::Zero => false,
+                Start::C => true,
+                Start::Bias(bias) => {
+                    for j in 0..n {
+                        c[c_offset + j * ldc..][..self.rows].copy_from_slice(&bias[..self.rows]);
+                    }
+                    true
+                }
+            };
+            if k > 0 {
+                self.multiply_one_column(&b[b_offset..], &mut c[c_offset..], add);
+            } else if !add {
                 for j in 0..n {
                     c[c_offset + j * ldc..][..self.rows].fill(0.0);
                 }
             }
             return;
         }
-        if n == 1 {
-            return self.multiply_one_column(&b[b_offset..], &mut c[c_offset..], add);
-        }
-        self.blocks(
-            b,
-            b_at,
-            c,
-            c_at,
-            n,
-            0..self.rows,
-            (0, k),
-            self.streamed,
-            add,
-        );
+        let rows = 0..self.rows;
+        self.blocks(b, b_at, c, c_at, n, rows, (0, k), self.streamed, start);
     }
 
     /// `C += (P · B)[rows]` (with `add`; `C = (P · B)[rows]` without), B where
@@ -388,9 +428,13 @@ impl PackedMatrix {
         for first in (0..self.cols).step_by(INNER_BLOCK) {
             let depth = INNER_BLOCK.min(self.cols - first);
             // Each block after the first adds to what the ones before it stored.
-            let accumulate = add || first > 0;
+            let start = if add || first > 0 {
+                Start::C
+            } else {
+                Start::Zero
+            };
             let (rows, inner) = (rows.clone(), (first, depth));
-            self.blocks(b, b_at, c, c_at, n, rows, inner, false, accumulate);
+            self.blocks(b, b_at, c, c_at, n, rows, inner, false, start);
         }
     }
 
@@ -504,6 +548,7 @@ impl PackedMatrix {
             height: 0,
             streamed: false,
             accumulate: false,
+            bias: std::ptr::null(),
             split_at: 0,
             c2: std::ptr::null_mut(),
             ldc2: 0,
@@ -581,7 +626,7 @@ impl PackedMatrix {
         rows: Range<usize>,
         (first, depth): (usize, usize),
         streamed: bool,
-        accumulate: bool,
+        start: Start<'_>,
     ) {
         let mr = self.isa.panel_rows();
         for p in rows.start / mr..rows.end.div_ceil(mr) {
@@ -591,18 +636,32 @@ impl PackedMatrix {
                 ldc,
                 height,
                 streamed,
-                accumulate,
+                accumulate: !matches!(start, Start::Zero),
+                bias: match start {
+                    Start::Bias(bias) => bias[p * mr - rows.start..][..height].as_ptr(),
+                    Start::Zero | Start::C => std::ptr::null(),
+                },
                 split_at: height,
                 ..self.panel_times(p, (first, depth), b, b_at)
             };
             // SAFETY: the kernels read `depth` packed columns of this panel from
             // `first`, `depth` values of B's `n` columns from `first`, and write (with
-            // `accumulate`, read and write) `height` values of `n` columns of C: all in
+            // `accumulate`, read and write) `height` values of `n` columns of C (or
+            // read them of the bias, sliced above): all in
             // bounds by `check_bounds`, since `first + depth <= self.cols` and the
             // panels' rows lie in `rows`; `detect` found the instructions.
             unsafe { self.run_across(first_columns, n) };
         }
     }
+}
+
+/// What a product's accumulators start from: zero, C (the product is added to it), or
+/// one column of biases for every column.
+#[derive(Clone, Copy)]
+enum Start<'a> {
+    Zero,
+    C,
+    Bias(&'a [f32]),
 }
 
 /// Where a product's right operand B lies in its slice: element (p, j) at
@@ -750,6 +809,7 @@ impl PackedMatrix {
                 height: (self.rows - first * mr).min(count * mr),
                 streamed: self.streamed,
                 accumulate: add,
+                bias: std::ptr::null(),
                 split_at: usize::MAX,
                 c2: std::ptr::null_mut(),
                 ldc2: 0,
@@ -1048,6 +1108,9 @@ struct Block {
     streamed: bool,
     /// Whether to add the product to C rather than overwrite C.
     accumulate: bool,
+    /// With `accumulate`, where the accumulators start, if not from C: one column of
+    /// the panel's rows, the same for every column (a product's biases).
+    bias: *const f32,
     /// The panel's rows stored from `c` (`height`, or more, when all of them); the
     /// rest go to a second C from `c2`, its columns `ldc2` apart (a panel across the
     /// boundary of two blocks of rows, see `multiply_add_into_blocks`).
@@ -1301,13 +1364,18 @@ mod x86 {
         let mask2_hi: __mmask16 = lanes(blk.height.saturating_sub(16)) & !mask_hi;
         let second = |j: usize| blk.c2.wrapping_add(j * blk.ldc2).wrapping_sub(rows_c);
         debug_assert!(!upper || blk.stride == 32, "a 32-row panel stores 32 rows");
+        debug_assert!(blk.bias.is_null() || !split, "biases go to one C");
         if ACC {
             for j in 0..NR {
                 // SAFETY: column j of C has `split_at` valid values (or `height`) from
-                // `c + j * ldc`, and of the second C the rest from `c2 + j * ldc2`;
-                // masked-off lanes are not read.
+                // `c + j * ldc`, and of the second C the rest from `c2 + j * ldc2`; the
+                // bias column, if any, `height`; masked-off lanes are not read.
                 unsafe {
-                    let out = blk.c.wrapping_add(j * blk.ldc);
+                    let out = if blk.bias.is_null() {
+                        blk.c.wrapping_add(j * blk.ldc)
+                    } else {
+                        blk.bias
+                    };
                     lo[j] = _mm512_maskz_loadu_ps(mask_lo, out);
                     if upper {
                         hi[j] = _mm512_maskz_loadu_ps(mask_hi, out.wrapping_add(16));
@@ -1673,10 +1741,15 @@ mod x86 {
         let mut hi = [_mm256_setzero_ps(); NR];
         if ACC {
             for j in 0..NR {
-                // SAFETY: column j of C has `height` valid values from `c + j * ldc`;
-                // a partial panel is read through a buffer.
+                // SAFETY: column j of C (or the bias column) has `height` valid values
+                // from `c + j * ldc` (from `bias`); a partial panel is read through a
+                // buffer.
                 unsafe {
-                    let out = blk.c.add(j * blk.ldc);
+                    let out = if blk.bias.is_null() {
+                        blk.c.add(j * blk.ldc)
+                    } else {
+                        blk.bias
+                    };
                     let mut column = [0.0f32; 16];
                     std::ptr::copy_nonoverlapping(out, column.as_mut_ptr(), blk.height);
                     lo[j] = _mm256_loadu_ps(column.as_ptr());
@@ -1766,8 +1839,9 @@ mod tests {
             .collect()
     }
 
-    /// Every panel height and block width, both orientations, strided B and C, stored
-    /// and added to C: exact, since the values are quarters and the sums are short.
+    /// Every panel height and block width, both orientations, strided B and C, stored,
+    /// added to C and onto a column of biases: exact, since the values are quarters
+    /// and the sums are short.
     #[test]
     fn packed_products_match_the_naive_product() {
         for isa in runnable_isas() {
@@ -1867,6 +1941,23 @@ mod tests {
                         for pad in m..ldc {
                             assert!(c[1 + pad + j * ldc].is_nan(), "wrote padding at {pad}");
                         }
+                    }
+                }
+                // Onto a column of biases, over C's NaN: every column starts from them.
+                let bias = values(m, 7);
+                let mut c = vec![f32::NAN; 1 + ldc * n];
+                packed.multiply_onto(&b, (2, ldb), &mut c, (1, ldc), n, &bias);
+                for j in 0..n {
+                    for i in 0..m {
+                        let (got, want) =
+                            (c[1 + i + j * ldc] as f64, bias[i] as f64 + want[i + j * m]);
+                        assert!(
+                            got == want,
+                            "{isa:?} ({m},{k},{n}) onto biases at ({i},{j}): {got} against {want}"
+                        );
+                    }
+                    for pad in m..ldc {
+                        assert!(c[1 + pad + j * ldc].is_nan(), "wrote padding at {pad}");
                     }
                 }
             }
