@@ -9,7 +9,8 @@
 //! through tape buffers; only those that another stage, program or the backward pass
 //! reads are stored ("keep only what backward reads"). A sum of a loop's value and a
 //! product runs as the product added onto that value (`FusedSum`), with no loop of its
-//! own.
+//! own; a hoisted product's block plus biases, as the product started from the biases
+//! (`BiasFold`).
 
 use crate::compile::Compiled;
 use crate::ir::{Block, NodeId, Op};
