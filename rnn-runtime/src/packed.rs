@@ -301,53 +301,18 @@ impl PackedMatrix {
         }
     }
 
-    /// `C = P · B` for `n` columns (with `add`, `C += P · B`): B's column j starts at
-    /// `b[b_offset + j * ldb]` and has as many values as P has columns, C's at
-    /// `c[c_offset + j * ldc]` as many as P has rows.
+    /// `C = P · B` for `n` columns: B's column j starts at `b[b_offset + j * ldb]` and
+    /// has as many values as P has columns, C's at `c[c_offset + j * ldc]` as many as
+    /// P has rows. The accumulators start from `start`: zero, C (so the product is
+    /// added to C), or one column of biases (as many values as P has rows) for every
+    /// column, which the kernels load where they would load C, so that the biases cost
+    /// no pass over C of their own.
     ///
     /// # Panics
-    /// When a column of B or C reaches past its slice: the tape computes these extents
-    /// from its own buffers, so that is a bug, not a user's mistake.
+    /// When a column of B or C reaches past its slice, or the biases are fewer than
+    /// P's rows: the tape computes these extents from its own buffers, so that is a
+    /// bug, not a user's mistake.
     pub(crate) fn multiply(
-        &self,
-        b: &[f32],
-        b_at: (usize, usize),
-        c: &mut [f32],
-        c_at: (usize, usize),
-        n: usize,
-        add: bool,
-    ) {
-        let start = if add { Start::C } else { Start::Zero };
-        self.multiply_from(b, b_at, c, c_at, n, start);
-    }
-
-    /// `C = bias·1ᵀ + P · B` for `n` columns, addressed as in `multiply`: every column
-    /// of the product starts from `bias` (as many values as P has rows), which the
-    /// kernel loads into its accumulators, so the biases cost no pass over C of their
-    /// own.
-    ///
-    /// # Panics
-    /// As `multiply`, and when `bias` is shorter than P's columns.
-    pub(crate) fn multiply_onto(
-        &self,
-        b: &[f32],
-        b_at: (usize, usize),
-        c: &mut [f32],
-        c_at: (usize, usize),
-        n: usize,
-        bias: &[f32],
-    ) {
-        assert!(
-            bias.len() >= self.rows,
-            "packed product: a bias of {} for {} rows",
-            bias.len(),
-            self.rows
-        );
-        self.multiply_from(b, b_at, c, c_at, n, Start::Bias(bias));
-    }
-
-    /// `multiply` and `multiply_onto`: the product's columns starting from `start`.
-    fn multiply_from(
         &self,
         b: &[f32],
         b_at: (usize, usize),
@@ -359,6 +324,14 @@ impl PackedMatrix {
         let (k, (b_offset, ldb), (c_offset, ldc)) = (self.cols, b_at, c_at);
         let b_at = Operand::columns(b_offset, ldb);
         self.check_bounds(b, b_at, c, c_at, n, self.rows);
+        if let Start::Bias(bias) = start {
+            assert!(
+                bias.len() >= self.rows,
+                "packed product: a bias of {} for {} rows",
+                bias.len(),
+                self.rows
+            );
+        }
         if n == 0 || self.rows == 0 {
             return;
         }
@@ -658,7 +631,7 @@ impl PackedMatrix {
 /// What a product's accumulators start from: zero, C (the product is added to it), or
 /// one column of biases for every column.
 #[derive(Clone, Copy)]
-enum Start<'a> {
+pub(crate) enum Start<'a> {
     Zero,
     C,
     Bias(&'a [f32]),
@@ -1920,7 +1893,8 @@ mod tests {
                         }
                     }
                     let mut c = before.clone();
-                    packed.multiply(&b, (2, ldb), &mut c, (1, ldc), n, add);
+                    let start = if add { Start::C } else { Start::Zero };
+                    packed.multiply(&b, (2, ldb), &mut c, (1, ldc), n, start);
                     if n == 1 {
                         // The tape's direct path for one column: the same values.
                         let mut direct = before.clone();
@@ -1946,7 +1920,7 @@ mod tests {
                 // Onto a column of biases, over C's NaN: every column starts from them.
                 let bias = values(m, 7);
                 let mut c = vec![f32::NAN; 1 + ldc * n];
-                packed.multiply_onto(&b, (2, ldb), &mut c, (1, ldc), n, &bias);
+                packed.multiply(&b, (2, ldb), &mut c, (1, ldc), n, Start::Bias(&bias));
                 for j in 0..n {
                     for i in 0..m {
                         let (got, want) =

@@ -8,21 +8,12 @@ use std::sync::{Arc, OnceLock};
 use crate::cell::{BufferCols, BufferSpec};
 use crate::copies::copy_run;
 use crate::helper;
-use crate::packed::{self, AlignedColumns, Operand, PackedMatrix, RowBlock};
+use crate::packed::{self, AlignedColumns, Operand, PackedMatrix, RowBlock, Start};
 use crate::scalar::{gemm, Strided};
 use crate::Scalar;
 
 /// (buffer, first row, first column).
 pub type At = (usize, usize, usize);
-
-/// What a product's columns start from: zero, the destination's values (the product
-/// is added to them), or one column of biases for every column.
-#[derive(Clone, Copy)]
-enum Start<'a> {
-    Zero,
-    Dst,
-    Bias(&'a [f32]),
-}
 
 /// One parameter's share of a stacked weight gradient (see `Tape::weight_grads`): its
 /// gradient's columns `col_start..` (of `grad_rows` rows each) gain `rows` rows of it.
@@ -457,7 +448,7 @@ impl<T: Scalar> Tape<T> {
     fn product(&mut self, stack: usize, transpose: bool, src: At, dst: At, n: usize, add: bool) {
         let (s_rows, s_cols) = (self.rows[stack], self.cols[stack]);
         if packed::available::<T>() {
-            let start = if add { Start::Dst } else { Start::Zero };
+            let start = if add { Start::C } else { Start::Zero };
             return self.packed_gemm(stack, transpose, src, dst, n, start);
         }
         let beta = if add { T::one() } else { T::zero() };
@@ -504,13 +495,9 @@ impl<T: Scalar> Tape<T> {
         n: usize,
         start: Start<'_>,
     ) {
-        let mut add = matches!(start, Start::Dst);
-        let bias = match start {
-            Start::Bias(bias) => Some(bias),
-            Start::Zero | Start::Dst => None,
-        };
+        let mut add = matches!(start, Start::C);
         debug_assert!(
-            bias.is_none() || !transpose,
+            !matches!(start, Start::Bias(_)) || !transpose,
             "biases start a product, not its transpose"
         );
         if transpose && n == 1 && self.transposed_times_column(stack, src, dst, add) {
@@ -533,7 +520,7 @@ impl<T: Scalar> Tape<T> {
         if n == 1 {
             // A batch of one, every step of the notebooks' models: the shortest path.
             let (b, c) = (&b[b_at..], &mut c[c_at..]);
-            if let Some(bias) = bias {
+            if let Start::Bias(bias) = start {
                 // The one-column kernel adds onto C.
                 let rows = self.rows[stack];
                 c[..rows].copy_from_slice(&bias[..rows]);
@@ -552,10 +539,7 @@ impl<T: Scalar> Tape<T> {
                 || matrix.one_column_panels(b, c_theirs, add, theirs),
             );
         }
-        let multiply = |b_at, c: &mut [f32], c_at, n| match bias {
-            Some(bias) => matrix.multiply_onto(b, b_at, c, c_at, n, bias),
-            None => matrix.multiply(b, b_at, c, c_at, n, add),
-        };
+        let multiply = |b_at, c: &mut [f32], c_at, n| matrix.multiply(b, b_at, c, c_at, n, start);
         let fmas = self.rows[stack] * self.cols[stack] * n;
         let Some(first) = share_point(n, fmas, n < self.columns) else {
             return multiply((b_at, src_ld), c, (c_at, dst_ld), n);
