@@ -203,10 +203,15 @@ pub fn expand(ast: &CellAst, c: &Compiled, plan: &Plan) -> TokenStream {
                 rows: #rows,
             })
         });
+        let sums = w.sums.iter().map(|sum| {
+            let field = &params[sum.param];
+            let row = sum.row.tokens(syms);
+            quote!(::rnn_runtime::GradSum { grad: __grads.#field.as_mut_slice(), row: #row })
+        });
         let cols = w.cols.tokens(syms);
         let (dz_buf, dz_row) = (w.dz.buf, w.dz.row.tokens(syms));
         let (v_buf, v_row) = (w.v.buf, w.v.row.tokens(syms));
-        quote!(__tape.weight_grads((#dz_buf, #dz_row), (#v_buf, #v_row), #cols, &mut [#(#blocks),*]);)
+        quote!(__tape.weight_grads((#dz_buf, #dz_row), (#v_buf, #v_row), #cols, &mut [#(#blocks),*], &mut [#(#sums),*]);)
     });
     let names: Vec<String> = ir.params.iter().map(|p| p.name.clone()).collect();
     let shape_locals: Vec<Ident> = (0..names.len())

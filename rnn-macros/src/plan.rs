@@ -198,6 +198,17 @@ pub struct WeightGrad {
     pub cols: Size,
     /// Distinct parameters (the generated code borrows each gradient once).
     pub blocks: Vec<GradBlock>,
+    /// Vector parameters whose gradients are rows of `dz` summed over all steps (the
+    /// biases of the product's gates), gathered while the product packs `dz`.
+    pub sums: Vec<GradSum>,
+}
+
+/// The gradient of vector parameter `param` gains rows `row..` of a weight gradient's
+/// dz (from its first row), summed over all steps.
+#[derive(Clone, Debug)]
+pub struct GradSum {
+    pub param: usize,
+    pub row: Size,
 }
 
 /// The gradient of parameter `param`, columns `col_start..col_start + cols` of it,

@@ -162,6 +162,16 @@ impl<'a> Exec<'a> {
             .collect();
         self.stages(&finish, false, 0, columns, params, &mut grads);
         for w in &plan.weight_grads {
+            // The biases' sums, column by column as the packing adds them.
+            for sum in &w.sums {
+                let row = sum.row.eval(&self.dims);
+                for i in 0..grads[sum.param].len() {
+                    for t in 0..columns {
+                        grads[sum.param][i] +=
+                            self.bufs[w.dz.buf][self.at(&w.dz, false, 0, t, row + i)];
+                    }
+                }
+            }
             let cols = w.cols.eval(&self.dims);
             let mut first = 0;
             for block in &w.blocks {

@@ -28,6 +28,16 @@ pub struct GradBlock<'a, T> {
     pub rows: usize,
 }
 
+/// A vector parameter's gradient that is a sum of rows of a weight gradient's dz over
+/// every column (see `Tape::weight_grads`): the biases' gradients, gathered while dz is
+/// packed rather than by a loop over the columns.
+pub struct GradSum<'a, T> {
+    /// The parameter's gradient, which gains the sums of as many rows of dz.
+    pub grad: &'a mut [T],
+    /// Its first row among the stack's rows of dz (from `dz.1`).
+    pub row: usize,
+}
+
 /// The buffers of one forward and backward pass.
 pub struct Tape<T: Scalar> {
     bufs: Vec<Vec<T>>,
@@ -670,17 +680,21 @@ impl<T: Scalar> Tape<T> {
 
     /// `dz · vᵀ` over all columns of the tape, added block by block to parameters'
     /// gradients: a weight's gradient from every step in one GEMM. The blocks' rows
-    /// follow one another in dz from row `dz.1`; v has `cols` rows from row `v.1`.
+    /// follow one another in dz from row `dz.1`; v has `cols` rows from row `v.1`. Each
+    /// of `sums` gains its rows of dz summed over the columns (a bias's gradient), in
+    /// the columns' order.
     pub fn weight_grads(
         &mut self,
         dz: (usize, usize),
         v: (usize, usize),
         cols: usize,
         blocks: &mut [GradBlock<'_, T>],
+        sums: &mut [GradSum<'_, T>],
     ) {
         if packed::available::<T>() && self.columns > 0 {
-            return self.packed_weight_grads(dz, v, cols, blocks);
+            return self.packed_weight_grads(dz, v, cols, blocks, sums);
         }
+        self.add_row_sums(dz, sums);
         let mut row = dz.1;
         for block in blocks {
             let dz_view = self.view((dz.0, row, 0), block.rows, self.columns);
@@ -712,9 +726,10 @@ impl<T: Scalar> Tape<T> {
         v: (usize, usize),
         cols: usize,
         blocks: &mut [GradBlock<'_, T>],
+        sums: &mut [GradSum<'_, T>],
     ) {
         let stacked: usize = blocks.iter().map(|b| b.rows).sum();
-        let dz_at = self.packed_dz_rows(dz, stacked);
+        let dz_at = self.packed_dz_rows(dz, stacked, sums);
         let dz = &self.packed_dz[dz_at].1;
         // vᵀ read in place: row j of v is column j of the product's right operand.
         let vt = packed::as_f32(&self.bufs[v.0]).expect("`available` checked f32");
@@ -773,17 +788,61 @@ impl<T: Scalar> Tape<T> {
     }
 
     /// Where in `packed_dz` rows `dz.1..dz.1 + rows` of buffer `dz.0` are, packed on
-    /// first use.
-    fn packed_dz_rows(&mut self, dz: (usize, usize), rows: usize) -> usize {
+    /// first use, which also adds those rows' sums to `sums` (already packed, a loop
+    /// sums them).
+    fn packed_dz_rows(
+        &mut self,
+        dz: (usize, usize),
+        rows: usize,
+        sums: &mut [GradSum<'_, T>],
+    ) -> usize {
         let key = (dz.0, dz.1, rows);
         if let Some(at) = self.packed_dz.iter().position(|(k, _)| *k == key) {
+            self.add_row_sums(dz, sums);
             return at;
         }
         let values = packed::as_f32(&self.bufs[dz.0]).expect("`available` checked f32");
         let strides = (1, self.rows[dz.0]);
-        let panels = pack_pooled(&values[dz.1..], rows, self.columns, strides);
+        let panels = if sums.is_empty() {
+            pack_pooled(&values[dz.1..], rows, self.columns, strides)
+        } else {
+            let mut row_sums = pack_pool().take(rows, true);
+            let storage = pack_pool().take(PackedMatrix::packed_len(rows, self.columns), false);
+            let shape = (rows, self.columns);
+            let panels = PackedMatrix::pack_summing_into(
+                storage,
+                &values[dz.1..],
+                shape,
+                strides,
+                &mut row_sums,
+            )
+            .expect("`available` checked the instructions");
+            for sum in sums.iter_mut() {
+                let grad = packed::as_f32_mut(sum.grad).expect("`available` checked f32");
+                for (g, s) in grad.iter_mut().zip(&row_sums[sum.row..]) {
+                    *g += *s;
+                }
+            }
+            pack_pool().give(row_sums);
+            panels
+        };
         self.packed_dz.push((key, panels));
         self.packed_dz.len() - 1
+    }
+
+    /// Each of `sums` gains its rows of dz (from row `dz.1` of buffer `dz.0`) summed
+    /// over every column, column by column.
+    fn add_row_sums(&self, dz: (usize, usize), sums: &mut [GradSum<'_, T>]) {
+        let (values, ld) = (&self.bufs[dz.0], self.rows[dz.0]);
+        for sum in sums.iter_mut() {
+            let rows = sum.grad.len();
+            for c in 0..self.columns {
+                let at = c * ld + dz.1 + sum.row;
+                for (g, v) in sum.grad.iter_mut().zip(&values[at..at + rows]) {
+                    *g += *v;
+                }
+            }
+        }
     }
 }
 
@@ -1053,6 +1112,68 @@ mod tests {
         }
     }
 
+    /// The biases' sums that weight gradients gather: two gradients of one block's rows
+    /// and one of the other's, added to what they held, in f32 (summed while dz is
+    /// packed, then from the packed copy's buffer at the second product over the same
+    /// dz) and in f64 (the generic product): each the rows' sum over every column.
+    #[test]
+    fn weight_gradients_sum_the_biases() {
+        weight_gradients_sum_biases::<f32>();
+        weight_gradients_sum_biases::<f64>();
+    }
+
+    fn weight_gradients_sum_biases<T: Scalar>() {
+        let (rows, cols, columns) = (35, 20, 13);
+        let specs = [
+            spec(2 * rows, BufferCols::Steps),
+            spec(cols, BufferCols::Steps),
+        ];
+        let mut tape = Tape::<T>::new(&specs, columns, 1);
+        let mut rng = Rng::seed(5);
+        for buf in 0..2 {
+            for v in tape.buffer_mut(buf) {
+                *v = T::of(rng.normal());
+            }
+        }
+        for product in 0..2 {
+            let mut weights = [vec![T::zero(); rows * cols], vec![T::zero(); rows * cols]];
+            let mut biases = [
+                vec![T::of(0.5); rows],
+                vec![T::zero(); rows],
+                vec![T::zero(); rows],
+            ];
+            let [w1, w2] = &mut weights;
+            let mut blocks = [w1, w2].map(|grad| GradBlock {
+                grad,
+                grad_rows: rows,
+                col_start: 0,
+                rows,
+            });
+            let [b1, b2, b3] = &mut biases;
+            let mut sums = [(b1, 0), (b2, 0), (b3, rows)].map(|(grad, row)| GradSum { grad, row });
+            tape.weight_grads((0, 0), (1, 0), cols, &mut blocks, &mut sums);
+            let dz = tape.buffer(0);
+            for (k, (bias, row, start)) in [
+                (&biases[0], 0, 0.5),
+                (&biases[1], 0, 0.0),
+                (&biases[2], rows, 0.0),
+            ]
+            .into_iter()
+            .enumerate()
+            {
+                for i in 0..rows {
+                    let want = (0..columns)
+                        .fold(start, |acc, c| acc + dz[c * 2 * rows + row + i].as_f64());
+                    let got = bias[i].as_f64();
+                    assert!(
+                        (got - want).abs() <= 1e-5 * (1.0 + want.abs()),
+                        "product {product}, sum {k}, row {i}: {got} against {want}"
+                    );
+                }
+            }
+        }
+    }
+
     /// Weight gradients large enough to share: blocks that split panels (35 rows) and
     /// blocks on panels, one of them covering its gradient's columns from the fourth.
     #[test]
@@ -1093,7 +1214,7 @@ mod tests {
                     rows,
                 },
             ];
-            tape.weight_grads((0, 0), (1, 0), cols, &mut blocks);
+            tape.weight_grads((0, 0), (1, 0), cols, &mut blocks, &mut []);
             let (dz, v) = (tape.buffer(0), tape.buffer(1));
             for (g, (grad, start)) in grads.iter().zip([0.5, -0.25]).enumerate() {
                 for c in 0..grad_cols {
