@@ -71,11 +71,14 @@ impl Isa {
     }
 }
 
-/// Columns of the state handled per kernel call: 8 columns of a 32-row panel keep
-/// 16 of AVX-512's 32 registers accumulating; 6 of a 16-row panel, 12 of AVX2's 16.
+/// Columns of the state handled per kernel call: 12 columns of a 32-row panel keep
+/// 24 of AVX-512's 32 registers accumulating; 6 of a 16-row panel, 12 of AVX2's 16.
+/// On the Intel machine (two 512-bit multiply-add units per core) 12 columns ran the
+/// large products 3-6% faster than 8, whose 16 accumulators had sufficed on the AMD
+/// one (one unit).
 fn block_cols(isa: Isa) -> usize {
     match isa {
-        Isa::Avx512 => 8,
+        Isa::Avx512 => 12,
         Isa::Avx2 => 6,
     }
 }
@@ -574,6 +577,7 @@ impl PackedMatrix {
             ldc: 0,
             height: 0,
             streamed: false,
+            prefetch_b: false,
             accumulate: false,
             bias: std::ptr::null(),
             split_at: 0,
@@ -589,27 +593,39 @@ impl PackedMatrix {
     }
 
     /// `first_columns` (a panel times B's columns from `first_columns.b`, into C from
-    /// `first_columns.c`), and the same for every block of B's columns up to `n`: each
-    /// block `block_cols` wide, the last narrower.
+    /// `first_columns.c`), and the same for every block of B's columns up to `n`.
     ///
     /// # Safety
     /// As `Block::run`, for each block of `n` columns of B and of C (and of the second
     /// C), with `isa`'s instructions present.
     unsafe fn run_across(&self, first_columns: Block, n: usize) {
-        let nr = block_cols(self.isa);
-        let mut j = 0;
-        while j < n {
-            let block = Block {
-                b: first_columns.b.wrapping_add(j * first_columns.ldb),
-                c: first_columns.c.wrapping_add(j * first_columns.ldc),
-                c2: first_columns.c2.wrapping_add(j * first_columns.ldc2),
-                ..first_columns
-            };
-            let width = nr.min(n - j);
+        for (j, width) in self.column_blocks(n) {
             // SAFETY: forwarded from the caller.
-            unsafe { block.run(self.isa, width) };
-            j += width;
+            unsafe { self.run_at(&first_columns, j, width) };
         }
+    }
+
+    /// The blocks of `n` columns of B that one kernel call each takes, as (first
+    /// column, width): `block_cols` wide, the last narrower.
+    fn column_blocks(&self, n: usize) -> impl Iterator<Item = (usize, usize)> {
+        let nr = block_cols(self.isa);
+        (0..n).step_by(nr).map(move |j| (j, nr.min(n - j)))
+    }
+
+    /// `first_columns` moved on to B's and C's column `j`, for `width` columns.
+    ///
+    /// # Safety
+    /// As `Block::run`, for columns `j..j + width` of B and of C (and of the second C),
+    /// with `isa`'s instructions present.
+    unsafe fn run_at(&self, first_columns: &Block, j: usize, width: usize) {
+        let block = Block {
+            b: first_columns.b.wrapping_add(j * first_columns.ldb),
+            c: first_columns.c.wrapping_add(j * first_columns.ldc),
+            c2: first_columns.c2.wrapping_add(j * first_columns.ldc2),
+            ..*first_columns
+        };
+        // SAFETY: forwarded from the caller.
+        unsafe { block.run(self.isa, width) };
     }
 
     /// The rows of a panel: a product may start at any multiple of it.
@@ -656,9 +672,9 @@ impl PackedMatrix {
         start: Start<'_>,
     ) {
         let mr = self.isa.panel_rows();
-        for p in rows.start / mr..rows.end.div_ceil(mr) {
+        let mut panel_block = |p: usize| {
             let height = mr.min(rows.end - p * mr);
-            let first_columns = Block {
+            Block {
                 c: c[c_offset + p * mr - rows.start..].as_mut_ptr(),
                 ldc,
                 height,
@@ -670,17 +686,51 @@ impl PackedMatrix {
                 },
                 split_at: height,
                 ..self.panel_times(p, (first, depth), b, b_at)
-            };
-            // SAFETY: the kernels read `depth` packed columns of this panel from
-            // `first`, `depth` values of B's `n` columns from `first`, and write (with
-            // `accumulate`, read and write) `height` values of `n` columns of C (or
-            // read them of the bias, sliced above): all in
-            // bounds by `check_bounds`, since `first + depth <= self.cols` and the
-            // panels' rows lie in `rows`; `detect` found the instructions.
-            unsafe { self.run_across(first_columns, n) };
+            }
+        };
+        // The panels in groups that stay in L2 while every block of B's columns meets
+        // them, each block of B staying in L1 across a group's panels: B is read once
+        // per group, not once per panel. (The input projection over every step of the
+        // large LSTM, 4096 × 512 by 512 × 3200, read B's 6.5 MB from L3 for each of 128
+        // panels and ran at 104-115 GF/s on one core, against 172 for operands in L2.)
+        let panels = rows.start / mr..rows.end.div_ceil(mr);
+        let per_group = (GROUP_BYTES / (mr * depth * size_of::<f32>())).max(1);
+        let b_stays = depth * block_cols(self.isa) * size_of::<f32>() <= B_STAYS_BYTES;
+        for group in panels.clone().step_by(per_group) {
+            let group = group..(group + per_group).min(panels.end);
+            for (j, width) in self.column_blocks(n) {
+                for p in group.clone() {
+                    let block = Block {
+                        prefetch_b: p == group.start || !b_stays,
+                        ..panel_block(p)
+                    };
+                    // SAFETY: the kernels read `depth` packed columns of this panel
+                    // from `first`, `depth` values of B's columns `j..j + width` from
+                    // `first`, and write (with `accumulate`, read and write) `height`
+                    // values of those columns of C (or read them of the bias, sliced
+                    // in `panel_block`): all in bounds by `check_bounds`, since `first
+                    // + depth <= self.cols`, `j + width <= n` and the panels' rows lie
+                    // in `rows`; `detect` found the instructions.
+                    unsafe { self.run_at(&block, j, width) };
+                }
+            }
         }
     }
 }
+
+/// The packed values of a group of panels in `PackedMatrix::blocks`: half of the 1 MiB
+/// L2 cache of the AMD machine this project ran on (2 MiB on the Intel one). 256 KiB
+/// measured the same, 1 MiB slower for the products over all steps.
+const GROUP_BYTES: usize = 512 << 10;
+
+/// A block of B's columns (its depth times `block_cols` values) up to this size stays
+/// in L1 from one panel of a group to the next, and the kernel prefetches it for the
+/// group's first panel only; a larger one (the large LSTM's step, 1024 deep: 48 KiB)
+/// comes from L2 for every panel, and is prefetched for each. Prefetching B for every
+/// panel made the per-step products 8-17% faster on one core (the large LSTM's 4096 ×
+/// 1024 weight times a part's 32 columns: 137 against 155 GF/s), and the products
+/// over all steps, whose blocks stay in L1, 4-7% slower.
+const B_STAYS_BYTES: usize = 32 << 10;
 
 /// What a product's accumulators start from: zero, C (the product is added to it), or
 /// one column of biases for every column.
@@ -835,6 +885,7 @@ impl PackedMatrix {
                 ldc: mr,
                 height: (self.rows - first * mr).min(count * mr),
                 streamed: self.streamed,
+                prefetch_b: false,
                 accumulate: add,
                 bias: std::ptr::null(),
                 split_at: usize::MAX,
@@ -1145,6 +1196,8 @@ struct Block {
     height: usize,
     /// Whether to prefetch the panel ahead of its use (see `STREAMED_BYTES`).
     streamed: bool,
+    /// With `streamed`, whether to prefetch B's columns too.
+    prefetch_b: bool,
     /// Whether to add the product to C rather than overwrite C.
     accumulate: bool,
     /// With `accumulate`, where the accumulators start, if not from C: one column of
@@ -1228,6 +1281,10 @@ mod x86 {
         // SAFETY: forwarded from the caller.
         unsafe {
             match width {
+                12 => avx512::<12, PREFETCH, ACC, ROWS>(blk),
+                11 => avx512::<11, PREFETCH, ACC, ROWS>(blk),
+                10 => avx512::<10, PREFETCH, ACC, ROWS>(blk),
+                9 => avx512::<9, PREFETCH, ACC, ROWS>(blk),
                 8 => avx512::<8, PREFETCH, ACC, ROWS>(blk),
                 7 => avx512::<7, PREFETCH, ACC, ROWS>(blk),
                 6 => avx512::<6, PREFETCH, ACC, ROWS>(blk),
@@ -1369,6 +1426,9 @@ mod x86 {
 
     /// How far ahead in the panel (in values) the AVX-512 kernel prefetches.
     const PREFETCH_AHEAD: usize = 32 * 16;
+    /// How far ahead in B's columns (in packed columns of the panel) it prefetches:
+    /// four cache lines of a column-major B. (128 measured the same.)
+    const B_AHEAD: usize = 64;
 
     /// A 32-row panel times `NR` columns: two 16-lane accumulators per column, one
     /// fused multiply-add each per packed column of the panel. With `ACC`, the
@@ -1439,6 +1499,15 @@ mod x86 {
                     let ahead = column.wrapping_add(PREFETCH_AHEAD).cast::<i8>();
                     _mm_prefetch::<_MM_HINT_T0>(ahead);
                     _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(64));
+                    if blk.prefetch_b {
+                        // One line of one column per packed column: the `NR` columns
+                        // take turns, each reached every `NR` (at most 12) packed
+                        // columns, within the 16 values of a line.
+                        let b_ahead = blk
+                            .b
+                            .wrapping_add((p + B_AHEAD) * blk.b_step + (p % NR) * blk.ldb);
+                        _mm_prefetch::<_MM_HINT_T0>(b_ahead.cast::<i8>());
+                    }
                 }
                 if ROWS == 8 {
                     let a = _mm256_loadu_ps(column);
@@ -1933,6 +2002,10 @@ mod tests {
             (64, 3, 17),
             (100, 50, 13),
             (40, 5, 300),
+            (70, 12, 11),
+            (64, 8, 22),
+            // Panels in groups of four (see `GROUP_BYTES`), the last of three.
+            (200, 1024, 13),
             (5, 0, 3),
             (5, 0, 1),
         ] {

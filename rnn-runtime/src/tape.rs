@@ -939,8 +939,8 @@ fn shares(fmas: usize, per_step: bool) -> bool {
 
 /// Where a product of `n` columns and `fmas` multiply-adds (`per_step`: one step's, or
 /// one over all steps) splits its columns between this thread and the helper, if it is
-/// large enough to share and a helper may take it: about half, rounded to the
-/// kernel's blocks of 8 columns.
+/// large enough to share and a helper may take it: about half, rounded to a
+/// multiple of 8 columns.
 fn share_point(n: usize, fmas: usize, per_step: bool) -> Option<usize> {
     if n < 2 || !shares(fmas, per_step) {
         return None;
