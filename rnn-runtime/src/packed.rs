@@ -1308,7 +1308,7 @@ mod x86 {
     /// `avx512_of_width` for a panel's rows in `ROWS` lanes: 32, or 16 for a panel of
     /// 16 rows or fewer (12 of the notebooks' 140: half the multiply-adds), or 8 for a
     /// last panel that stores 8 (the 3 of a 35-row weight, the 6 of a 70-row one):
-    /// 8-lane multiply-adds, half the work of 16-lane ones on this project's machine.
+    /// 8-lane multiply-adds, half the work of 16-lane ones on the AMD machine.
     ///
     /// # Safety
     /// As `avx512`; the block has at most `ROWS` valid rows, and with `ROWS` 8 its
