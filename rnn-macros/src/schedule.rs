@@ -723,16 +723,17 @@ impl<'a> Scheduler<'a> {
                     self.loc[id] = Some(Loc::at(buf));
                 }
                 Role::Free => {}
-                Role::View if self.folds.iter().any(|f| f.top == id) => {
-                    let fold = self.folds.iter().find(|f| f.top == id).expect("found");
-                    let base = self.loc[fold.gemm]
-                        .clone()
-                        .expect("a product is placed first");
-                    self.loc[id] = Some(base.offset(&fold.start));
-                }
                 Role::View => {
-                    let Op::Slice { of, start, .. } = self.op(id).clone() else {
-                        unreachable!()
+                    let (of, start) = match self.folds.iter().find(|f| f.top == id) {
+                        // A folded sum: rows of the product started from its biases
+                        // (placed first, being of `Prepare`).
+                        Some(fold) => (fold.gemm, fold.start.clone()),
+                        None => {
+                            let Op::Slice { of, start, .. } = self.op(id).clone() else {
+                                unreachable!()
+                            };
+                            (of, start)
+                        }
                     };
                     let base = self.loc[of].clone().unwrap_or_else(|| {
                         // Rows of a loop local: it is stored for the view's sake.
@@ -1135,6 +1136,19 @@ mod tests {
         stages.iter().filter(|s| f(s)).count()
     }
 
+    /// The biases that a `Prepare` stage, the input projection, starts from: it must
+    /// be a product that stores (does not add onto) its rows.
+    fn projection_biases<'p>(stage: Option<&'p Stage>, plan: &Plan) -> &'p [Biases] {
+        match stage {
+            Some(Stage::Gemm {
+                biases,
+                accumulate: false,
+                ..
+            }) => biases,
+            _ => panic!("the projection: {:#?}", plan.prepare),
+        }
+    }
+
     #[test]
     fn lstm_step_is_one_gemm_and_one_fused_loop() {
         let plan = lstm_plan();
@@ -1144,14 +1158,7 @@ mod tests {
         // gate's two biases (no loop over the columns to add them).
         assert_eq!(count(&plan.prepare, gemm), 1);
         assert_eq!(count(&plan.prepare, kernel), 0);
-        let Some(Stage::Gemm {
-            biases,
-            accumulate: false,
-            ..
-        }) = plan.prepare.last()
-        else {
-            panic!("the projection: {:#?}", plan.prepare)
-        };
+        let biases = projection_biases(plan.prepare.last(), &plan);
         assert_eq!(biases.len(), 4);
         assert!(biases.iter().all(|b| b.params.len() == 2));
         // Per step forward: W_h* stacked, then all gate math in one loop.
@@ -1245,14 +1252,7 @@ mod tests {
     #[test]
     fn hoisted_biases_start_the_projection() {
         let plan = schedule(&compile_full(mixed_biases()));
-        let Some(Stage::Gemm {
-            biases,
-            accumulate: false,
-            ..
-        }) = plan.prepare.first()
-        else {
-            panic!("the projection first: {:#?}", plan.prepare)
-        };
+        let biases = projection_biases(plan.prepare.first(), &plan);
         let mut params: Vec<usize> = biases.iter().map(|b| b.params.len()).collect();
         params.sort_unstable();
         assert_eq!(params, [1, 1, 2], "{biases:#?}");

@@ -29,7 +29,6 @@ pub fn compile_ir(item: TokenStream) -> (CellIr, Shapes) {
     (truncate(&compiled), compiled.shapes)
 }
 
-/// Every stage up to differentiation, for a valid cell.
 /// A cell whose hoisted sums hold two biases, none, one, and one read elsewhere too.
 pub fn mixed_biases() -> TokenStream {
     quote! {
@@ -44,6 +43,7 @@ pub fn mixed_biases() -> TokenStream {
     }
 }
 
+/// Every stage up to differentiation, for a valid cell.
 pub fn compile_full(item: TokenStream) -> Compiled {
     let cx = Ctxt::new();
     let ast = crate::parse::parse(&cx, quote!(), item).expect("a fn");
