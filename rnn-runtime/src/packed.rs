@@ -9,10 +9,9 @@
 //! f64, the tape keeps the general GEMM: this module only speeds up f32.
 
 use std::any::TypeId;
-use std::cell::RefCell;
-use std::ops::Range;
 
 use crate::copies::copy_run;
+use std::ops::Range;
 
 /// The instruction set a weight was packed for; its panel height follows from it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -595,7 +594,6 @@ impl PackedMatrix {
             b: b[b_at.offset..].as_ptr(),
             ldb: b_at.ld,
             b_step: b_at.step,
-            b_packed: false,
             c: std::ptr::null_mut(),
             ldc: 0,
             height: 0,
@@ -720,42 +718,25 @@ impl PackedMatrix {
         let panels = rows.start / mr..rows.end.div_ceil(mr);
         let per_group = (GROUP_BYTES / (mr * depth * size_of::<f32>())).max(1);
         let b_stays = depth * block_cols(self.isa) * size_of::<f32>() <= B_STAYS_BYTES;
-        let packed_b = PackedB::pays(self.isa, panels.len(), n, depth);
-        PACKED_B.with_borrow_mut(|packed| {
-            if packed_b {
-                packed.pack(b, b_at, depth, self.column_blocks(n));
-            }
-            for group in panels.clone().step_by(per_group) {
-                let group = group..(group + per_group).min(panels.end);
-                for (j, width) in self.column_blocks(n) {
-                    for p in group.clone() {
-                        let block = Block {
-                            prefetch_b: p == group.start || !b_stays,
-                            ..panel_block(p)
-                        };
-                        if packed_b {
-                            let block = Block {
-                                c: block.c.wrapping_add(j * ldc),
-                                ..packed.block(block, j, depth, width)
-                            };
-                            // SAFETY: as below, with B's columns `j..j + width` read
-                            // from the packed copy, `depth` values each.
-                            unsafe { block.run(self.isa, width) };
-                        } else {
-                            // SAFETY: the kernels read `depth` packed columns of this
-                            // panel from `first`, `depth` values of B's columns `j..j +
-                            // width` from `first`, and write (with `accumulate`, read
-                            // and write) `height` values of those columns of C (or read
-                            // them of the bias, sliced in `panel_block`): all in bounds
-                            // by `check_bounds`, since `first + depth <= self.cols`, `j
-                            // + width <= n` and the panels' rows lie in `rows`; `detect`
-                            // found the instructions.
-                            unsafe { self.run_at(&block, j, width) };
-                        }
-                    }
+        for group in panels.clone().step_by(per_group) {
+            let group = group..(group + per_group).min(panels.end);
+            for (j, width) in self.column_blocks(n) {
+                for p in group.clone() {
+                    let block = Block {
+                        prefetch_b: p == group.start || !b_stays,
+                        ..panel_block(p)
+                    };
+                    // SAFETY: the kernels read `depth` packed columns of this panel
+                    // from `first`, `depth` values of B's columns `j..j + width` from
+                    // `first`, and write (with `accumulate`, read and write) `height`
+                    // values of those columns of C (or read them of the bias, sliced
+                    // in `panel_block`): all in bounds by `check_bounds`, since `first
+                    // + depth <= self.cols`, `j + width <= n` and the panels' rows lie
+                    // in `rows`; `detect` found the instructions.
+                    unsafe { self.run_at(&block, j, width) };
                 }
             }
-        });
+        }
     }
 }
 
@@ -772,93 +753,6 @@ const GROUP_BYTES: usize = 512 << 10;
 /// 1024 weight times a part's 32 columns: 137 against 155 GF/s), and the products
 /// over all steps, whose blocks stay in L1, 4-7% slower.
 const B_STAYS_BYTES: usize = 32 << 10;
-
-thread_local! {
-    /// This thread's copy of the B of its last product in `PackedMatrix::blocks`:
-    /// grown to the largest B it met, so the time loop does not allocate (the large
-    /// step's 1024 × 64, 256 KiB, per thread that runs a part of it). Only `blocks`
-    /// borrows it, and nothing it calls reenters it.
-    static PACKED_B: RefCell<PackedB> = const { RefCell::new(PackedB { values: Vec::new() }) };
-}
-
-/// A product's B (its rows from the product's first packed column, `depth` deep)
-/// copied block by block of columns as the kernels read them: a block of `width`
-/// columns holds its `width` values of packed column 0, then of packed column 1, and
-/// so on, so that the kernel reads one contiguous run per packed column at constant
-/// offsets. From B in place, the kernel spent as many instructions on B's addresses (a
-/// column stride known only at run time, twelve columns) as on multiply-adds.
-struct PackedB {
-    values: Vec<f32>,
-}
-
-/// A product copies its B when it has at least this many panels (each meeting every
-/// block of B's columns): the copy is then at most 1/`PACKED_B_PANELS` of the
-/// product's reads of B.
-const PACKED_B_PANELS: usize = 8;
-
-impl PackedB {
-    /// Whether a product of `panels` panels by `n` columns, `depth` deep, copies B:
-    /// only where a block of B outgrows L1 (see `B_STAYS_BYTES`). One thread's large
-    /// step products (4096 × 1024 and 3072 × 1024 by 64 columns, and the backward's
-    /// 1024 × 4096), timed alone and alternated with the binary without the copy 11
-    /// times, ran faster with it in 27 of the 33 pairs, by 11-17% at the median
-    /// (`benches/README.md`, session 15); the small LSTM and GRU, whose blocks stay in
-    /// L1, ran 27-43% slower with a copy, which is why they do not make one.
-    fn pays(isa: Isa, panels: usize, n: usize, depth: usize) -> bool {
-        isa == Isa::Avx512
-            && panels >= PACKED_B_PANELS
-            && n > 1
-            && depth * block_cols(isa) * size_of::<f32>() > B_STAYS_BYTES
-    }
-
-    /// Copies B's `depth` rows where `b_at` says, for the blocks of columns `blocks`
-    /// (from column 0, side by side).
-    fn pack(
-        &mut self,
-        b: &[f32],
-        b_at: Operand,
-        depth: usize,
-        blocks: impl Iterator<Item = (usize, usize)>,
-    ) {
-        let mut len = 0;
-        for (j, width) in blocks {
-            let at = |p: usize, jj: usize| b_at.offset + p * b_at.step + (j + jj) * b_at.ld;
-            let end = len + depth * width;
-            if self.values.len() < end {
-                self.values.resize(end, 0.0);
-            }
-            let block = &mut self.values[len..end];
-            if b_at.step == 1 {
-                // Column-major B: read each column in one run.
-                for jj in 0..width {
-                    let column = &b[at(0, jj)..][..depth];
-                    for (value, row) in column.iter().zip(block[jj..].iter_mut().step_by(width)) {
-                        *row = *value;
-                    }
-                }
-            } else {
-                for (p, row) in block.chunks_exact_mut(width).enumerate() {
-                    for (jj, value) in row.iter_mut().enumerate() {
-                        *value = b[at(p, jj)];
-                    }
-                }
-            }
-            len = end;
-        }
-    }
-
-    /// `block` reading the packed block of `width` columns from column `j`, `depth`
-    /// values each.
-    fn block(&self, block: Block, j: usize, depth: usize, width: usize) -> Block {
-        Block {
-            b: self.values[j * depth..][..depth * width].as_ptr(),
-            ldb: 1,
-            b_step: width,
-            b_packed: true,
-            ..block
-        }
-    }
-}
 
 /// What a product's accumulators start from: zero, C (the product is added to it), or
 /// one column of biases for every column.
@@ -1027,7 +921,6 @@ impl PackedMatrix {
                 b: b.as_ptr(),
                 ldb: k,
                 b_step: 1,
-                b_packed: false,
                 c: c[(first - panels.start) * mr..].as_mut_ptr(),
                 ldc: mr,
                 height: (self.rows - first * mr).min(count * mr),
@@ -1338,9 +1231,6 @@ struct Block {
     ldb: usize,
     /// The distance in B between the values of consecutive packed columns.
     b_step: usize,
-    /// Whether B's block is packed: its `width` columns side by side, `ldb` 1 and
-    /// `b_step` the width (see `PackedB`), which the kernel then knows at compile time.
-    b_packed: bool,
     c: *mut f32,
     ldc: usize,
     height: usize,
@@ -1407,13 +1297,10 @@ mod x86 {
     ) {
         // SAFETY: forwarded from the caller.
         unsafe {
-            match (blk.height, blk.stride, blk.b_packed) {
-                (17.., _, true) => of_width::<PREFETCH, ACC, 32, true>(blk, width),
-                (17.., _, false) => of_width::<PREFETCH, ACC, 32, false>(blk, width),
-                // (A packed B is B with `ldb` 1 and `b_step` the width: the kernels
-                // for shorter panels read it as such.)
-                (_, 8, _) => of_width::<PREFETCH, ACC, 8, false>(blk, width),
-                _ => of_width::<PREFETCH, ACC, 16, false>(blk, width),
+            match (blk.height, blk.stride) {
+                (17.., _) => of_width::<PREFETCH, ACC, 32>(blk, width),
+                (_, 8) => of_width::<PREFETCH, ACC, 8>(blk, width),
+                _ => of_width::<PREFETCH, ACC, 16>(blk, width),
             }
         }
     }
@@ -1427,30 +1314,25 @@ mod x86 {
     /// As `avx512`; the block has at most `ROWS` valid rows, and with `ROWS` 8 its
     /// panel stores 8 values per column.
     #[inline(always)]
-    unsafe fn of_width<
-        const PREFETCH: bool,
-        const ACC: bool,
-        const ROWS: usize,
-        const PACKED_B: bool,
-    >(
+    unsafe fn of_width<const PREFETCH: bool, const ACC: bool, const ROWS: usize>(
         blk: &Block,
         width: usize,
     ) {
         // SAFETY: forwarded from the caller.
         unsafe {
             match width {
-                12 => avx512::<12, PREFETCH, ACC, ROWS, PACKED_B>(blk),
-                11 => avx512::<11, PREFETCH, ACC, ROWS, PACKED_B>(blk),
-                10 => avx512::<10, PREFETCH, ACC, ROWS, PACKED_B>(blk),
-                9 => avx512::<9, PREFETCH, ACC, ROWS, PACKED_B>(blk),
-                8 => avx512::<8, PREFETCH, ACC, ROWS, PACKED_B>(blk),
-                7 => avx512::<7, PREFETCH, ACC, ROWS, PACKED_B>(blk),
-                6 => avx512::<6, PREFETCH, ACC, ROWS, PACKED_B>(blk),
-                5 => avx512::<5, PREFETCH, ACC, ROWS, PACKED_B>(blk),
-                4 => avx512::<4, PREFETCH, ACC, ROWS, PACKED_B>(blk),
-                3 => avx512::<3, PREFETCH, ACC, ROWS, PACKED_B>(blk),
-                2 => avx512::<2, PREFETCH, ACC, ROWS, PACKED_B>(blk),
-                _ => avx512::<1, PREFETCH, ACC, ROWS, PACKED_B>(blk),
+                12 => avx512::<12, PREFETCH, ACC, ROWS>(blk),
+                11 => avx512::<11, PREFETCH, ACC, ROWS>(blk),
+                10 => avx512::<10, PREFETCH, ACC, ROWS>(blk),
+                9 => avx512::<9, PREFETCH, ACC, ROWS>(blk),
+                8 => avx512::<8, PREFETCH, ACC, ROWS>(blk),
+                7 => avx512::<7, PREFETCH, ACC, ROWS>(blk),
+                6 => avx512::<6, PREFETCH, ACC, ROWS>(blk),
+                5 => avx512::<5, PREFETCH, ACC, ROWS>(blk),
+                4 => avx512::<4, PREFETCH, ACC, ROWS>(blk),
+                3 => avx512::<3, PREFETCH, ACC, ROWS>(blk),
+                2 => avx512::<2, PREFETCH, ACC, ROWS>(blk),
+                _ => avx512::<1, PREFETCH, ACC, ROWS>(blk),
             }
         }
     }
@@ -1602,19 +1484,10 @@ mod x86 {
         const PREFETCH: bool,
         const ACC: bool,
         const ROWS: usize,
-        const PACKED_B: bool,
     >(
         blk: &Block,
     ) {
         let upper = ROWS == 32;
-        // B's layout: constants for a packed B, so that each column's value is one
-        // constant offset from the packed column's (no address arithmetic per column).
-        let (b_step, ldb) = if PACKED_B {
-            (NR, 1)
-        } else {
-            (blk.b_step, blk.ldb)
-        };
-        debug_assert!(!PACKED_B || (blk.b_step, blk.ldb) == (NR, 1));
         let mut lo = [_mm512_setzero_ps(); NR];
         let mut hi = [_mm512_setzero_ps(); NR];
         // Masked loads and stores touch only the panel's valid rows (the last panel is
@@ -1670,14 +1543,16 @@ mod x86 {
                         // One line of one column per packed column: the `NR` columns
                         // take turns, each reached every `NR` (at most 12) packed
                         // columns, within the 16 values of a line.
-                        let b_ahead = blk.b.wrapping_add((p + B_AHEAD) * b_step + (p % NR) * ldb);
+                        let b_ahead = blk
+                            .b
+                            .wrapping_add((p + B_AHEAD) * blk.b_step + (p % NR) * blk.ldb);
                         _mm_prefetch::<_MM_HINT_T0>(b_ahead.cast::<i8>());
                     }
                 }
                 if ROWS == 8 {
                     let a = _mm256_loadu_ps(column);
                     for (j, acc) in lo.iter_mut().enumerate() {
-                        let x = _mm256_set1_ps(*blk.b.add(p * b_step + j * ldb));
+                        let x = _mm256_set1_ps(*blk.b.add(p * blk.b_step + j * blk.ldb));
                         let sum = _mm256_fmadd_ps(a, x, _mm512_castps512_ps256(*acc));
                         *acc = _mm512_castps256_ps512(sum);
                     }
@@ -1691,7 +1566,7 @@ mod x86 {
                     _mm512_setzero_ps()
                 };
                 for j in 0..NR {
-                    let x = _mm512_set1_ps(*blk.b.add(p * b_step + j * ldb));
+                    let x = _mm512_set1_ps(*blk.b.add(p * blk.b_step + j * blk.ldb));
                     lo[j] = _mm512_fmadd_ps(a_lo, x, lo[j]);
                     if upper {
                         hi[j] = _mm512_fmadd_ps(a_hi, x, hi[j]);
@@ -2171,11 +2046,6 @@ mod tests {
             (64, 8, 22),
             // Panels in groups of four (see `GROUP_BYTES`), the last of three.
             (200, 1024, 13),
-            // Enough panels and depth to copy B (see `PackedB::pays`): the last panel
-            // of 12 rows, of 3 (stored as 8), of 1; the last block of columns narrower.
-            (300, 700, 29),
-            (259, 690, 7),
-            (257, 1024, 12),
             (5, 0, 3),
             (5, 0, 1),
         ] {
