@@ -13,6 +13,9 @@ use std::any::TypeId;
 use crate::copies::copy_run;
 use std::ops::Range;
 
+#[cfg(target_arch = "x86_64")]
+mod inner_loop;
+
 /// The instruction set a weight was packed for; its panel height follows from it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Isa {
@@ -1285,6 +1288,7 @@ impl Block {
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use super::Block;
+    use super::inner_loop::panel_times_12_columns;
     use std::arch::x86_64::*;
 
     /// `avx512` for a block `width` columns wide (a constant inside the kernel).
@@ -1529,9 +1533,28 @@ mod x86 {
                 }
             }
         }
+        // The most used shape, streamed, runs its loop in assembly (see `inner_loop`);
+        // the loop below then has no packed column left to run.
+        let mut depth = blk.k;
+        if let (true, Ok(lo), Ok(hi)) = (
+            PREFETCH && upper && blk.b_step == 1,
+            <&mut [__m512; 12]>::try_from(&mut lo[..]),
+            <&mut [__m512; 12]>::try_from(&mut hi[..]),
+        ) {
+            // SAFETY: the panel stores 32 values per packed column, and B's 12 columns
+            // hold `k` adjacent values each, `ldb` apart (see `Block::run`).
+            unsafe {
+                if blk.prefetch_b {
+                    panel_times_12_columns::<true>(blk.a, blk.b, blk.ldb, blk.k, lo, hi);
+                } else {
+                    panel_times_12_columns::<false>(blk.a, blk.b, blk.ldb, blk.k, lo, hi);
+                }
+            }
+            depth = 0;
+        }
         // SAFETY: every read is inside the panel or a column of B (see `Block::run`).
         unsafe {
-            for p in 0..blk.k {
+            for p in 0..depth {
                 // The panel streams from L2 or L3 when the weight outgrows L1: ask for it
                 // early (prefetches never fault, past the panel's end included).
                 let column = blk.a.add(p * if ROWS == 8 { 8 } else { blk.stride });
@@ -2046,6 +2069,10 @@ mod tests {
             (64, 8, 22),
             // Panels in groups of four (see `GROUP_BYTES`), the last of three.
             (200, 1024, 13),
+            // Streamed weights through the assembly loop (see `inner_loop`): 62 of its
+            // iterations and 8 packed columns after them, and 5 packed columns alone.
+            (96, 1000, 25),
+            (2100, 5, 12),
             (5, 0, 3),
             (5, 0, 1),
         ] {

@@ -1,0 +1,204 @@
+//! The inner loop of the AVX-512 kernel's most used shape, a 32-row panel times 12
+//! columns of B, written in assembly.
+//!
+//! The same loop written with intrinsics (`x86::avx512`) leaves the addressing to the
+//! compiler, which computed each of B's twelve columns from the last one (an `add` per
+//! broadcast) and the prefetched column as `p % 12` (a multiplication) at every packed
+//! column, and whose speed moved by several percent with the code around it (session
+//! 15, `benches/README.md`). Here each packed column costs what the product needs: two
+//! loads of the panel, two prefetches of it, twelve broadcasts of B and 24 multiply-adds;
+//! B's columns are addressed from three base registers (`b`, `b + 4·ldb`, `b + 8·ldb`)
+//! with `ldb` and `3·ldb` as index registers, and the loop runs 16 packed columns (one
+//! cache line of each of B's columns) per iteration, prefetching one line of each
+//! column of B on the way.
+
+use std::arch::asm;
+use std::arch::x86_64::{__m512, _mm512_setzero_ps};
+
+/// Packed columns per iteration of the main loop: a cache line of each column of B.
+const UNROLL: usize = 16;
+
+/// The address (in the template's registers) of column `$j` of B, 0 to 11.
+macro_rules! column {
+    (0) => { "{b0}" };
+    (1) => { "{b0} + {ldb}" };
+    (2) => { "{b0} + {ldb}*2" };
+    (3) => { "{b0} + {ldb3}" };
+    (4) => { "{b4}" };
+    (5) => { "{b4} + {ldb}" };
+    (6) => { "{b4} + {ldb}*2" };
+    (7) => { "{b4} + {ldb3}" };
+    (8) => { "{b8}" };
+    (9) => { "{b8} + {ldb}" };
+    (10) => { "{b8} + {ldb}*2" };
+    (11) => { "{b8} + {ldb3}" };
+}
+
+/// Column `$j`'s value at packed column `$u` (past the pointers) broadcast into `$x`,
+/// times the panel's two halves, added into column `$j`'s two accumulators.
+macro_rules! multiply_add {
+    ($j:tt, $u:tt, $x:literal) => {
+        concat!(
+            "vbroadcastss {", $x, "}, dword ptr [", column!($j), " + 4*", $u, "]\n",
+            "vfmadd231ps {lo", $j, "}, {a_lo}, {", $x, "}\n",
+            "vfmadd231ps {hi", $j, "}, {a_hi}, {", $x, "}\n",
+        )
+    };
+}
+
+/// At packed column `$u` of an iteration, with `yes`, a prefetch of column `$u`'s line
+/// `B_AHEAD` packed columns ahead (columns 0 to 11 at the iteration's first 12 packed
+/// columns, so each column's next line once per iteration); nothing with `no`.
+macro_rules! prefetch_b {
+    (no, $u:tt) => { "" };
+    (yes, 12) => { "" };
+    (yes, 13) => { "" };
+    (yes, 14) => { "" };
+    (yes, 15) => { "" };
+    (yes, $u:tt) => {
+        concat!("prefetcht0 byte ptr [", column!($u), " + 4*(64 + ", $u, ")]\n")
+    };
+}
+
+/// Packed column `$u` (past the pointers): the panel's two halves loaded, the panel
+/// prefetched `PREFETCH_AHEAD` (512) values ahead, and the twelve columns' multiply-adds.
+macro_rules! packed_column {
+    ($u:tt, $prefetch_b:ident) => {
+        concat!(
+            "vmovups {a_lo}, zmmword ptr [{a} + 128*", $u, "]\n",
+            "vmovups {a_hi}, zmmword ptr [{a} + 128*", $u, " + 64]\n",
+            "prefetcht0 byte ptr [{a} + 128*", $u, " + 2048]\n",
+            "prefetcht0 byte ptr [{a} + 128*", $u, " + 2112]\n",
+            prefetch_b!($prefetch_b, $u),
+            multiply_add!(0, $u, "x0"),
+            multiply_add!(1, $u, "x1"),
+            multiply_add!(2, $u, "x0"),
+            multiply_add!(3, $u, "x1"),
+            multiply_add!(4, $u, "x0"),
+            multiply_add!(5, $u, "x1"),
+            multiply_add!(6, $u, "x0"),
+            multiply_add!(7, $u, "x1"),
+            multiply_add!(8, $u, "x0"),
+            multiply_add!(9, $u, "x1"),
+            multiply_add!(10, $u, "x0"),
+            multiply_add!(11, $u, "x1"),
+        )
+    };
+}
+
+/// The whole loop: `{iterations}` of 16 packed columns, then `{rest}` single ones.
+macro_rules! panel_loop {
+    (
+        $prefetch_b:ident, $a:expr, $b:expr, $ldb:expr, $iterations:expr, $rest:expr,
+        $lo:expr, $hi:expr, $scratch:expr
+    ) => {
+        asm!(
+            "test {iterations}, {iterations}",
+            "jz 3f",
+            "2:",
+            packed_column!(0, $prefetch_b),
+            packed_column!(1, $prefetch_b),
+            packed_column!(2, $prefetch_b),
+            packed_column!(3, $prefetch_b),
+            packed_column!(4, $prefetch_b),
+            packed_column!(5, $prefetch_b),
+            packed_column!(6, $prefetch_b),
+            packed_column!(7, $prefetch_b),
+            packed_column!(8, $prefetch_b),
+            packed_column!(9, $prefetch_b),
+            packed_column!(10, $prefetch_b),
+            packed_column!(11, $prefetch_b),
+            packed_column!(12, $prefetch_b),
+            packed_column!(13, $prefetch_b),
+            packed_column!(14, $prefetch_b),
+            packed_column!(15, $prefetch_b),
+            "add {a}, 128*16",
+            "add {b0}, 4*16",
+            "add {b4}, 4*16",
+            "add {b8}, 4*16",
+            "dec {iterations}",
+            "jnz 2b",
+            "3:",
+            "test {rest}, {rest}",
+            "jz 5f",
+            "4:",
+            packed_column!(0, no),
+            "add {a}, 128",
+            "add {b0}, 4",
+            "add {b4}, 4",
+            "add {b8}, 4",
+            "dec {rest}",
+            "jnz 4b",
+            "5:",
+            a = inout(reg) $a => _,
+            b0 = inout(reg) $b => _,
+            b4 = inout(reg) $b.wrapping_add(4 * $ldb) => _,
+            b8 = inout(reg) $b.wrapping_add(8 * $ldb) => _,
+            ldb = in(reg) $ldb * size_of::<f32>(),
+            ldb3 = in(reg) 3 * $ldb * size_of::<f32>(),
+            iterations = inout(reg) $iterations => _,
+            rest = inout(reg) $rest => _,
+            a_lo = inout(zmm_reg) $scratch[0] => _,
+            a_hi = inout(zmm_reg) $scratch[1] => _,
+            x0 = inout(zmm_reg) $scratch[2] => _,
+            x1 = inout(zmm_reg) $scratch[3] => _,
+            lo0 = inout(zmm_reg) $lo[0],
+            lo1 = inout(zmm_reg) $lo[1],
+            lo2 = inout(zmm_reg) $lo[2],
+            lo3 = inout(zmm_reg) $lo[3],
+            lo4 = inout(zmm_reg) $lo[4],
+            lo5 = inout(zmm_reg) $lo[5],
+            lo6 = inout(zmm_reg) $lo[6],
+            lo7 = inout(zmm_reg) $lo[7],
+            lo8 = inout(zmm_reg) $lo[8],
+            lo9 = inout(zmm_reg) $lo[9],
+            lo10 = inout(zmm_reg) $lo[10],
+            lo11 = inout(zmm_reg) $lo[11],
+            hi0 = inout(zmm_reg) $hi[0],
+            hi1 = inout(zmm_reg) $hi[1],
+            hi2 = inout(zmm_reg) $hi[2],
+            hi3 = inout(zmm_reg) $hi[3],
+            hi4 = inout(zmm_reg) $hi[4],
+            hi5 = inout(zmm_reg) $hi[5],
+            hi6 = inout(zmm_reg) $hi[6],
+            hi7 = inout(zmm_reg) $hi[7],
+            hi8 = inout(zmm_reg) $hi[8],
+            hi9 = inout(zmm_reg) $hi[9],
+            hi10 = inout(zmm_reg) $hi[10],
+            hi11 = inout(zmm_reg) $hi[11],
+            options(nostack, readonly),
+        )
+    };
+}
+
+/// `k` packed columns of a 32-row panel from `a` (32 values per packed column) times
+/// 12 columns of B from `b` (column j from `b + j * ldb`, its values adjacent), added
+/// into the accumulators: `lo[j]` holds rows 0 to 15 of column j, `hi[j]` rows 16 to
+/// 31. With `PREFETCH_B`, B's columns are prefetched too (see `B_STAYS_BYTES`).
+///
+/// # Safety
+/// AVX-512F is present; `32 * k` values are readable from `a`, and `k` values of each
+/// of the 12 columns from `b`. (Prefetches past them never fault.)
+#[target_feature(enable = "avx512f")]
+pub(super) unsafe fn panel_times_12_columns<const PREFETCH_B: bool>(
+    a: *const f32,
+    b: *const f32,
+    ldb: usize,
+    k: usize,
+    lo: &mut [__m512; 12],
+    hi: &mut [__m512; 12],
+) {
+    let (iterations, rest) = (k / UNROLL, k % UNROLL);
+    // The loop's own registers (the panel's halves, B's broadcasts), typed: an untyped
+    // `out(zmm_reg) _` was printed as no register at all (`R27BH`).
+    let scratch = [_mm512_setzero_ps(); 4];
+    // SAFETY: the loop reads `32 * k` values from `a` and `k` from each column of B
+    // (the caller's promise), and writes only the named registers.
+    unsafe {
+        if PREFETCH_B {
+            panel_loop!(yes, a, b, ldb, iterations, rest, lo, hi, scratch);
+        } else {
+            panel_loop!(no, a, b, ldb, iterations, rest, lo, hi, scratch);
+        }
+    }
+}
