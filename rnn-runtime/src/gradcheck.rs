@@ -96,26 +96,31 @@ pub fn gradcheck_steps<C: Cell<f64>>(
         }
     }
     let mut inputs = inputs;
-    for k in 0..inputs.len() {
-        for i in 0..inputs[k].len() {
-            let error = disagreement(grads.inputs[k][i], |delta| {
-                let original = inputs[k][i];
-                inputs[k][i] += delta;
-                let value = loss(&cell, &inputs, &states);
-                inputs[k][i] = original;
-                value
-            })?;
-            worst = worst.max(error);
-        }
-    }
     let mut states = states;
-    for k in 0..states.len() {
-        for i in 0..states[k].len() {
-            let error = disagreement(grads.initial_states[k][i], |delta| {
-                let original = states[k][i];
-                states[k][i] += delta;
-                let value = loss(&cell, &inputs, &states);
-                states[k][i] = original;
+    worst = worst.max(worst_over(&mut inputs, &grads.inputs, |inputs| {
+        loss(&cell, inputs, &states)
+    })?);
+    worst = worst.max(worst_over(&mut states, &grads.initial_states, |states| {
+        loss(&cell, &inputs, states)
+    })?);
+    Ok(worst)
+}
+
+/// The worst [`disagreement`] over every element of `values` (the inputs or the
+/// initial states), each moved in turn, against its gradient in `analytic`.
+fn worst_over(
+    values: &mut [DMatrix<f64>],
+    analytic: &[DMatrix<f64>],
+    loss: impl Fn(&[DMatrix<f64>]) -> Result<f64>,
+) -> Result<f64> {
+    let mut worst: f64 = 0.0;
+    for k in 0..values.len() {
+        for i in 0..values[k].len() {
+            let error = disagreement(analytic[k][i], |delta| {
+                let original = values[k][i];
+                values[k][i] = original + delta;
+                let value = loss(values);
+                values[k][i] = original;
                 value
             })?;
             worst = worst.max(error);
