@@ -1287,8 +1287,8 @@ impl Block {
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::Block;
     use super::inner_loop::panel_times_12_columns;
+    use super::Block;
     use std::arch::x86_64::*;
 
     /// `avx512` for a block `width` columns wide (a constant inside the kernel).

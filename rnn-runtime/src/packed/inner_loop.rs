@@ -19,7 +19,8 @@ use std::arch::x86_64::{__m512, _mm512_setzero_ps};
 const UNROLL: usize = 16;
 
 /// The address (in the template's registers) of column `$j` of B, 0 to 11.
-macro_rules! column {
+#[rustfmt::skip]
+macro_rules! b_column {
     (0) => { "{b0}" };
     (1) => { "{b0} + {ldb}" };
     (2) => { "{b0} + {ldb}*2" };
@@ -36,10 +37,11 @@ macro_rules! column {
 
 /// Column `$j`'s value at packed column `$u` (past the pointers) broadcast into `$x`,
 /// times the panel's two halves, added into column `$j`'s two accumulators.
+#[rustfmt::skip]
 macro_rules! multiply_add {
     ($j:tt, $u:tt, $x:literal) => {
         concat!(
-            "vbroadcastss {", $x, "}, dword ptr [", column!($j), " + 4*", $u, "]\n",
+            "vbroadcastss {", $x, "}, dword ptr [", b_column!($j), " + 4*", $u, "]\n",
             "vfmadd231ps {lo", $j, "}, {a_lo}, {", $x, "}\n",
             "vfmadd231ps {hi", $j, "}, {a_hi}, {", $x, "}\n",
         )
@@ -49,6 +51,7 @@ macro_rules! multiply_add {
 /// At packed column `$u` of an iteration, with `yes`, a prefetch of column `$u`'s line
 /// `B_AHEAD` packed columns ahead (columns 0 to 11 at the iteration's first 12 packed
 /// columns, so each column's next line once per iteration); nothing with `no`.
+#[rustfmt::skip]
 macro_rules! prefetch_b {
     (no, $u:tt) => { "" };
     (yes, 12) => { "" };
@@ -56,12 +59,13 @@ macro_rules! prefetch_b {
     (yes, 14) => { "" };
     (yes, 15) => { "" };
     (yes, $u:tt) => {
-        concat!("prefetcht0 byte ptr [", column!($u), " + 4*(64 + ", $u, ")]\n")
+        concat!("prefetcht0 byte ptr [", b_column!($u), " + 4*(64 + ", $u, ")]\n")
     };
 }
 
 /// Packed column `$u` (past the pointers): the panel's two halves loaded, the panel
 /// prefetched `PREFETCH_AHEAD` (512) values ahead, and the twelve columns' multiply-adds.
+#[rustfmt::skip]
 macro_rules! packed_column {
     ($u:tt, $prefetch_b:ident) => {
         concat!(
