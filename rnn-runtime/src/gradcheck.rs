@@ -133,7 +133,7 @@ fn worst_over(
 const STEPS: [f64; 3] = [1e-6, 1e-7, 1e-8];
 
 /// Below this, the difference at one step is taken as agreement and no smaller step is
-/// tried (a smooth cell agrees to about 1e-10 at the first step).
+/// tried: the bound `tests/sequences.rs` holds a smooth cell to at the first step.
 const AGREEMENT: f64 = 1e-8;
 
 /// How far `analytic` is from the central difference of `loss_at` (the loss with the
