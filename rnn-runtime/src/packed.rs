@@ -607,6 +607,7 @@ impl PackedMatrix {
             split_at: 0,
             c2: std::ptr::null_mut(),
             ldc2: 0,
+            next: std::ptr::null(),
         }
     }
 
@@ -723,10 +724,22 @@ impl PackedMatrix {
         let b_stays = depth * block_cols(self.isa) * size_of::<f32>() <= B_STAYS_BYTES;
         for group in panels.clone().step_by(per_group) {
             let group = group..(group + per_group).min(panels.end);
-            for (j, width) in self.column_blocks(n) {
+            for (jb, (j, width)) in self.column_blocks(n).enumerate() {
                 for p in group.clone() {
+                    let next = match streamed {
+                        true => self.next_group_lines(
+                            p,
+                            per_group,
+                            panels.end,
+                            jb,
+                            width,
+                            (first, depth),
+                        ),
+                        false => std::ptr::null(),
+                    };
                     let block = Block {
                         prefetch_b: p == group.start || !b_stays,
+                        next,
                         ..panel_block(p)
                     };
                     // SAFETY: the kernels read `depth` packed columns of this panel
@@ -742,6 +755,50 @@ impl PackedMatrix {
         }
     }
 }
+
+impl PackedMatrix {
+    /// Where the kernel call for B's block of columns `jb` (`width` wide) and panel
+    /// `p` prefetches into L2: a line per packed column of panel `p + ahead` (the
+    /// next group's, `end` the first panel past the product's), the blocks after the
+    /// first taking its lines in turn over the packed columns `first..first + depth`.
+    /// Null where there is nothing to prefetch: for the first block, past the last
+    /// panel or past the panel's lines, and for a block narrower than
+    /// `NEXT_GROUP_WIDTH`.
+    ///
+    /// Why: a group's first block reads the group from L3, and took as long with 8
+    /// columns of B as with 12 (the large LSTM's 4096 × 1024 weight times 8 to 12
+    /// columns: 0.60-0.63 ms on one core, 0.41 at the multiply-add peak), the later
+    /// blocks reading it from L2 about as fast as the multiply-adds go (0.44-0.45 ms
+    /// each). Prefetched by the later blocks, the next group is in L2 when its first
+    /// block comes (`benches/README.md`, session 18).
+    fn next_group_lines(
+        &self,
+        p: usize,
+        ahead: usize,
+        end: usize,
+        jb: usize,
+        width: usize,
+        (first, depth): (usize, usize),
+    ) -> *const f32 {
+        let next = p + ahead;
+        if jb == 0 || width < NEXT_GROUP_WIDTH || next >= end {
+            return std::ptr::null();
+        }
+        let stride = panel_stride(self.isa, self.rows, next);
+        let panel = &self.panel(next)[first * stride..][..depth * stride];
+        let from = (jb - 1) * depth * LINE;
+        match from < panel.len() {
+            true => panel[from..].as_ptr(),
+            false => std::ptr::null(),
+        }
+    }
+}
+
+/// The narrowest block of B's columns that prefetches the next group of panels (see
+/// `PackedMatrix::next_group_lines`): the medium LSTM's step (2048 × 512 by 16 columns
+/// a shard, as 12 + 4) ran 3-5% slower with its block of 4 prefetching, a line per 8
+/// multiply-adds, and as fast as before without.
+const NEXT_GROUP_WIDTH: usize = 8;
 
 /// The packed values of a group of panels in `PackedMatrix::blocks`: half of the 1 MiB
 /// L2 cache of the AMD machine this project ran on (2 MiB on the Intel one). 256 KiB
@@ -934,6 +991,7 @@ impl PackedMatrix {
                 split_at: usize::MAX,
                 c2: std::ptr::null_mut(),
                 ldc2: 0,
+                next: std::ptr::null(),
             };
             // SAFETY: b holds `k` values and c the range's rows (the caller's promise);
             // the group reads `count` whole panels, as many as its kernel was chosen for,
@@ -1252,6 +1310,9 @@ struct Block {
     split_at: usize,
     c2: *mut f32,
     ldc2: usize,
+    /// With `streamed`, where the AVX-512 kernel prefetches a line per packed column
+    /// into L2 (null: nowhere; see `PackedMatrix::next_group_lines`).
+    next: *const f32,
 }
 
 /// Weights larger than this (the size of a core's L1 cache) stream from L2 or L3 at
@@ -1545,9 +1606,9 @@ mod x86 {
             // hold `k` adjacent values each, `ldb` apart (see `Block::run`).
             unsafe {
                 if blk.prefetch_b {
-                    panel_times_12_columns::<true>(blk.a, blk.b, blk.ldb, blk.k, lo, hi);
+                    panel_times_12_columns::<true>(blk.a, blk.b, blk.ldb, blk.next, blk.k, lo, hi);
                 } else {
-                    panel_times_12_columns::<false>(blk.a, blk.b, blk.ldb, blk.k, lo, hi);
+                    panel_times_12_columns::<false>(blk.a, blk.b, blk.ldb, blk.next, blk.k, lo, hi);
                 }
             }
             depth = 0;
@@ -1562,6 +1623,10 @@ mod x86 {
                     let ahead = column.wrapping_add(PREFETCH_AHEAD).cast::<i8>();
                     _mm_prefetch::<_MM_HINT_T0>(ahead);
                     _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(64));
+                    if !blk.next.is_null() {
+                        let line = blk.next.wrapping_add(p * 16).cast::<i8>();
+                        _mm_prefetch::<_MM_HINT_T1>(line);
+                    }
                     if blk.prefetch_b {
                         // One line of one column per packed column: the `NR` columns
                         // take turns, each reached every `NR` (at most 12) packed
@@ -2069,6 +2134,9 @@ mod tests {
             (64, 8, 22),
             // Panels in groups of four (see `GROUP_BYTES`), the last of three.
             (200, 1024, 13),
+            // Two groups, the second prefetched by the blocks of B after the first
+            // (see `next_group_lines`): 12 columns in assembly, then 8 by intrinsics.
+            (200, 1000, 32),
             // Streamed weights through the assembly loop (see `inner_loop`): 62 of its
             // iterations and 8 packed columns after them, and 5 packed columns alone.
             (96, 1000, 25),

@@ -10,7 +10,8 @@
 //! B's columns are addressed from three base registers (`b`, `b + 4·ldb`, `b + 8·ldb`)
 //! with `ldb` and `3·ldb` as index registers, and the loop runs 16 packed columns (one
 //! cache line of each of B's columns) per iteration, prefetching one line of each
-//! column of B on the way.
+//! column of B on the way, and where asked, a line a packed column of the panel that a
+//! later call reads (the next group's, see `PackedMatrix::next_group_lines`).
 
 use std::arch::asm;
 use std::arch::x86_64::{__m512, _mm512_setzero_ps};
@@ -63,17 +64,26 @@ macro_rules! prefetch_b {
     };
 }
 
+/// At packed column `$u` of an iteration, with `yes`, a prefetch into L2 of the `$u`th
+/// line from `{next}` (see `PackedMatrix::next_group_lines`); nothing with `no`.
+#[rustfmt::skip]
+macro_rules! prefetch_next {
+    (no, $u:tt) => { "" };
+    (yes, $u:tt) => { concat!("prefetcht1 byte ptr [{next} + 64*", $u, "]\n") };
+}
+
 /// Packed column `$u` (past the pointers): the panel's two halves loaded, the panel
 /// prefetched `PREFETCH_AHEAD` (512) values ahead, and the twelve columns' multiply-adds.
 #[rustfmt::skip]
 macro_rules! packed_column {
-    ($u:tt, $prefetch_b:ident) => {
+    ($u:tt, $prefetch_b:ident, $next:ident) => {
         concat!(
             "vmovups {a_lo}, zmmword ptr [{a} + 128*", $u, "]\n",
             "vmovups {a_hi}, zmmword ptr [{a} + 128*", $u, " + 64]\n",
             "prefetcht0 byte ptr [{a} + 128*", $u, " + 2048]\n",
             "prefetcht0 byte ptr [{a} + 128*", $u, " + 2112]\n",
             prefetch_b!($prefetch_b, $u),
+            prefetch_next!($next, $u),
             multiply_add!(0, $u, "x0"),
             multiply_add!(1, $u, "x1"),
             multiply_add!(2, $u, "x0"),
@@ -93,44 +103,46 @@ macro_rules! packed_column {
 /// The whole loop: `{iterations}` of 16 packed columns, then `{rest}` single ones.
 macro_rules! panel_loop {
     (
-        $prefetch_b:ident, $a:expr, $b:expr, $ldb:expr, $iterations:expr, $rest:expr,
-        $lo:expr, $hi:expr, $scratch:expr
+        $prefetch_b:ident, $next:ident, $a:expr, $b:expr, $ldb:expr, $next_at:expr,
+        $iterations:expr, $rest:expr, $lo:expr, $hi:expr, $scratch:expr
     ) => {
         asm!(
             "test {iterations}, {iterations}",
             "jz 3f",
             "2:",
-            packed_column!(0, $prefetch_b),
-            packed_column!(1, $prefetch_b),
-            packed_column!(2, $prefetch_b),
-            packed_column!(3, $prefetch_b),
-            packed_column!(4, $prefetch_b),
-            packed_column!(5, $prefetch_b),
-            packed_column!(6, $prefetch_b),
-            packed_column!(7, $prefetch_b),
-            packed_column!(8, $prefetch_b),
-            packed_column!(9, $prefetch_b),
-            packed_column!(10, $prefetch_b),
-            packed_column!(11, $prefetch_b),
-            packed_column!(12, $prefetch_b),
-            packed_column!(13, $prefetch_b),
-            packed_column!(14, $prefetch_b),
-            packed_column!(15, $prefetch_b),
+            packed_column!(0, $prefetch_b, $next),
+            packed_column!(1, $prefetch_b, $next),
+            packed_column!(2, $prefetch_b, $next),
+            packed_column!(3, $prefetch_b, $next),
+            packed_column!(4, $prefetch_b, $next),
+            packed_column!(5, $prefetch_b, $next),
+            packed_column!(6, $prefetch_b, $next),
+            packed_column!(7, $prefetch_b, $next),
+            packed_column!(8, $prefetch_b, $next),
+            packed_column!(9, $prefetch_b, $next),
+            packed_column!(10, $prefetch_b, $next),
+            packed_column!(11, $prefetch_b, $next),
+            packed_column!(12, $prefetch_b, $next),
+            packed_column!(13, $prefetch_b, $next),
+            packed_column!(14, $prefetch_b, $next),
+            packed_column!(15, $prefetch_b, $next),
             "add {a}, 128*16",
             "add {b0}, 4*16",
             "add {b4}, 4*16",
             "add {b8}, 4*16",
+            "add {next}, 64*16",
             "dec {iterations}",
             "jnz 2b",
             "3:",
             "test {rest}, {rest}",
             "jz 5f",
             "4:",
-            packed_column!(0, no),
+            packed_column!(0, no, $next),
             "add {a}, 128",
             "add {b0}, 4",
             "add {b4}, 4",
             "add {b8}, 4",
+            "add {next}, 64",
             "dec {rest}",
             "jnz 4b",
             "5:",
@@ -138,6 +150,7 @@ macro_rules! panel_loop {
             b0 = inout(reg) $b => _,
             b4 = inout(reg) $b.wrapping_add(4 * $ldb) => _,
             b8 = inout(reg) $b.wrapping_add(8 * $ldb) => _,
+            next = inout(reg) $next_at => _,
             ldb = in(reg) $ldb * size_of::<f32>(),
             ldb3 = in(reg) 3 * $ldb * size_of::<f32>(),
             iterations = inout(reg) $iterations => _,
@@ -178,7 +191,9 @@ macro_rules! panel_loop {
 /// `k` packed columns of a 32-row panel from `a` (32 values per packed column) times
 /// 12 columns of B from `b` (column j from `b + j * ldb`, its values adjacent), added
 /// into the accumulators: `lo[j]` holds rows 0 to 15 of column j, `hi[j]` rows 16 to
-/// 31. With `PREFETCH_B`, B's columns are prefetched too (see `B_STAYS_BYTES`).
+/// 31. With `PREFETCH_B`, B's columns are prefetched too (see `B_STAYS_BYTES`), and
+/// where `next` is not null, a line a packed column from it into L2 (see
+/// `PackedMatrix::next_group_lines`).
 ///
 /// # Safety
 /// AVX-512F is present; `32 * k` values are readable from `a`, and `k` values of each
@@ -188,6 +203,7 @@ pub(super) unsafe fn panel_times_12_columns<const PREFETCH_B: bool>(
     a: *const f32,
     b: *const f32,
     ldb: usize,
+    next: *const f32,
     k: usize,
     lo: &mut [__m512; 12],
     hi: &mut [__m512; 12],
@@ -199,10 +215,19 @@ pub(super) unsafe fn panel_times_12_columns<const PREFETCH_B: bool>(
     // SAFETY: the loop reads `32 * k` values from `a` and `k` from each column of B
     // (the caller's promise), and writes only the named registers.
     unsafe {
-        if PREFETCH_B {
-            panel_loop!(yes, a, b, ldb, iterations, rest, lo, hi, scratch);
-        } else {
-            panel_loop!(no, a, b, ldb, iterations, rest, lo, hi, scratch);
+        match (PREFETCH_B, next.is_null()) {
+            (true, true) => {
+                panel_loop!(yes, no, a, b, ldb, next, iterations, rest, lo, hi, scratch)
+            }
+            (true, false) => {
+                panel_loop!(yes, yes, a, b, ldb, next, iterations, rest, lo, hi, scratch)
+            }
+            (false, true) => {
+                panel_loop!(no, no, a, b, ldb, next, iterations, rest, lo, hi, scratch)
+            }
+            (false, false) => {
+                panel_loop!(no, yes, a, b, ldb, next, iterations, rest, lo, hi, scratch)
+            }
         }
     }
 }
