@@ -74,13 +74,17 @@ fn exp_f32(x: f32) -> f32 {
     let shifted = mul_add(x, LOG2E, ROUND);
     let n = shifted - ROUND;
     let r = mul_add(-n, LN2_LO, mul_add(-n, LN2_HI, x));
-    let mut p = 1.987_569_2e-4_f32;
-    p = mul_add(p, r, 1.398_199_9e-3);
-    p = mul_add(p, r, 8.333_452e-3);
-    p = mul_add(p, r, 4.166_579_6e-2);
-    p = mul_add(p, r, 1.666_666_5e-1);
-    p = mul_add(p, r, 0.5);
-    let er = mul_add(p * r, r, r + 1.0);
+    // The Cephes polynomial by Estrin's scheme (in r², from three pairs of terms) rather
+    // than Horner's: a chain of four operations after r (r², two multiply-adds and the
+    // last one), not seven. A tiny cell's step waits on these chains (its next product
+    // needs the state they make): the tiny MGU ran 4-5% faster, with the same error
+    // (session 18, `benches/README.md`).
+    let r2 = r * r;
+    let p01 = mul_add(1.666_666_5e-1, r, 0.5);
+    let p23 = mul_add(8.333_452e-3, r, 4.166_579_6e-2);
+    let p45 = mul_add(1.987_569_2e-4, r, 1.398_199_9e-3);
+    let p = mul_add(mul_add(p45, r2, p23), r2, p01);
+    let er = mul_add(p, r2, r + 1.0);
     // 2ⁿ from the bits: `shifted` holds n in its low mantissa bits. Reading n from
     // there, not with `n as i32` (a saturating cast LLVM cannot vectorise), keeps the
     // whole function in vector registers. n + 127 lies in 1..=254 after the clamp.
@@ -100,13 +104,17 @@ fn exp_f32(x: f32) -> f32 {
 fn tanh_f32(x: f32) -> f32 {
     let x = x.clamp(-7.905_311, 7.905_311);
     let x2 = x * x;
-    let mut p = -2.760_768_5e-16_f32;
-    p = mul_add(p, x2, 2.000_188e-13);
-    p = mul_add(p, x2, -8.604_672e-11);
-    p = mul_add(p, x2, 5.122_297e-8);
-    p = mul_add(p, x2, 1.485_722_4e-5);
-    p = mul_add(p, x2, 6.372_619_3e-4);
-    p = mul_add(p, x2, 4.893_524_6e-3);
+    // p by Estrin's scheme, as in `exp_f32`: a chain of four operations after x² (x⁴
+    // and three multiply-adds), not six.
+    let x4 = x2 * x2;
+    let p01 = mul_add(6.372_619_3e-4, x2, 4.893_524_6e-3);
+    let p23 = mul_add(5.122_297e-8, x2, 1.485_722_4e-5);
+    let p45 = mul_add(2.000_188e-13, x2, -8.604_672e-11);
+    let p = mul_add(
+        mul_add(mul_add(-2.760_768_5e-16, x4, p45), x4, p23),
+        x4,
+        p01,
+    );
     let mut q = 1.198_258_4e-6_f32;
     q = mul_add(q, x2, 1.185_347_1e-4);
     q = mul_add(q, x2, 2.268_434_6e-3);
