@@ -1348,7 +1348,7 @@ impl Block {
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::inner_loop::panel_times_12_columns;
+    use super::inner_loop::{panel_times_12_columns, panel_times_12_of_rows};
     use super::Block;
     use std::arch::x86_64::*;
 
@@ -1594,8 +1594,9 @@ mod x86 {
                 }
             }
         }
-        // The most used shape, streamed, runs its loop in assembly (see `inner_loop`);
-        // the loop below then has no packed column left to run.
+        // The most used shapes, streamed (B by columns) and the weight gradients' (B by
+        // rows), run their loops in assembly (see `inner_loop`); the loop below then
+        // has no packed column left to run.
         let mut depth = blk.k;
         if let (true, Ok(lo), Ok(hi)) = (
             PREFETCH && upper && blk.b_step == 1,
@@ -1611,6 +1612,16 @@ mod x86 {
                     panel_times_12_columns::<false>(blk.a, blk.b, blk.ldb, blk.next, blk.k, lo, hi);
                 }
             }
+            depth = 0;
+        } else if let (true, Ok(lo), Ok(hi)) = (
+            upper && blk.ldb == 1,
+            <&mut [__m512; 12]>::try_from(&mut lo[..]),
+            <&mut [__m512; 12]>::try_from(&mut hi[..]),
+        ) {
+            // SAFETY: the panel stores 32 values per packed column, and each packed
+            // column's 12 values of B lie side by side, `b_step` apart (see
+            // `Block::run`).
+            unsafe { panel_times_12_of_rows(blk.a, blk.b, blk.b_step, blk.k, lo, hi) };
             depth = 0;
         }
         // SAFETY: every read is inside the panel or a column of B (see `Block::run`).
@@ -2230,6 +2241,10 @@ mod tests {
                 (100, 7, 13),
                 // B read by rows copied block by block (at least `STAGED_ROWS` rows).
                 (300, 260, 14),
+                // B's rows through the assembly loop (`panel_times_12_of_rows`): two
+                // blocks of 12 columns, inner blocks of 128 (8 iterations) and 22 (one,
+                // and 6 packed columns after it).
+                (96, 150, 24),
                 (9, 0, 2),
             ] {
                 let a = values(m * k, 3);

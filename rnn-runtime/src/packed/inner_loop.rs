@@ -1,5 +1,7 @@
-//! The inner loop of the AVX-512 kernel's most used shape, a 32-row panel times 12
-//! columns of B, written in assembly.
+//! The inner loops of the AVX-512 kernel's most used shapes, a 32-row panel times 12
+//! columns of B, written in assembly: B by columns, its panel streamed from L2 or L3
+//! (the per-step products, `panel_times_12_columns`), and B by rows (the weight
+//! gradients' copy of vᵀ, `panel_times_12_of_rows`).
 //!
 //! The same loop written with intrinsics (`x86::avx512`) leaves the addressing to the
 //! compiler, which computed each of B's twelve columns from the last one (an `add` per
@@ -100,61 +102,14 @@ macro_rules! packed_column {
     };
 }
 
-/// The whole loop: `{iterations}` of 16 packed columns, then `{rest}` single ones.
-macro_rules! panel_loop {
-    (
-        $prefetch_b:ident, $next:ident, $a:expr, $b:expr, $ldb:expr, $next_at:expr,
-        $iterations:expr, $rest:expr, $lo:expr, $hi:expr, $scratch:expr
-    ) => {
+/// The `asm!` of a loop over a 32-row panel and 12 columns of B: the template's
+/// pieces, the 24 accumulators (`lo`, `hi`) and four scratch registers, which every
+/// such loop names alike, and the loop's own operands.
+macro_rules! panel_asm {
+    ([$($template:expr),* $(,)?], $lo:expr, $hi:expr, $scratch:expr, $($operands:tt)*) => {
         asm!(
-            "test {iterations}, {iterations}",
-            "jz 3f",
-            "2:",
-            packed_column!(0, $prefetch_b, $next),
-            packed_column!(1, $prefetch_b, $next),
-            packed_column!(2, $prefetch_b, $next),
-            packed_column!(3, $prefetch_b, $next),
-            packed_column!(4, $prefetch_b, $next),
-            packed_column!(5, $prefetch_b, $next),
-            packed_column!(6, $prefetch_b, $next),
-            packed_column!(7, $prefetch_b, $next),
-            packed_column!(8, $prefetch_b, $next),
-            packed_column!(9, $prefetch_b, $next),
-            packed_column!(10, $prefetch_b, $next),
-            packed_column!(11, $prefetch_b, $next),
-            packed_column!(12, $prefetch_b, $next),
-            packed_column!(13, $prefetch_b, $next),
-            packed_column!(14, $prefetch_b, $next),
-            packed_column!(15, $prefetch_b, $next),
-            "add {a}, 128*16",
-            "add {b0}, 4*16",
-            "add {b4}, 4*16",
-            "add {b8}, 4*16",
-            "add {next}, 64*16",
-            "dec {iterations}",
-            "jnz 2b",
-            "3:",
-            "test {rest}, {rest}",
-            "jz 5f",
-            "4:",
-            packed_column!(0, no, $next),
-            "add {a}, 128",
-            "add {b0}, 4",
-            "add {b4}, 4",
-            "add {b8}, 4",
-            "add {next}, 64",
-            "dec {rest}",
-            "jnz 4b",
-            "5:",
-            a = inout(reg) $a => _,
-            b0 = inout(reg) $b => _,
-            b4 = inout(reg) $b.wrapping_add(4 * $ldb) => _,
-            b8 = inout(reg) $b.wrapping_add(8 * $ldb) => _,
-            next = inout(reg) $next_at => _,
-            ldb = in(reg) $ldb * size_of::<f32>(),
-            ldb3 = in(reg) 3 * $ldb * size_of::<f32>(),
-            iterations = inout(reg) $iterations => _,
-            rest = inout(reg) $rest => _,
+            $($template,)*
+            $($operands)*
             a_lo = inout(zmm_reg) $scratch[0] => _,
             a_hi = inout(zmm_reg) $scratch[1] => _,
             x0 = inout(zmm_reg) $scratch[2] => _,
@@ -184,6 +139,68 @@ macro_rules! panel_loop {
             hi10 = inout(zmm_reg) $hi[10],
             hi11 = inout(zmm_reg) $hi[11],
             options(nostack, readonly),
+        )
+    };
+}
+
+/// The whole loop: `{iterations}` of 16 packed columns, then `{rest}` single ones.
+macro_rules! panel_loop {
+    (
+        $prefetch_b:ident, $next:ident, $a:expr, $b:expr, $ldb:expr, $next_at:expr,
+        $iterations:expr, $rest:expr, $lo:expr, $hi:expr, $scratch:expr
+    ) => {
+        panel_asm!(
+            [
+                "test {iterations}, {iterations}",
+                "jz 3f",
+                "2:",
+                packed_column!(0, $prefetch_b, $next),
+                packed_column!(1, $prefetch_b, $next),
+                packed_column!(2, $prefetch_b, $next),
+                packed_column!(3, $prefetch_b, $next),
+                packed_column!(4, $prefetch_b, $next),
+                packed_column!(5, $prefetch_b, $next),
+                packed_column!(6, $prefetch_b, $next),
+                packed_column!(7, $prefetch_b, $next),
+                packed_column!(8, $prefetch_b, $next),
+                packed_column!(9, $prefetch_b, $next),
+                packed_column!(10, $prefetch_b, $next),
+                packed_column!(11, $prefetch_b, $next),
+                packed_column!(12, $prefetch_b, $next),
+                packed_column!(13, $prefetch_b, $next),
+                packed_column!(14, $prefetch_b, $next),
+                packed_column!(15, $prefetch_b, $next),
+                "add {a}, 128*16",
+                "add {b0}, 4*16",
+                "add {b4}, 4*16",
+                "add {b8}, 4*16",
+                "add {next}, 64*16",
+                "dec {iterations}",
+                "jnz 2b",
+                "3:",
+                "test {rest}, {rest}",
+                "jz 5f",
+                "4:",
+                packed_column!(0, no, $next),
+                "add {a}, 128",
+                "add {b0}, 4",
+                "add {b4}, 4",
+                "add {b8}, 4",
+                "add {next}, 64",
+                "dec {rest}",
+                "jnz 4b",
+                "5:",
+            ],
+            $lo, $hi, $scratch,
+            a = inout(reg) $a => _,
+            b0 = inout(reg) $b => _,
+            b4 = inout(reg) $b.wrapping_add(4 * $ldb) => _,
+            b8 = inout(reg) $b.wrapping_add(8 * $ldb) => _,
+            next = inout(reg) $next_at => _,
+            ldb = in(reg) $ldb * size_of::<f32>(),
+            ldb3 = in(reg) 3 * $ldb * size_of::<f32>(),
+            iterations = inout(reg) $iterations => _,
+            rest = inout(reg) $rest => _,
         )
     };
 }
@@ -229,5 +246,120 @@ pub(super) unsafe fn panel_times_12_columns<const PREFETCH_B: bool>(
                 panel_loop!(no, yes, a, b, ldb, next, iterations, rest, lo, hi, scratch)
             }
         }
+    }
+}
+
+/// Packed column `$u` of the loop over B's rows (`panel_times_12_of_rows`): the panel's
+/// two halves loaded and prefetched as in `packed_column`, the row's twelve values
+/// broadcast from one register at constant offsets, and `{b}` moved on to the next row.
+/// On one core, the intrinsics' loop over the same layout ran the large GRU's weight
+/// gradient (3072 × 3200 by 3200 × 1024) at 137-142 GF/s against this one's 141-148
+/// on a contended machine (155-156 against 170 in a quieter hour), and the medium
+/// LSTM's (2048 × 800 by 800 × 512) at 135-146 against 161-168 (session 18,
+/// `benches/README.md`). Besides the addressing, the panel is prefetched here (it
+/// comes from L2, a group's), which the intrinsics, written for this layout as for
+/// weights that stay in L1, do not.
+#[rustfmt::skip]
+macro_rules! packed_row {
+    ($u:tt) => {
+        concat!(
+            "vmovups {a_lo}, zmmword ptr [{a} + 128*", $u, "]\n",
+            "vmovups {a_hi}, zmmword ptr [{a} + 128*", $u, " + 64]\n",
+            "prefetcht0 byte ptr [{a} + 128*", $u, " + 2048]\n",
+            "prefetcht0 byte ptr [{a} + 128*", $u, " + 2112]\n",
+            row_multiply_add!(0, "x0"),
+            row_multiply_add!(1, "x1"),
+            row_multiply_add!(2, "x0"),
+            row_multiply_add!(3, "x1"),
+            row_multiply_add!(4, "x0"),
+            row_multiply_add!(5, "x1"),
+            row_multiply_add!(6, "x0"),
+            row_multiply_add!(7, "x1"),
+            row_multiply_add!(8, "x0"),
+            row_multiply_add!(9, "x1"),
+            row_multiply_add!(10, "x0"),
+            row_multiply_add!(11, "x1"),
+            "add {b}, {b_step}\n",
+        )
+    };
+}
+
+/// The row's value for column `$j` broadcast into `$x`, times the panel's two halves,
+/// added into column `$j`'s two accumulators.
+#[rustfmt::skip]
+macro_rules! row_multiply_add {
+    ($j:tt, $x:literal) => {
+        concat!(
+            "vbroadcastss {", $x, "}, dword ptr [{b} + 4*", $j, "]\n",
+            "vfmadd231ps {lo", $j, "}, {a_lo}, {", $x, "}\n",
+            "vfmadd231ps {hi", $j, "}, {a_hi}, {", $x, "}\n",
+        )
+    };
+}
+
+/// `k` packed columns of a 32-row panel from `a` times 12 columns of B whose values
+/// for each packed column lie side by side, `b_step` apart from one packed column to
+/// the next (B's rows: the weight gradients' copy of vᵀ, see `STAGED_ROWS`), added
+/// into the accumulators as in `panel_times_12_columns`. The panel is prefetched as
+/// there; B's rows are not (a block of them stays in L1 across a group's panels).
+///
+/// # Safety
+/// AVX-512F is present; `32 * k` values are readable from `a`, and 12 values from
+/// `b + p * b_step` for each p below `k`.
+#[target_feature(enable = "avx512f")]
+pub(super) unsafe fn panel_times_12_of_rows(
+    a: *const f32,
+    b: *const f32,
+    b_step: usize,
+    k: usize,
+    lo: &mut [__m512; 12],
+    hi: &mut [__m512; 12],
+) {
+    let (iterations, rest) = (k / UNROLL, k % UNROLL);
+    let scratch = [_mm512_setzero_ps(); 4];
+    // SAFETY: the loop reads `32 * k` values from `a` and 12 from each of B's `k`
+    // rows (the caller's promise), and writes only the named registers.
+    unsafe {
+        panel_asm!(
+            [
+                "test {iterations}, {iterations}",
+                "jz 3f",
+                "2:",
+                packed_row!(0),
+                packed_row!(1),
+                packed_row!(2),
+                packed_row!(3),
+                packed_row!(4),
+                packed_row!(5),
+                packed_row!(6),
+                packed_row!(7),
+                packed_row!(8),
+                packed_row!(9),
+                packed_row!(10),
+                packed_row!(11),
+                packed_row!(12),
+                packed_row!(13),
+                packed_row!(14),
+                packed_row!(15),
+                "add {a}, 128*16",
+                "dec {iterations}",
+                "jnz 2b",
+                "3:",
+                "test {rest}, {rest}",
+                "jz 5f",
+                "4:",
+                packed_row!(0),
+                "add {a}, 128",
+                "dec {rest}",
+                "jnz 4b",
+                "5:",
+            ],
+            lo, hi, scratch,
+            a = inout(reg) a => _,
+            b = inout(reg) b => _,
+            b_step = in(reg) b_step * size_of::<f32>(),
+            iterations = inout(reg) iterations => _,
+            rest = inout(reg) rest => _,
+        )
     }
 }
