@@ -726,16 +726,11 @@ impl PackedMatrix {
             let group = group..(group + per_group).min(panels.end);
             for (jb, (j, width)) in self.column_blocks(n).enumerate() {
                 for p in group.clone() {
-                    let next = match streamed {
-                        true => self.next_group_lines(
-                            p,
-                            per_group,
-                            panels.end,
-                            jb,
-                            width,
-                            (first, depth),
-                        ),
-                        false => std::ptr::null(),
+                    let next = if streamed {
+                        let ahead = (per_group, panels.end);
+                        self.next_group_lines(p, ahead, jb, width, (first, depth))
+                    } else {
+                        std::ptr::null()
                     };
                     let block = Block {
                         prefetch_b: p == group.start || !b_stays,
@@ -754,9 +749,7 @@ impl PackedMatrix {
             }
         }
     }
-}
 
-impl PackedMatrix {
     /// Where the kernel call for B's block of columns `jb` (`width` wide) and panel
     /// `p` prefetches into L2: a line per packed column of panel `p + ahead` (the
     /// next group's, `end` the first panel past the product's), the blocks after the
@@ -774,8 +767,7 @@ impl PackedMatrix {
     fn next_group_lines(
         &self,
         p: usize,
-        ahead: usize,
-        end: usize,
+        (ahead, end): (usize, usize),
         jb: usize,
         width: usize,
         (first, depth): (usize, usize),
@@ -787,9 +779,10 @@ impl PackedMatrix {
         let stride = panel_stride(self.isa, self.rows, next);
         let panel = &self.panel(next)[first * stride..][..depth * stride];
         let from = (jb - 1) * depth * LINE;
-        match from < panel.len() {
-            true => panel[from..].as_ptr(),
-            false => std::ptr::null(),
+        if from < panel.len() {
+            panel[from..].as_ptr()
+        } else {
+            std::ptr::null()
         }
     }
 }
