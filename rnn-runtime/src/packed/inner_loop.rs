@@ -102,18 +102,47 @@ macro_rules! packed_column {
     };
 }
 
-/// The `asm!` of a loop over a 32-row panel and 12 columns of B: the template's
-/// pieces, the 24 accumulators (`lo`, `hi`) and four scratch registers, which every
-/// such loop names alike, and the loop's own operands.
+/// The `asm!` of a loop over the `$k` packed columns of a 32-row panel from `$a` and 12
+/// columns of B, the same for every such loop: `UNROLL` packed columns an iteration
+/// (the `unrolled` pieces of the template, each loop's own pointers moved on at their
+/// end), then the rest one at a time (the `single` pieces), the panel's pointer moved
+/// on by the macro; the 24 accumulators (`lo`, `hi`), four scratch registers and the
+/// loop's own operands.
 macro_rules! panel_asm {
-    ([$($template:expr),* $(,)?], $lo:expr, $hi:expr, $scratch:expr, $($operands:tt)*) => {
+    (
+        $a:expr, $k:expr,
+        unrolled: [$($unrolled:expr),* $(,)?],
+        single: [$($single:expr),* $(,)?],
+        $lo:expr, $hi:expr, $($operands:tt)*
+    ) => {{
+        // The loop's own registers (the panel's halves, B's broadcasts), typed: an
+        // untyped `out(zmm_reg) _` was printed as no register at all (`R27BH`).
+        let scratch = [_mm512_setzero_ps(); 4];
         asm!(
-            $($template,)*
+            "test {iterations}, {iterations}",
+            "jz 3f",
+            "2:",
+            $($unrolled,)*
+            "add {a}, 128*16",
+            "dec {iterations}",
+            "jnz 2b",
+            "3:",
+            "test {rest}, {rest}",
+            "jz 5f",
+            "4:",
+            $($single,)*
+            "add {a}, 128",
+            "dec {rest}",
+            "jnz 4b",
+            "5:",
+            a = inout(reg) $a => _,
             $($operands)*
-            a_lo = inout(zmm_reg) $scratch[0] => _,
-            a_hi = inout(zmm_reg) $scratch[1] => _,
-            x0 = inout(zmm_reg) $scratch[2] => _,
-            x1 = inout(zmm_reg) $scratch[3] => _,
+            iterations = inout(reg) $k / UNROLL => _,
+            rest = inout(reg) $k % UNROLL => _,
+            a_lo = inout(zmm_reg) scratch[0] => _,
+            a_hi = inout(zmm_reg) scratch[1] => _,
+            x0 = inout(zmm_reg) scratch[2] => _,
+            x1 = inout(zmm_reg) scratch[3] => _,
             lo0 = inout(zmm_reg) $lo[0],
             lo1 = inout(zmm_reg) $lo[1],
             lo2 = inout(zmm_reg) $lo[2],
@@ -140,20 +169,18 @@ macro_rules! panel_asm {
             hi11 = inout(zmm_reg) $hi[11],
             options(nostack, readonly),
         )
-    };
+    }};
 }
 
-/// The whole loop: `{iterations}` of 16 packed columns, then `{rest}` single ones.
+/// The loop over B's columns, with or without B's prefetch and the next group's.
 macro_rules! panel_loop {
     (
-        $prefetch_b:ident, $next:ident, $a:expr, $b:expr, $ldb:expr, $next_at:expr,
-        $iterations:expr, $rest:expr, $lo:expr, $hi:expr, $scratch:expr
+        $prefetch_b:ident, $next:ident, $a:expr, $b:expr, $ldb:expr, $next_at:expr, $k:expr,
+        $lo:expr, $hi:expr
     ) => {
         panel_asm!(
-            [
-                "test {iterations}, {iterations}",
-                "jz 3f",
-                "2:",
+            $a, $k,
+            unrolled: [
                 packed_column!(0, $prefetch_b, $next),
                 packed_column!(1, $prefetch_b, $next),
                 packed_column!(2, $prefetch_b, $next),
@@ -170,37 +197,25 @@ macro_rules! panel_loop {
                 packed_column!(13, $prefetch_b, $next),
                 packed_column!(14, $prefetch_b, $next),
                 packed_column!(15, $prefetch_b, $next),
-                "add {a}, 128*16",
                 "add {b0}, 4*16",
                 "add {b4}, 4*16",
                 "add {b8}, 4*16",
                 "add {next}, 64*16",
-                "dec {iterations}",
-                "jnz 2b",
-                "3:",
-                "test {rest}, {rest}",
-                "jz 5f",
-                "4:",
+            ],
+            single: [
                 packed_column!(0, no, $next),
-                "add {a}, 128",
                 "add {b0}, 4",
                 "add {b4}, 4",
                 "add {b8}, 4",
                 "add {next}, 64",
-                "dec {rest}",
-                "jnz 4b",
-                "5:",
             ],
-            $lo, $hi, $scratch,
-            a = inout(reg) $a => _,
+            $lo, $hi,
             b0 = inout(reg) $b => _,
             b4 = inout(reg) $b.wrapping_add(4 * $ldb) => _,
             b8 = inout(reg) $b.wrapping_add(8 * $ldb) => _,
             next = inout(reg) $next_at => _,
             ldb = in(reg) $ldb * size_of::<f32>(),
             ldb3 = in(reg) 3 * $ldb * size_of::<f32>(),
-            iterations = inout(reg) $iterations => _,
-            rest = inout(reg) $rest => _,
         )
     };
 }
@@ -225,26 +240,14 @@ pub(super) unsafe fn panel_times_12_columns<const PREFETCH_B: bool>(
     lo: &mut [__m512; 12],
     hi: &mut [__m512; 12],
 ) {
-    let (iterations, rest) = (k / UNROLL, k % UNROLL);
-    // The loop's own registers (the panel's halves, B's broadcasts), typed: an untyped
-    // `out(zmm_reg) _` was printed as no register at all (`R27BH`).
-    let scratch = [_mm512_setzero_ps(); 4];
     // SAFETY: the loop reads `32 * k` values from `a` and `k` from each column of B
     // (the caller's promise), and writes only the named registers.
     unsafe {
         match (PREFETCH_B, next.is_null()) {
-            (true, true) => {
-                panel_loop!(yes, no, a, b, ldb, next, iterations, rest, lo, hi, scratch)
-            }
-            (true, false) => {
-                panel_loop!(yes, yes, a, b, ldb, next, iterations, rest, lo, hi, scratch)
-            }
-            (false, true) => {
-                panel_loop!(no, no, a, b, ldb, next, iterations, rest, lo, hi, scratch)
-            }
-            (false, false) => {
-                panel_loop!(no, yes, a, b, ldb, next, iterations, rest, lo, hi, scratch)
-            }
+            (true, true) => panel_loop!(yes, no, a, b, ldb, next, k, lo, hi),
+            (true, false) => panel_loop!(yes, yes, a, b, ldb, next, k, lo, hi),
+            (false, true) => panel_loop!(no, no, a, b, ldb, next, k, lo, hi),
+            (false, false) => panel_loop!(no, yes, a, b, ldb, next, k, lo, hi),
         }
     }
 }
@@ -315,16 +318,12 @@ pub(super) unsafe fn panel_times_12_of_rows(
     lo: &mut [__m512; 12],
     hi: &mut [__m512; 12],
 ) {
-    let (iterations, rest) = (k / UNROLL, k % UNROLL);
-    let scratch = [_mm512_setzero_ps(); 4];
     // SAFETY: the loop reads `32 * k` values from `a` and 12 from each of B's `k`
     // rows (the caller's promise), and writes only the named registers.
     unsafe {
         panel_asm!(
-            [
-                "test {iterations}, {iterations}",
-                "jz 3f",
-                "2:",
+            a, k,
+            unrolled: [
                 packed_row!(0),
                 packed_row!(1),
                 packed_row!(2),
@@ -341,25 +340,11 @@ pub(super) unsafe fn panel_times_12_of_rows(
                 packed_row!(13),
                 packed_row!(14),
                 packed_row!(15),
-                "add {a}, 128*16",
-                "dec {iterations}",
-                "jnz 2b",
-                "3:",
-                "test {rest}, {rest}",
-                "jz 5f",
-                "4:",
-                packed_row!(0),
-                "add {a}, 128",
-                "dec {rest}",
-                "jnz 4b",
-                "5:",
             ],
-            lo, hi, scratch,
-            a = inout(reg) a => _,
+            single: [packed_row!(0)],
+            lo, hi,
             b = inout(reg) b => _,
             b_step = in(reg) b_step * size_of::<f32>(),
-            iterations = inout(reg) iterations => _,
-            rest = inout(reg) rest => _,
         )
     }
 }
