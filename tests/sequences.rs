@@ -258,10 +258,17 @@ fn f32_matches_f64_with_whole_panels_and_with_a_batch_of_one() {
 }
 
 fn f32_matches_f64(hidden: usize, lengths: &[usize]) {
+    f32_matches_f64_for::<LstmCell<f32>, LstmCell<f64>>(hidden, lengths);
+}
+
+/// `f32_matches_f64` for a cell of any states: C32 and C64 are the one cell in f32 and
+/// f64, given the same parameters.
+fn f32_matches_f64_for<C32: Cell<f32>, C64: Cell<f64>>(hidden: usize, lengths: &[usize]) {
     let mut rng = Rng::seed(7);
     let input = 5;
-    let cell64: LstmCell<f64> = LstmCell::new(input, hidden, &mut rng);
-    let mut cell32: LstmCell<f32> = LstmCell::new(input, hidden, &mut rng);
+    let init = Init::pytorch_default(hidden);
+    let cell64 = C64::with_dims(&[input, hidden], &init, &mut rng).unwrap();
+    let mut cell32 = C32::with_dims(&[input, hidden], &init, &mut rng).unwrap();
     for (to, from) in cell32.parameters_mut().into_iter().zip(cell64.parameters()) {
         for (t, f) in to.values.iter_mut().zip(from.values) {
             *t = *f as f32;
@@ -270,36 +277,39 @@ fn f32_matches_f64(hidden: usize, lengths: &[usize]) {
     let steps = Steps::from_sorted_lengths(lengths).unwrap();
     let batch = lengths.len();
     let x = random(input, steps.columns(), &mut rng);
-    let states = [
-        random(hidden, batch, &mut rng),
-        random(hidden, batch, &mut rng),
-    ];
-    let d_out = random(hidden, steps.columns(), &mut rng);
-    let d_h = random(hidden, batch, &mut rng);
+    let state_count = C64::SPEC.states.len();
+    let states: Vec<DMatrix<f64>> = (0..state_count)
+        .map(|k| random(cell64.state_size(k), batch, &mut rng))
+        .collect();
+    let d_out = random(cell64.output_size(), steps.columns(), &mut rng);
+    let d_h = random(cell64.state_size(0), batch, &mut rng);
     for direction in [Direction::Forward, Direction::Reverse] {
         let mut run64 = forward(&cell64, &steps, &[&x], Some(&states), direction).unwrap();
-        let states32 = [to_f32(&states[0]), to_f32(&states[1])];
+        let states32: Vec<DMatrix<f32>> = states.iter().map(to_f32).collect();
         let mut run32 =
             forward(&cell32, &steps, &[&to_f32(&x)], Some(&states32), direction).unwrap();
-        let mut compared = vec![
-            (
-                "output",
-                relative_error(run32.output.as_slice(), run64.output.as_slice()),
-            ),
-            (
-                "final c",
+        let mut compared = vec![(
+            "output",
+            relative_error(run32.output.as_slice(), run64.output.as_slice()),
+        )];
+        for k in 0..state_count {
+            compared.push((
+                "a final state",
                 relative_error(
-                    run32.final_states[1].as_slice(),
-                    run64.final_states[1].as_slice(),
+                    run32.final_states[k].as_slice(),
+                    run64.final_states[k].as_slice(),
                 ),
-            ),
-        ];
-        let g64 = run64
-            .backward(&cell64, Some(&d_out), &[Some(&d_h), None])
-            .unwrap();
+            ));
+        }
+        // The first state's gradient given, the others' none.
+        let mut d_states64: Vec<Option<&DMatrix<f64>>> = vec![None; state_count];
+        d_states64[0] = Some(&d_h);
+        let g64 = run64.backward(&cell64, Some(&d_out), &d_states64).unwrap();
         let d_h32 = to_f32(&d_h);
+        let mut d_states32: Vec<Option<&DMatrix<f32>>> = vec![None; state_count];
+        d_states32[0] = Some(&d_h32);
         let g32 = run32
-            .backward(&cell32, Some(&to_f32(&d_out)), &[Some(&d_h32), None])
+            .backward(&cell32, Some(&to_f32(&d_out)), &d_states32)
             .unwrap();
         for (p32, p64) in g32.params.parameters().iter().zip(g64.params.parameters()) {
             compared.push(("a parameter", relative_error(p32.values, p64.values)));
@@ -308,7 +318,7 @@ fn f32_matches_f64(hidden: usize, lengths: &[usize]) {
             "d x",
             relative_error(g32.inputs[0].as_slice(), g64.inputs[0].as_slice()),
         ));
-        for k in 0..2 {
+        for k in 0..state_count {
             compared.push((
                 "d initial state",
                 relative_error(
@@ -320,10 +330,33 @@ fn f32_matches_f64(hidden: usize, lengths: &[usize]) {
         for (what, error) in compared {
             assert!(
                 error < 1e-4,
-                "hidden {hidden}, batch {batch}, {direction:?}: {what} off by {error:e}"
+                "{}: hidden {hidden}, batch {batch}, {direction:?}: {what} off by {error:e}",
+                std::any::type_name::<C32>()
             );
         }
     }
+}
+
+/// Cells of other layouts in f32 and f64, on the same paths: the GRU, and an MGU,
+/// whose two gates' dz (the gradients of two recurrent products) the loops store
+/// straight into the input projection's stack, where its weight gradients read them.
+#[test]
+fn other_cells_in_f32_match_f64() {
+    let lengths = [9, 9, 8, 8, 7, 7, 6, 5, 5, 5, 4, 4, 3, 3, 2, 2, 1, 1, 1];
+    for hidden in [35, 32] {
+        f32_matches_f64_for::<Mgu<f32>, Mgu<f64>>(hidden, &lengths);
+        f32_matches_f64_for::<Mgu<f32>, Mgu<f64>>(hidden, &[12]);
+        f32_matches_f64_for::<GruCell<f32>, GruCell<f64>>(hidden, &lengths);
+        f32_matches_f64_for::<GruCell<f32>, GruCell<f64>>(hidden, &[12]);
+    }
+}
+
+/// The minimal gated unit (Zhou et al., 2016), as the speed comparison declares it.
+#[recurrent]
+pub fn mgu(x: Input, h: State) {
+    let f = sigmoid(W_f * x + b_f + U_f * h);
+    let n = tanh(W_n * x + b_n + U_n * (f * h));
+    h = (1.0 - f) * h + f * n;
 }
 
 /// The LSTM's equations, written out with nalgebra, one step at a time.

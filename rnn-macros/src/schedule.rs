@@ -616,6 +616,9 @@ impl<'a> Scheduler<'a> {
                 self.loc[id] = Some(loc);
                 continue;
             }
+            if self.place_sources_in_concat(id) {
+                continue;
+            }
             let cols = if self.needs_steps(id)
                 || parts
                     .iter()
@@ -682,6 +685,49 @@ impl<'a> Scheduler<'a> {
             row = row.plus(self.size(src));
         }
         Some(first)
+    }
+
+    /// A concatenation of bridges whose sources are loop values kept for every step and
+    /// not yet placed: the sources are stored straight into its rows, and it reads
+    /// them there (its twin made, rather than found as `stored_twin` finds it). The
+    /// MGU's dz_f and dz_n, each the gradient of a recurrent product of its own, are
+    /// together the hoisted input projection's: stored apart and again as a stack, the
+    /// loop wrote each twice and the weight gradients packed each twice.
+    fn place_sources_in_concat(&mut self, concat: NodeId) -> bool {
+        let Some(sources) = self.bridge_sources(concat) else {
+            return false;
+        };
+        let distinct = sources
+            .iter()
+            .enumerate()
+            .all(|(k, s)| !sources[..k].contains(s));
+        let fits = distinct
+            && sources.iter().all(|&src| {
+                self.loc[src].is_none()
+                    && self.role[src] == Role::Kernel
+                    && self.needs_store(src)
+                    && self.needs_steps(src)
+            });
+        if !fits {
+            return false;
+        }
+        let text = self.c.ir.graph.nodes[concat].text.clone();
+        let buf = self.new_buffer(self.size(concat).clone(), Cols::Steps, text);
+        let Op::Concat(parts) = self.op(concat).clone() else {
+            unreachable!("bridge_sources found a concatenation")
+        };
+        let mut row = Size::zero();
+        for (part, src) in parts.into_iter().zip(sources) {
+            let at = Loc {
+                buf,
+                row: row.clone(),
+            };
+            self.loc[src] = Some(at.clone());
+            self.loc[part] = Some(at);
+            row = row.plus(self.size(src));
+        }
+        self.loc[concat] = Some(Loc::at(buf));
+        true
     }
 
     fn placeable(&self, part: NodeId, concat: NodeId) -> bool {
@@ -1244,6 +1290,43 @@ mod tests {
         // Forward, each sum's other term is the hoisted projection (of another
         // program): the products do not add.
         assert_eq!(count(&plan.step_forward, adds), 0);
+    }
+
+    /// The MGU's dz_f and dz_n are the gradients of two recurrent products and,
+    /// stacked, of the hoisted input projection: the loops store each once, into the
+    /// stack's rows, and all three weight gradients read them there.
+    #[test]
+    fn gradients_of_separate_products_are_stored_once_as_their_stack() {
+        let plan = schedule(&compile_full(quote::quote! {
+            fn mgu(x: Input, h: State) {
+                let f = sigmoid(W_f * x + b_f + U_f * h);
+                let n = tanh(W_n * x + b_n + U_n * (f * h));
+                h = (1.0 - f) * h + f * n;
+            }
+        }));
+        let grads = &plan.weight_grads;
+        assert_eq!(grads.len(), 3, "{grads:#?}");
+        let stack = grads
+            .iter()
+            .find(|w| w.blocks.len() == 2)
+            .expect("W_f and W_n stacked");
+        assert!(
+            grads.iter().all(|w| w.dz.buf == stack.dz.buf),
+            "one dz for all: {grads:#?}"
+        );
+        let stores_of_dz: usize = plan
+            .step_backward
+            .iter()
+            .map(|stage| match stage {
+                Stage::Kernel(k) => k
+                    .body
+                    .iter()
+                    .filter(|s| matches!(s, KStmt::Store { dst, .. } if dst.buf == stack.dz.buf))
+                    .count(),
+                _ => 0,
+            })
+            .sum();
+        assert_eq!(stores_of_dz, 2, "one store per gate: {:#?}", plan.step_backward);
     }
 
     /// Each hoisted sum of a block's rows and biases starts the projection from its

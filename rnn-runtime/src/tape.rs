@@ -728,9 +728,47 @@ impl<T: Scalar> Tape<T> {
         blocks: &mut [GradBlock<'_, T>],
         sums: &mut [GradSum<'_, T>],
     ) {
+        if let Some(ats) = self.packed_blocks(dz, blocks) {
+            // Each block's rows of dz are packed already (their own weight gradients
+            // packed them): each block from its packing, none packed again.
+            self.add_row_sums(dz, sums);
+            for (block, at) in blocks.iter_mut().zip(ats) {
+                self.grads_from_packed(&self.packed_dz[at].1, v, cols, std::slice::from_mut(block));
+            }
+            return;
+        }
         let stacked: usize = blocks.iter().map(|b| b.rows).sum();
         let dz_at = self.packed_dz_rows(dz, stacked, sums);
-        let dz = &self.packed_dz[dz_at].1;
+        self.grads_from_packed(&self.packed_dz[dz_at].1, v, cols, blocks);
+    }
+
+    /// Where in `packed_dz` each block's rows of dz are (the blocks' rows following
+    /// one another from row `dz.1` of buffer `dz.0`), if every one of them is there
+    /// and there are several blocks.
+    fn packed_blocks(&self, dz: (usize, usize), blocks: &[GradBlock<'_, T>]) -> Option<Vec<usize>> {
+        if blocks.len() < 2 {
+            return None;
+        }
+        let mut row = dz.1;
+        blocks
+            .iter()
+            .map(|block| {
+                let key = (dz.0, row, block.rows);
+                row += block.rows;
+                self.packed_dz.iter().position(|(k, _)| *k == key)
+            })
+            .collect()
+    }
+
+    /// `packed_weight_grads` from dz's rows packed as `dz`.
+    fn grads_from_packed(
+        &self,
+        dz: &PackedMatrix,
+        v: (usize, usize),
+        cols: usize,
+        blocks: &mut [GradBlock<'_, T>],
+    ) {
+        let stacked: usize = blocks.iter().map(|b| b.rows).sum();
         // vᵀ read in place: row j of v is column j of the product's right operand.
         let vt = packed::as_f32(&self.bufs[v.0]).expect("`available` checked f32");
         let ld = self.rows[v.0];
