@@ -11,7 +11,7 @@
 //! computes the gradients of the parameters, not of the input, which is data (in the
 //! PyTorch benchmark a tensor without `requires_grad`); `--input-grads` adds them.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use clap::Parser;
 use rnn_runtime::nalgebra::DMatrix;
@@ -46,8 +46,17 @@ struct Row {
     flops: f64,
 }
 
+/// The least time of the warm-up runs before each timing: with two runs only, the first
+/// cell timed in a process (the tiny LSTM, 0.05 ms a run) ran 5-10% slower than the
+/// same cell timed again after it (session 19, `benches/README.md`).
+const WARM_UP: Duration = Duration::from_millis(50);
+
 fn median_ms(reps: usize, mut run: impl FnMut()) -> f64 {
+    let began = Instant::now();
     for _ in 0..2 {
+        run();
+    }
+    while began.elapsed() < WARM_UP {
         run();
     }
     let mut times: Vec<f64> = (0..reps)
