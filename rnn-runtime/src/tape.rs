@@ -407,6 +407,9 @@ impl<T: Scalar> Tape<T> {
     /// `dst = S * src` (or `Sᵀ * src`) over `n` columns, S a stacked weight buffer.
     #[inline]
     pub fn gemm(&mut self, stack: usize, transpose: bool, src: At, dst: At, n: usize) {
+        if n == 1 && self.one_column_at_once(stack, transpose, src, dst, false) {
+            return;
+        }
         self.product(stack, transpose, src, dst, n, false);
     }
 
@@ -415,7 +418,36 @@ impl<T: Scalar> Tape<T> {
     /// nothing else reads `a`, without a loop of its own for the sum).
     #[inline]
     pub fn gemm_add(&mut self, stack: usize, transpose: bool, src: At, dst: At, n: usize) {
+        if n == 1 && self.one_column_at_once(stack, transpose, src, dst, true) {
+            return;
+        }
         self.product(stack, transpose, src, dst, n, true);
+    }
+
+    /// A batch of one's product through a weight packed already (at every step after
+    /// a sequence's first) and too small to share with the helper: straight to the
+    /// one-column kernel, inlined into the step, past `product`'s and `packed_gemm`'s
+    /// choices. False, having done nothing, elsewhere.
+    #[inline(always)]
+    fn one_column_at_once(&mut self, stack: usize, transpose: bool, src: At, dst: At, add: bool) -> bool {
+        let slot = &self.packed.slots[stack];
+        // (Transposed, only once the aligned columns' kernel is known not to serve.)
+        if transpose && !matches!(slot.aligned_columns.get(), Some(None)) {
+            return false;
+        }
+        let Some(matrix) = slot.packed[usize::from(transpose)].get() else {
+            return false;
+        };
+        if self.rows[stack] * self.cols[stack] >= SHARED_STEP_FMAS {
+            return false;
+        }
+        let (b_at, c_at) = (
+            src.2 * self.rows[src.0] + src.1,
+            dst.2 * self.rows[dst.0] + dst.1,
+        );
+        let (b, c) = f32_operands(&mut self.bufs, src.0, dst.0);
+        matrix.multiply_one_column(&b[b_at..], &mut c[c_at..], add);
+        true
     }
 
     /// `dst = S * src` over `n` columns, every column starting from biases: its rows
