@@ -3,6 +3,7 @@
 use rnn_runtime::nalgebra::{DMatrix, DVector};
 use rnn_runtime::prelude::*;
 use rnn_runtime::{BufferSpec, ParamMut, ParamRef, SequenceGrads, Tape};
+use rnn_suite::bench_cells::Mgu;
 
 fn random(rows: usize, cols: usize, rng: &mut Rng) -> DMatrix<f64> {
     DMatrix::from_fn(rows, cols, |_, _| rng.range(-1.0, 1.0))
@@ -349,14 +350,6 @@ fn other_cells_in_f32_match_f64() {
         f32_matches_f64_for::<GruCell<f32>, GruCell<f64>>(hidden, &lengths);
         f32_matches_f64_for::<GruCell<f32>, GruCell<f64>>(hidden, &[12]);
     }
-}
-
-/// The minimal gated unit (Zhou et al., 2016), as the speed comparison declares it.
-#[recurrent]
-pub fn mgu(x: Input, h: State) {
-    let f = sigmoid(W_f * x + b_f + U_f * h);
-    let n = tanh(W_n * x + b_n + U_n * (f * h));
-    h = (1.0 - f) * h + f * n;
 }
 
 /// The LSTM's equations, written out with nalgebra, one step at a time.

@@ -616,7 +616,7 @@ impl<'a> Scheduler<'a> {
                 self.loc[id] = Some(loc);
                 continue;
             }
-            if self.place_sources_in_concat(id) {
+            if self.place_sources_in_concat(id, &parts) {
                 continue;
             }
             let cols = if self.needs_steps(id)
@@ -693,7 +693,7 @@ impl<'a> Scheduler<'a> {
     /// MGU's dz_f and dz_n, each the gradient of a recurrent product of its own, are
     /// together the hoisted input projection's: stored apart and again as a stack, the
     /// loop wrote each twice and the weight gradients packed each twice.
-    fn place_sources_in_concat(&mut self, concat: NodeId) -> bool {
+    fn place_sources_in_concat(&mut self, concat: NodeId, parts: &[NodeId]) -> bool {
         let Some(sources) = self.bridge_sources(concat) else {
             return false;
         };
@@ -713,11 +713,8 @@ impl<'a> Scheduler<'a> {
         }
         let text = self.c.ir.graph.nodes[concat].text.clone();
         let buf = self.new_buffer(self.size(concat).clone(), Cols::Steps, text);
-        let Op::Concat(parts) = self.op(concat).clone() else {
-            unreachable!("bridge_sources found a concatenation")
-        };
         let mut row = Size::zero();
-        for (part, src) in parts.into_iter().zip(sources) {
+        for (&part, src) in parts.iter().zip(sources) {
             let at = Loc {
                 buf,
                 row: row.clone(),
@@ -1178,6 +1175,18 @@ mod tests {
         schedule(&compile_full(lstm()))
     }
 
+    /// The minimal gated unit's plan: two recurrent products, the second of a gate's
+    /// product with the state.
+    fn mgu_plan() -> Plan {
+        schedule(&compile_full(quote::quote! {
+            fn mgu(x: Input, h: State) {
+                let f = sigmoid(W_f * x + b_f + U_f * h);
+                let n = tanh(W_n * x + b_n + U_n * (f * h));
+                h = (1.0 - f) * h + f * n;
+            }
+        }))
+    }
+
     fn count(stages: &[Stage], f: impl Fn(&Stage) -> bool) -> usize {
         stages.iter().filter(|s| f(s)).count()
     }
@@ -1263,13 +1272,7 @@ mod tests {
     /// with no loop for the sum.
     #[test]
     fn a_sum_with_a_product_runs_as_the_product_added_onto_its_term() {
-        let plan = schedule(&compile_full(quote::quote! {
-            fn mgu(x: Input, h: State) {
-                let f = sigmoid(W_f * x + b_f + U_f * h);
-                let n = tanh(W_n * x + b_n + U_n * (f * h));
-                h = (1.0 - f) * h + f * n;
-            }
-        }));
+        let plan = mgu_plan();
         let kernel = |s: &Stage| matches!(s, Stage::Kernel(_));
         let steps = &plan.step_backward;
         assert_eq!(count(steps, adds), 1, "{steps:#?}");
@@ -1297,13 +1300,7 @@ mod tests {
     /// stack's rows, and all three weight gradients read them there.
     #[test]
     fn gradients_of_separate_products_are_stored_once_as_their_stack() {
-        let plan = schedule(&compile_full(quote::quote! {
-            fn mgu(x: Input, h: State) {
-                let f = sigmoid(W_f * x + b_f + U_f * h);
-                let n = tanh(W_n * x + b_n + U_n * (f * h));
-                h = (1.0 - f) * h + f * n;
-            }
-        }));
+        let plan = mgu_plan();
         let grads = &plan.weight_grads;
         assert_eq!(grads.len(), 3, "{grads:#?}");
         let stack = grads
@@ -1326,7 +1323,11 @@ mod tests {
                 _ => 0,
             })
             .sum();
-        assert_eq!(stores_of_dz, 2, "one store per gate: {:#?}", plan.step_backward);
+        assert_eq!(
+            stores_of_dz, 2,
+            "one store per gate: {:#?}",
+            plan.step_backward
+        );
     }
 
     /// Each hoisted sum of a block's rows and biases starts the projection from its

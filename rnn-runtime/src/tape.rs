@@ -400,6 +400,12 @@ impl<T: Scalar> Tape<T> {
         unsafe { std::ptr::read(out.as_ptr().cast::<[&mut Vec<T>; N]>()) }
     }
 
+    /// Where `at`'s value lies in its buffer.
+    #[inline(always)]
+    fn offset(&self, (buf, row, col): At) -> usize {
+        col * self.rows[buf] + row
+    }
+
     fn view(&self, (buf, row, col): At, rows: usize, cols: usize) -> Strided {
         Strided::column_major(self.rows[buf], row, col, rows, cols)
     }
@@ -429,7 +435,14 @@ impl<T: Scalar> Tape<T> {
     /// one-column kernel, inlined into the step, past `product`'s and `packed_gemm`'s
     /// choices. False, having done nothing, elsewhere.
     #[inline(always)]
-    fn one_column_at_once(&mut self, stack: usize, transpose: bool, src: At, dst: At, add: bool) -> bool {
+    fn one_column_at_once(
+        &mut self,
+        stack: usize,
+        transpose: bool,
+        src: At,
+        dst: At,
+        add: bool,
+    ) -> bool {
         let slot = &self.packed.slots[stack];
         // (Transposed, only once the aligned columns' kernel is known not to serve.)
         if transpose && !matches!(slot.aligned_columns.get(), Some(None)) {
@@ -441,10 +454,7 @@ impl<T: Scalar> Tape<T> {
         if self.rows[stack] * self.cols[stack] >= SHARED_STEP_FMAS {
             return false;
         }
-        let (b_at, c_at) = (
-            src.2 * self.rows[src.0] + src.1,
-            dst.2 * self.rows[dst.0] + dst.1,
-        );
+        let (b_at, c_at) = (self.offset(src), self.offset(dst));
         let (b, c) = f32_operands(&mut self.bufs, src.0, dst.0);
         matrix.multiply_one_column(&b[b_at..], &mut c[c_at..], add);
         true
@@ -557,8 +567,8 @@ impl<T: Scalar> Tape<T> {
             ),
         };
         let (src_ld, dst_ld) = (self.rows[src.0], self.rows[dst.0]);
+        let (b_at, c_at) = (self.offset(src), self.offset(dst));
         let (b, c) = f32_operands(&mut self.bufs, src.0, dst.0);
-        let (b_at, c_at) = (src.2 * src_ld + src.1, dst.2 * dst_ld + dst.1);
         if n == 1 {
             // A batch of one, every step of the notebooks' models: the shortest path.
             let (b, c) = (&b[b_at..], &mut c[c_at..]);
@@ -618,10 +628,7 @@ impl<T: Scalar> Tape<T> {
         let Some(copy) = copy else {
             return false;
         };
-        let (src_at, dst_at) = (
-            src.2 * self.rows[src.0] + src.1,
-            dst.2 * self.rows[dst.0] + dst.1,
-        );
+        let (src_at, dst_at) = (self.offset(src), self.offset(dst));
         let (b, c) = f32_operands(&mut self.bufs, src.0, dst.0);
         let (x, out) = (&b[src_at..], &mut c[dst_at..]);
         let cols = self.cols[stack];
