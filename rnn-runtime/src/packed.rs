@@ -15,6 +15,8 @@ use std::ops::Range;
 
 #[cfg(target_arch = "x86_64")]
 mod inner_loop;
+#[cfg(target_arch = "x86_64")]
+mod last_rows;
 
 /// The instruction set a weight was packed for; its panel height follows from it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -458,6 +460,19 @@ impl PackedMatrix {
                 c[c_at.0 + j * c_at.1..][..rows.len()].fill(0.0);
             }
         }
+        let rows = match self.rows_apart(b_at) {
+            Some(apart) if rows.end == self.rows => {
+                let c_first = c[c_at.0 + apart.start - rows.start..].as_mut_ptr();
+                // SAFETY: `check_bounds` found B's rows and C's columns of these rows
+                // within their slices.
+                unsafe { self.multiply_rows_apart(apart.clone(), b, b_at, (c_first, c_at.1), n, add) };
+                rows.start..apart.start
+            }
+            _ => rows,
+        };
+        if rows.is_empty() {
+            return;
+        }
         // B's rows one block deep, copied side by side (see `STAGED_ROWS`).
         let mut staged = (b_at.step > 1 && rows.len() >= STAGED_ROWS).then(|| {
             let ld = n.next_multiple_of(LINE) + LINE;
@@ -490,6 +505,49 @@ impl PackedMatrix {
             };
             self.blocks(b, b_at, c, c_at, n, rows, inner, false, start);
         }
+    }
+
+    /// The rows of P's last panel, where `last_rows` runs them: B read by rows, and at
+    /// most `last_rows::MOST_ROWS` of them (the notebooks' weight gradients, 35 rows,
+    /// ran their 3 last rows in as many multiply-adds as 16). `None` elsewhere.
+    fn rows_apart(&self, b_at: Operand) -> Option<Range<usize>> {
+        let last = self.rows % self.isa.panel_rows();
+        // (A shallow product would spend more on adding its sums to C than it saves.)
+        let serves = self.isa == Isa::Avx512
+            && (1..=last_rows::MOST_ROWS).contains(&last)
+            && b_at.ld == 1
+            && self.cols >= 8;
+        serves.then(|| self.rows - last..self.rows)
+    }
+
+    /// `C (+)= P · B` for the rows of `rows_apart`, C's first of them at `c`.
+    ///
+    /// # Safety
+    /// `rows_apart` gave the rows; B holds P's `cols` rows of `n` values where `b_at`
+    /// says, and `c` `n` columns of those rows, `ldc` apart.
+    unsafe fn multiply_rows_apart(
+        &self,
+        apart: Range<usize>,
+        b: &[f32],
+        b_at: Operand,
+        (c, ldc): (*mut f32, usize),
+        n: usize,
+        add: bool,
+    ) {
+        let at = last_rows::LastRows {
+            panel: self.panels[apart.start * self.cols..].as_ptr(),
+            stride: self.isa.last_panel_rows(self.rows),
+            depth: self.cols,
+            b: b[b_at.offset..].as_ptr(),
+            b_step: b_at.step,
+            n,
+            c,
+            ldc,
+            add,
+        };
+        // SAFETY: the caller's promise; the last panel holds `cols` packed columns of
+        // `stride` values; AVX-512F was detected with the panels' `isa`.
+        unsafe { last_rows::last_rows_times_rows(&at, apart.len()) };
     }
 
     /// `C_k += (P · B)[block k's rows]` for blocks of P's rows one after another from
@@ -538,10 +596,22 @@ impl PackedMatrix {
                 place
             })
             .collect();
+        // The last panel lies in the last block, which has more rows than a panel.
+        let apart = self.rows_apart(b_at);
+        if let Some(apart) = apart.clone() {
+            let (block_start, c, ldc) = places[places.len() - 1];
+            // SAFETY: `check_bounds` found B's rows and the last block's C within their
+            // slices; the rows are that block's from `apart.start - block_start`.
+            unsafe {
+                let c = c.add(apart.start - block_start);
+                self.multiply_rows_apart(apart, b, b_at, (c, ldc), n, true);
+            }
+        }
+        let panels = apart.map_or(self.rows, |apart| apart.start).div_ceil(mr);
         for first in (0..self.cols).step_by(INNER_BLOCK) {
             let depth = INNER_BLOCK.min(self.cols - first);
             let mut k = 0;
-            for p in 0..self.rows.div_ceil(mr) {
+            for p in 0..panels {
                 let (top, bottom) = (p * mr, ((p + 1) * mr).min(self.rows));
                 while places[k].0 + blocks[k].rows <= top {
                     k += 1;
@@ -2297,12 +2367,13 @@ mod tests {
     }
 
     /// Stacks of blocks that split panels, at inner dimensions below and past the
-    /// inner block and at every block width: each block's C gains its rows of the
-    /// product, exactly, and nothing around them changes. Blocks smaller than a panel
-    /// are declined, and left as they were.
+    /// inner block and at every block width, B by columns and by rows (the last few
+    /// rows of a stack of 70 or 100 then apart, see `rows_apart`): each block's C
+    /// gains its rows of the product, exactly, and nothing around them changes. Blocks
+    /// smaller than a panel are declined, and left as they were.
     #[test]
     fn products_add_into_blocks_that_split_panels() {
-        for isa in runnable_isas() {
+        for (isa, by_rows) in runnable_isas().flat_map(|isa| [(isa, false), (isa, true)]) {
             for blocks in [
                 vec![35, 35, 35, 35],
                 vec![33, 40],
@@ -2310,14 +2381,28 @@ mod tests {
                 vec![64, 35, 47],
                 vec![50],
                 vec![31, 40],
+                vec![35, 35],
+                vec![40, 60],
             ] {
-                for &(k, n) in &[(7, 1), (130, 9), (35, 35), (3, 17)] {
+                for &(k, n) in &[(7, 1), (130, 9), (35, 35), (3, 17), (20, 70)] {
                     let m: usize = blocks.iter().sum();
                     let a = values(m * k, 11);
                     let packed = PackedMatrix::pack_for(isa, &a, m, k, (1, m));
                     let ldb = k + 2;
                     let b = values(1 + ldb * n, 12);
                     let want = reference(&a, (m, k), (1, m), &b[1..], ldb, n);
+                    // The same B as the rows of a matrix whose columns are n + 1 apart.
+                    let mut b_rows = vec![f32::NAN; k * (n + 1)];
+                    for p in 0..k {
+                        for j in 0..n {
+                            b_rows[p * (n + 1) + j] = b[1 + p + j * ldb];
+                        }
+                    }
+                    let (b, b_at) = if by_rows {
+                        (&b_rows, Operand::rows(0, n + 1))
+                    } else {
+                        (&b, Operand::columns(1, ldb))
+                    };
                     // Each block's C: its rows of n columns, 2 apart, after 3 values.
                     let before: Vec<Vec<f32>> = blocks
                         .iter()
@@ -2336,7 +2421,7 @@ mod tests {
                         })
                         .collect();
                     let done =
-                        packed.multiply_add_into_blocks(&b, Operand::columns(1, ldb), n, &mut rows);
+                        packed.multiply_add_into_blocks(b, b_at, n, &mut rows);
                     let applies = isa == Isa::Avx512 && blocks.iter().all(|&r| r >= 32);
                     assert_eq!(done, applies, "{isa:?} {blocks:?}");
                     let mut first = 0;
@@ -2354,7 +2439,7 @@ mod tests {
                             };
                             assert!(
                                 got as f64 == expected,
-                                "{isa:?} {blocks:?} ({k}, {n}): block {i} at {at}: {got} against {expected}"
+                                "{isa:?} {blocks:?} ({k}, {n}), B by rows {by_rows}: block {i} at {at}: {got} against {expected}"
                             );
                         }
                         first += rows;
