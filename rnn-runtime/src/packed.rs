@@ -1078,7 +1078,7 @@ fn one_column_kernel(isa: Isa, count: usize, last: usize, streamed: bool) -> One
     // No other processor packs (`Isa::detect`), so this is never called.
     #[cfg(not(target_arch = "x86_64"))]
     {
-        unsafe fn none(_: &Block) {}
+        unsafe fn none(_: *const f32, _: usize, _: *const f32, _: *mut f32, _: usize, _: bool) {}
         let _ = (isa, count, last, streamed);
         none
     }
