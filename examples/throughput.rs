@@ -5,7 +5,8 @@
 //! [--cells lstm,gru,rnn_tanh,peephole_lstm,mgu] [--threads N]`; a size may also be
 //! given as `TxBxIxH` (`--sizes 70x4x128x128`).
 //!
-//! Times are medians of repeated runs after warm-up, in milliseconds; GFLOP/s counts
+//! Times are medians of repeated runs after warm-up (runs under 2 ms timed in batches,
+//! each sample a batch's mean), in milliseconds; GFLOP/s counts
 //! 2·G·H·(I+H)·B·T forward FLOPs (G = 4 LSTM, 3 GRU, 1 RNN) and 3x that for forward +
 //! backward, as the team's PyTorch benchmark (`bench/torch_bench.py`) does. Backward
 //! computes the gradients of the parameters, not of the input, which is data (in the
@@ -51,19 +52,30 @@ struct Row {
 /// same cell timed again after it (session 19, `benches/README.md`).
 const WARM_UP: Duration = Duration::from_millis(50);
 
+/// The least time of one timed sample: runs shorter than this are timed in batches
+/// (each sample the mean of its batch). Timed one by one, the tiny cells' 30-50 µs
+/// runs gave medians 20% apart from one process to the next (session 20).
+const SAMPLE: Duration = Duration::from_millis(2);
+
+/// The median time of one run, in milliseconds, over `reps` samples after warm-up.
 fn median_ms(reps: usize, mut run: impl FnMut()) -> f64 {
     let began = Instant::now();
-    for _ in 0..2 {
+    let mut warm_up_runs = 0u32;
+    while warm_up_runs < 2 || began.elapsed() < WARM_UP {
         run();
+        warm_up_runs += 1;
     }
-    while began.elapsed() < WARM_UP {
-        run();
-    }
+    let per_run = began.elapsed() / warm_up_runs;
+    let batch = (SAMPLE.as_secs_f64() / per_run.as_secs_f64())
+        .ceil()
+        .max(1.0) as u32;
     let mut times: Vec<f64> = (0..reps)
         .map(|_| {
             let began = Instant::now();
-            run();
-            began.elapsed().as_secs_f64() * 1e3
+            for _ in 0..batch {
+                run();
+            }
+            began.elapsed().as_secs_f64() * 1e3 / f64::from(batch)
         })
         .collect();
     times.sort_by(f64::total_cmp);
