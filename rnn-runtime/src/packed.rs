@@ -1821,9 +1821,8 @@ mod x86 {
                         _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(16).cast::<i8>());
                     }
                     if LAST == 8 && g + 1 == G {
-                        let sum =
-                            _mm256_fmadd_ps(_mm256_loadu_ps(packed), _mm256_set1_ps(value), *acc8);
-                        *acc8 = sum;
+                        let x8 = _mm256_set1_ps(value);
+                        *acc8 = _mm256_fmadd_ps(_mm256_loadu_ps(packed), x8, *acc8);
                         continue;
                     }
                     pair[0] = _mm512_fmadd_ps(_mm512_loadu_ps(packed), x, pair[0]);
