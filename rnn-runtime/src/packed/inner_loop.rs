@@ -253,8 +253,15 @@ pub(super) unsafe fn panel_times_12_columns<const PREFETCH_B: bool>(
 }
 
 /// Packed column `$u` of the loop over B's rows (`panel_times_12_of_rows`): the panel's
-/// two halves loaded and prefetched as in `packed_column`, the row's twelve values
+/// two halves loaded and prefetched as in `packed_column`, the twelve values of the row
+/// four ahead prefetched (the two lines they may span), the row's twelve values
 /// broadcast from one register at constant offsets, and `{b}` moved on to the next row.
+/// B's rows lie a line more than 4 KiB apart in the weight gradients' copy, a stride
+/// past what the hardware's stride prefetcher follows (2 KiB), so without the prefetch
+/// each row's load waited on L2: the large GRU's and LSTM's h gradients (3072 and 4096
+/// × 3200 by 1024) ran at 148-156 GF/s on one core without it and 164-168 with it, the
+/// x gradient (by 512) and the medium LSTM's (2048 × 800 by 512) at the same speed, in
+/// three alternations (session 21, `benches/README.md`; 2 and 8 rows ahead no faster).
 /// On one core, the intrinsics' loop over the same layout ran the large GRU's weight
 /// gradient (3072 × 3200 by 3200 × 1024) at 137-142 GF/s against this one's 141-148
 /// on a contended machine (155-156 against 170 in a quieter hour), and the medium
@@ -270,6 +277,8 @@ macro_rules! packed_row {
             "vmovups {a_hi}, zmmword ptr [{a} + 128*", $u, " + 64]\n",
             "prefetcht0 byte ptr [{a} + 128*", $u, " + 2048]\n",
             "prefetcht0 byte ptr [{a} + 128*", $u, " + 2112]\n",
+            "prefetcht0 byte ptr [{b} + {b_step}*4]\n",
+            "prefetcht0 byte ptr [{b} + {b_step}*4 + 44]\n",
             row_multiply_add!(0, "x0"),
             row_multiply_add!(1, "x1"),
             row_multiply_add!(2, "x0"),
@@ -304,7 +313,7 @@ macro_rules! row_multiply_add {
 /// for each packed column lie side by side, `b_step` apart from one packed column to
 /// the next (B's rows: the weight gradients' copy of vᵀ, see `STAGED_ROWS`), added
 /// into the accumulators as in `panel_times_12_columns`. The panel is prefetched as
-/// there; B's rows are not (a block of them stays in L1 across a group's panels).
+/// there, and B's rows four ahead (see `packed_row`).
 ///
 /// # Safety
 /// AVX-512F is present; `32 * k` values are readable from `a`, and 12 values from
