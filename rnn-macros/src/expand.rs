@@ -168,23 +168,30 @@ pub fn expand(ast: &CellAst, c: &Compiled, plan: &Plan) -> TokenStream {
         let what = &b.what;
         quote!(::rnn_runtime::BufferSpec { rows: #rows, cols: #cols, what: #what })
     });
-    let stacking = plan.stacks.iter().flat_map(|stack| {
+    // Each stack from its blocks in one call, so that the runtime can pack them
+    // straight from the parameters (`Tape::load_stack`).
+    let stacking = plan.stacks.iter().map(|stack| {
         let mut row = Size::zero();
         let buf = stack.buf;
-        stack
-            .blocks
-            .iter()
-            .map(|block| {
-                let field = &params[block.mat];
-                let (rows, cols) = &c.shapes.params[block.mat];
-                let col_start = block.cols.as_ref().map_or(Size::zero(), |(s, _)| s.clone()).tokens(syms);
-                let row_tokens = row.tokens(syms);
-                let param_rows = rows.tokens(syms);
-                let _ = cols;
-                row = row.plus(rows);
-                quote!(__tape.load_block(#buf, #row_tokens, self.#field.as_slice(), #param_rows, #col_start);)
+        let blocks = stack.blocks.iter().map(|block| {
+            let field = &params[block.mat];
+            let rows = &c.shapes.params[block.mat].0;
+            let col_start = block
+                .cols
+                .as_ref()
+                .map_or(Size::zero(), |(s, _)| s.clone())
+                .tokens(syms);
+            let row_tokens = row.tokens(syms);
+            let param_rows = rows.tokens(syms);
+            row = row.plus(rows);
+            quote!(::rnn_runtime::StackBlock {
+                row: #row_tokens,
+                values: self.#field.as_slice(),
+                rows: #param_rows,
+                col_start: #col_start,
             })
-            .collect::<Vec<_>>()
+        });
+        quote!(__tape.load_stack(#buf, &[#(#blocks),*]);)
     });
     let prepare = program(c, plan, Program::Prepare, &params);
     let step_forward = program(c, plan, Program::StepForward, &params);

@@ -29,9 +29,9 @@ pub trait Cell<T: Scalar>: Parameters<T> + Clone + Send + Sync + Sized {
     /// The buffers the generated code uses, in its numbering.
     fn tape_buffers(&self) -> Vec<BufferSpec>;
 
-    /// Before the time loop: stack the weights, compute what does not depend on states.
-    /// It writes every block of every stacked weight buffer: the tape does not clear
-    /// them.
+    /// Before the time loop: stack the weights (`Tape::load_stack`, every block of
+    /// every stack: the tape does not clear them), compute what does not depend on
+    /// states.
     fn prepare(&self, tape: &mut Tape<T>);
 
     /// One step over `n` sequences whose columns start at `off`.

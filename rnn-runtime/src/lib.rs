@@ -108,7 +108,7 @@ pub use crate::recurrent::{Mode, Recurrent, RecurrentConfig, RecurrentGrads, Rec
 pub use crate::rng::{Init, Rng};
 pub use crate::scalar::Scalar;
 pub use crate::sequence::{forward, Direction, InputGrads, SequenceGrads, Steps, Trajectory};
-pub use crate::tape::{release_pooled_buffers, GradBlock, GradSum, Tape};
+pub use crate::tape::{release_pooled_buffers, GradBlock, GradSum, StackBlock, Tape};
 pub use crate::tensor_io::{load_safetensors, save_safetensors, Tensor};
 pub use crate::threads::set_threads;
 

@@ -206,6 +206,16 @@ fn panel_stride(isa: Isa, rows: usize, p: usize) -> usize {
     }
 }
 
+/// One parameter's rows of a stacked weight (`PackedMatrix::pack_blocks_into`): the
+/// stack's rows `row..row + rows` are the parameter's (`rows` high, column-major in
+/// `values`) from its column `col_start` on, as many columns as the stack has.
+pub(crate) struct StackPart<'a> {
+    pub(crate) row: usize,
+    pub(crate) values: &'a [f32],
+    pub(crate) rows: usize,
+    pub(crate) col_start: usize,
+}
+
 impl PackedMatrix {
     /// Packs the `rows` × `cols` matrix whose element (i, k) is
     /// `values[i * row_stride + k * col_stride]`, into `storage` (a finished matrix's,
@@ -251,6 +261,129 @@ impl PackedMatrix {
         ))
     }
 
+    /// Packs the stacked weight made of `blocks` (`rows` × `cols`: each block's rows
+    /// in turn, from row 0, see `StackPart`) into `storage`, as `pack_into` packs the
+    /// stack copied column-major, without the copy: a pass of the notebooks' LSTM
+    /// copied its two stacks (8 blocks of 35 × 35) column by column into the tape
+    /// before packing them, a quarter of a one-step pass's time. `None` where no
+    /// kernel runs.
+    ///
+    /// # Panics
+    /// When the blocks do not follow one another from row 0 to `rows`, or a block's
+    /// values are too few for its columns (bugs of the caller's).
+    pub(crate) fn pack_blocks_into(
+        storage: Vec<f32>,
+        blocks: &[StackPart<'_>],
+        rows: usize,
+        cols: usize,
+    ) -> Option<PackedMatrix> {
+        let pack = |isa| PackedMatrix::pack_blocks_for_into(isa, storage, blocks, rows, cols);
+        Isa::detect().map(pack)
+    }
+
+    /// `pack_blocks_into` for the kernels of `isa`, which the processor must have.
+    fn pack_blocks_for_into(
+        isa: Isa,
+        storage: Vec<f32>,
+        blocks: &[StackPart<'_>],
+        rows: usize,
+        cols: usize,
+    ) -> PackedMatrix {
+        let mut next = 0;
+        for block in blocks {
+            assert!(
+                block.row == next && block.values.len() >= (block.col_start + cols) * block.rows,
+                "stacking: a block of {} rows at row {} after {next} rows, with {} values for \
+                 {cols} columns from {}",
+                block.rows,
+                block.row,
+                block.values.len(),
+                block.col_start
+            );
+            next += block.rows;
+        }
+        assert_eq!(
+            next, rows,
+            "stacking: blocks of {next} rows for a stack of {rows}"
+        );
+        PackedMatrix::fill_panels(isa, storage, rows, cols, |first, height, panel, stride| {
+            if height < stride {
+                panel.fill(0.0);
+            }
+            // The blocks that hold some of the panel's rows, each a run per column.
+            for block in blocks {
+                let (top, bottom) = (
+                    block.row.max(first),
+                    (block.row + block.rows).min(first + height),
+                );
+                if top >= bottom {
+                    continue;
+                }
+                for (k, column) in panel.chunks_exact_mut(stride).enumerate() {
+                    let at = (block.col_start + k) * block.rows + top - block.row;
+                    copy_run(
+                        &mut column[top - first..bottom - first],
+                        &block.values[at..at + bottom - top],
+                    );
+                }
+            }
+        })
+    }
+
+    /// The `rows` × `cols` matrix whose panels `fill(first, height, panel, stride)`
+    /// writes, each given its first row, its rows, its values (`stride` per packed
+    /// column) and its stride. It writes every value: the rows that pad the last panel
+    /// as zeros (the kernels read them, and mask them out of C).
+    fn fill_panels(
+        isa: Isa,
+        storage: Vec<f32>,
+        rows: usize,
+        cols: usize,
+        mut fill: impl FnMut(usize, usize, &mut [f32], usize),
+    ) -> PackedMatrix {
+        let mr = isa.panel_rows();
+        let mut panels = LineAligned::new(storage, panels_len(isa, rows, cols));
+        for p in 0..rows.div_ceil(mr) {
+            let (first, stride) = (p * mr, panel_stride(isa, rows, p));
+            let height = stride.min(rows - first);
+            fill(
+                first,
+                height,
+                &mut panels[p * mr * cols..][..stride * cols],
+                stride,
+            );
+        }
+        PackedMatrix::from_panels(isa, rows, cols, panels)
+    }
+
+    /// P's transpose packed into `storage`, from P's panels: each is the column-major
+    /// matrix of its rows (its stride apart), transposed into every panel of the
+    /// transpose as `pack_into` transposes a column-major matrix, so the two packings
+    /// are equal value for value (`transposing_the_packing_packs_the_transpose`). A
+    /// weight packed from its blocks (`pack_blocks_into`) has no column-major copy to
+    /// transpose.
+    pub(crate) fn transposed_into(&self, storage: Vec<f32>) -> PackedMatrix {
+        let (isa, rows, cols) = (self.isa, self.cols, self.rows);
+        let mr = isa.panel_rows();
+        PackedMatrix::fill_panels(isa, storage, rows, cols, |first, height, panel, stride| {
+            if height < stride {
+                panel.fill(0.0);
+            }
+            for p in 0..cols.div_ceil(mr) {
+                let (top, source_stride) = (p * mr, panel_stride(isa, cols, p));
+                let source_height = source_stride.min(cols - top);
+                transpose_into_panel(
+                    self.panel(p),
+                    (source_stride, 1),
+                    first,
+                    height,
+                    &mut panel[top * stride..(top + source_height) * stride],
+                    stride,
+                );
+            }
+        })
+    }
+
     /// The number of values a matrix of this shape packs into.
     pub(crate) fn packed_len(rows: usize, cols: usize) -> usize {
         Isa::detect().map_or(0, |isa| {
@@ -293,14 +426,7 @@ impl PackedMatrix {
                 sums.len()
             );
         }
-        let mr = isa.panel_rows();
-        let mut panels = LineAligned::new(storage, panels_len(isa, rows, cols));
-        // Every value is written below, the rows that pad the last panel as zeros (the
-        // kernels read them, and mask them out of C).
-        for p in 0..rows.div_ceil(mr) {
-            let (first, stride) = (p * mr, panel_stride(isa, rows, p));
-            let height = stride.min(rows - first);
-            let panel = &mut panels[p * mr * cols..][..stride * cols];
+        PackedMatrix::fill_panels(isa, storage, rows, cols, |first, height, panel, stride| {
             if row_stride == 1 {
                 // Column-major: each packed column is a run of the source.
                 for (k, column) in panel.chunks_exact_mut(stride).enumerate() {
@@ -315,7 +441,6 @@ impl PackedMatrix {
                 if let Some(sums) = sums.as_deref_mut() {
                     // A second pass over the panel just written (in L1 or L2), its
                     // rows' sums in registers, column by column in order.
-                    let panel = &panels[p * mr * cols..][..stride * cols];
                     let mut acc = [0.0f32; 32];
                     match stride {
                         32 => add_columns::<32>(panel, &mut acc),
@@ -349,7 +474,13 @@ impl PackedMatrix {
                     }
                 }
             }
-        }
+        })
+    }
+
+    /// The matrix whose panels (every value written, the rows padding the last panel
+    /// zero) are `panels`.
+    fn from_panels(isa: Isa, rows: usize, cols: usize, panels: LineAligned) -> PackedMatrix {
+        let mr = isa.panel_rows();
         let streamed = panels.len() * size_of::<f32>() > STREAMED_BYTES;
         let group = isa.one_column_group();
         let last_group = match rows.div_ceil(mr) % group {
@@ -1279,6 +1410,37 @@ impl AlignedColumns {
             });
         }
         let _ = (storage, values, ld, rows, cols);
+        None
+    }
+
+    /// `copy_into` for the matrix packed in `packed`, from its panels' runs.
+    pub(crate) fn copy_packed_into(
+        storage: Vec<f32>,
+        packed: &PackedMatrix,
+    ) -> Option<AlignedColumns> {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            let (rows, cols, isa) = (packed.rows, packed.cols, packed.isa);
+            let padded = rows.next_multiple_of(LINE);
+            let mut storage = LineAligned::new(storage, padded * cols);
+            for p in 0..rows.div_ceil(isa.panel_rows()) {
+                let (top, stride) = (p * isa.panel_rows(), panel_stride(isa, rows, p));
+                let height = stride.min(rows - top);
+                for (k, column) in packed.panel(p).chunks_exact(stride).enumerate() {
+                    copy_run(
+                        &mut storage[k * padded + top..][..height],
+                        &column[..height],
+                    );
+                }
+            }
+            return Some(AlignedColumns {
+                rows,
+                cols,
+                ld: padded,
+                storage,
+            });
+        }
+        let _ = (storage, packed);
         None
     }
 
@@ -2617,6 +2779,134 @@ mod tests {
                             "{rows} rows, {strides:?}: row {row}, column {k}"
                         );
                     }
+                }
+            }
+        }
+    }
+
+    /// A stack packed from its blocks (heights that split panels and fill them, a
+    /// block of one row, parameters wider than the stack read from a later column) is
+    /// the same, bit for bit and padding included, as the stack copied column-major and
+    /// packed; blocks that leave a gap or overrun are refused.
+    #[test]
+    fn packing_blocks_packs_their_stack() {
+        for isa in runnable_isas() {
+            for heights in [
+                vec![35, 35, 35, 35],
+                vec![33, 40],
+                vec![64, 35, 47],
+                vec![1],
+                vec![5, 3, 9],
+            ] {
+                for (cols, col_start) in [(35, 0), (7, 3), (1, 0), (40, 2)] {
+                    let rows: usize = heights.iter().sum();
+                    let params: Vec<Vec<f32>> = heights
+                        .iter()
+                        .enumerate()
+                        .map(|(i, &h)| values(h * (col_start + cols), 20 + i as u32))
+                        .collect();
+                    let mut stack = vec![f32::NAN; rows * cols];
+                    let mut parts = Vec::new();
+                    let mut row = 0;
+                    for (param, &h) in params.iter().zip(&heights) {
+                        for k in 0..cols {
+                            let at = (col_start + k) * h;
+                            stack[k * rows + row..][..h].copy_from_slice(&param[at..at + h]);
+                        }
+                        parts.push(StackPart {
+                            row,
+                            values: param,
+                            rows: h,
+                            col_start,
+                        });
+                        row += h;
+                    }
+                    let want = PackedMatrix::pack_for(isa, &stack, rows, cols, (1, rows));
+                    // Storage with stale values, as the pool hands out.
+                    let stale = vec![f32::NAN; PackedMatrix::packed_len(rows, cols) + 40];
+                    let got = PackedMatrix::pack_blocks_for_into(isa, stale, &parts, rows, cols);
+                    let bits =
+                        |m: &PackedMatrix| m.panels.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+                    assert_eq!(
+                        bits(&got),
+                        bits(&want),
+                        "{isa:?} {heights:?} {cols} from {col_start}"
+                    );
+                    assert_eq!(
+                        (got.rows, got.cols, got.streamed),
+                        (want.rows, want.cols, want.streamed)
+                    );
+                }
+            }
+            let param = values(12 * 4, 3);
+            let gap = [
+                StackPart {
+                    row: 0,
+                    values: &param,
+                    rows: 4,
+                    col_start: 0,
+                },
+                StackPart {
+                    row: 5,
+                    values: &param,
+                    rows: 4,
+                    col_start: 0,
+                },
+            ];
+            let short = [StackPart {
+                row: 0,
+                values: &param[..40],
+                rows: 4,
+                col_start: 0,
+            }];
+            for (parts, rows) in [(&gap[..], 9), (&short[..], 4), (&gap[..1], 8)] {
+                let packing = std::panic::catch_unwind(|| {
+                    PackedMatrix::pack_blocks_for_into(isa, Vec::new(), parts, rows, 12)
+                });
+                assert!(packing.is_err(), "{isa:?}: {rows} rows from bad blocks");
+            }
+        }
+    }
+
+    /// A packing's transpose (`transposed_into`) is the transpose packed from a
+    /// column-major copy, bit for bit, at sizes that split panels in either direction
+    /// and fill them; the aligned columns copied from a packing are those copied from
+    /// the matrix.
+    #[test]
+    fn transposing_the_packing_packs_the_transpose() {
+        for isa in runnable_isas() {
+            for (rows, cols) in [
+                (140, 35),
+                (35, 140),
+                (35, 35),
+                (64, 32),
+                (1, 9),
+                (9, 1),
+                (70, 200),
+                (33, 17),
+            ] {
+                let matrix = values(rows * cols, 7);
+                let packed = PackedMatrix::pack_for(isa, &matrix, rows, cols, (1, rows));
+                let want = PackedMatrix::pack_for(isa, &matrix, cols, rows, (rows, 1));
+                let stale = vec![f32::NAN; PackedMatrix::packed_len(cols, rows) + 3];
+                let got = packed.transposed_into(stale);
+                let bits =
+                    |m: &PackedMatrix| m.panels.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&got), bits(&want), "{isa:?} {rows} x {cols}");
+                assert_eq!(
+                    (got.rows, got.cols, got.streamed),
+                    (cols, rows, want.streamed)
+                );
+                let copied = AlignedColumns::copy_into(Vec::new(), &matrix, rows, (rows, cols));
+                let stale = vec![f32::NAN; AlignedColumns::stored_len(rows, cols)];
+                if let (Some(copied), Some(from_packing)) =
+                    (copied, AlignedColumns::copy_packed_into(stale, &packed))
+                {
+                    let x = values(rows, 8);
+                    let (mut a, mut b) = (vec![0.0; cols], vec![0.0; cols]);
+                    copied.transposed_times(&x, &mut a, false);
+                    from_packing.transposed_times(&x, &mut b, false);
+                    assert_eq!(a, b, "{isa:?} {rows} x {cols}: aligned columns");
                 }
             }
         }

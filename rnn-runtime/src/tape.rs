@@ -8,7 +8,7 @@ use std::sync::{Arc, OnceLock};
 use crate::cell::{BufferCols, BufferSpec};
 use crate::copies::copy_run;
 use crate::helper;
-use crate::packed::{self, AlignedColumns, Operand, PackedMatrix, RowBlock, Start};
+use crate::packed::{self, AlignedColumns, Operand, PackedMatrix, RowBlock, StackPart, Start};
 use crate::scalar::{gemm, Strided};
 use crate::Scalar;
 
@@ -26,6 +26,20 @@ pub struct GradBlock<'a, T> {
     pub col_start: usize,
     /// The block's rows in the stack.
     pub rows: usize,
+}
+
+/// One parameter's share of a stacked weight (see `Tape::load_stack`): its columns
+/// `col_start..` (column-major, `rows` rows each) are the stack's rows `row..row +
+/// rows`.
+pub struct StackBlock<'a, T> {
+    /// The block's first row in the stack.
+    pub row: usize,
+    /// The parameter, column-major.
+    pub values: &'a [T],
+    /// The parameter's rows.
+    pub rows: usize,
+    /// The first of the parameter's columns that the stack holds.
+    pub col_start: usize,
 }
 
 /// A vector parameter's gradient that is a sum of rows of a weight gradient's dz over
@@ -111,7 +125,9 @@ fn f32_operands<T: 'static>(bufs: &mut [Vec<T>], src: usize, dst: usize) -> (&[f
 }
 
 /// A stack's values (`rows` × `cols`, column-major), or their transpose, packed into
-/// its slot for the kernels the first time it is multiplied in a sequence.
+/// its slot for the kernels the first time it is multiplied in a sequence. The
+/// transpose of a stack packed already (from its blocks, by `Tape::load_stack`, which
+/// leaves `values` unwritten) comes from that packing.
 #[cold]
 #[inline(never)]
 fn pack_stack<'a, T: 'static>(
@@ -121,6 +137,11 @@ fn pack_stack<'a, T: 'static>(
     transpose: bool,
 ) -> &'a PackedMatrix {
     slot.packed[usize::from(transpose)].get_or_init(|| {
+        // A stack packed from its blocks (`Tape::load_stack`) has no copy in `values`.
+        if let (true, Some(packed)) = (transpose, slot.packed[0].get()) {
+            let storage = pack_pool().take(PackedMatrix::packed_len(cols, rows), false);
+            return packed.transposed_into(storage);
+        }
         let values = packed::as_f32(values).expect("`available` checked f32");
         if transpose {
             pack_pooled(values, cols, rows, (rows, 1))
@@ -145,6 +166,10 @@ fn align_columns<'a, T: 'static>(
             return None;
         }
         let storage = pack_pool().take(AlignedColumns::stored_len(rows, cols), false);
+        // A stack packed from its blocks (`Tape::load_stack`) has no copy in `values`.
+        if let Some(packed) = slot.packed[0].get() {
+            return AlignedColumns::copy_packed_into(storage, packed);
+        }
         let values = packed::as_f32(values).expect("`available` checked f32");
         AlignedColumns::copy_into(storage, values, rows, (rows, cols))
     })
@@ -307,7 +332,8 @@ impl<T: Scalar> Tape<T> {
         let rows: Vec<usize> = specs.iter().map(|s| s.rows).collect();
         // The generated code writes every column of an internal per-step buffer
         // before it reads it (stores and GEMMs assign; the scheduler zeroes what must
-        // start at zero), and its `prepare` loads every block of every stacked weight,
+        // start at zero), and its `prepare` loads every block of every stacked weight
+        // (or packs them, which no kernel then reads from the buffer),
         // so only the small per-batch buffers, and those the caller names (the
         // gradient of an input that a cell never reads is never written), need
         // zeroing: clearing the rest cost 9-12% of the small and medium LSTM's time.
@@ -359,7 +385,8 @@ impl<T: Scalar> Tape<T> {
         self.rows[buf]
     }
 
-    /// A buffer's values, column-major.
+    /// A buffer's values, column-major. (A stacked weight's buffer holds the weight
+    /// only where `load_stack` copies it, not where the packed kernels run.)
     pub fn buffer(&self, buf: usize) -> &[T] {
         &self.bufs[buf]
     }
@@ -694,6 +721,38 @@ impl<T: Scalar> Tape<T> {
             let at = (dst.2 + c) * ld + dst.1;
             self.bufs[dst.0][at..at + rows].fill(T::zero());
         }
+    }
+
+    /// Stacks a weight from its blocks, which follow one another from row 0. Where the
+    /// packed kernels run (f32 on a processor with AVX2 or AVX-512), the blocks are
+    /// packed straight into the stack's packing, which every product with the stack
+    /// and its transpose then reads, and the stack's buffer is left as it was;
+    /// elsewhere each block is copied into the buffer (`load_block`). Copying the
+    /// notebooks' LSTM's weights column by column into the tape before packing them was
+    /// a quarter of a one-step pass (`benches/README.md`, session 21).
+    pub fn load_stack(&mut self, stack: usize, blocks: &[StackBlock<'_, T>]) {
+        if !packed::available::<T>() {
+            for block in blocks {
+                self.load_block(stack, block.row, block.values, block.rows, block.col_start);
+            }
+            return;
+        }
+        let (rows, cols) = (self.rows[stack], self.cols[stack]);
+        // The parts of a batch share the packing: whichever comes first packs it.
+        self.packed.slots[stack].packed[0].get_or_init(|| {
+            let parts: Vec<StackPart<'_>> = blocks
+                .iter()
+                .map(|block| StackPart {
+                    row: block.row,
+                    values: packed::as_f32(block.values).expect("`available` checked f32"),
+                    rows: block.rows,
+                    col_start: block.col_start,
+                })
+                .collect();
+            let storage = pack_pool().take(PackedMatrix::packed_len(rows, cols), false);
+            PackedMatrix::pack_blocks_into(storage, &parts, rows, cols)
+                .expect("`available` checked the instructions")
+        });
     }
 
     /// Copies columns `col_start..` of a parameter (column-major, `param_rows` rows) into
