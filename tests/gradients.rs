@@ -3,6 +3,9 @@
 //! length and direction: the built-ins, and cells that use every feature of the
 //! equation language, compiled through the generated code.
 
+mod common;
+
+use common::ColahLstm;
 use proptest::prelude::*;
 use rnn_runtime::gradcheck::gradcheck_steps;
 use rnn_runtime::prelude::*;
@@ -14,17 +17,6 @@ fn peephole_lstm(x: Input, h: State, c: State) {
     let f = sigmoid(W_f * x + U_f * h + p_f * c + b_f);
     c = f * c + i * tanh(W_c * x + U_c * h + b_c);
     let o = sigmoid(W_o * x + U_o * h + p_o * c + b_o);
-    h = o * tanh(c);
-}
-
-/// Colah's form: gates over the concatenation [h, x].
-#[recurrent]
-fn colah_lstm(x: Input, h: State, c: State) {
-    let f = sigmoid(W_f * [h, x] + b_f);
-    let i = sigmoid(W_i * [h, x] + b_i);
-    let g = tanh(W_c * [h, x] + b_c);
-    c = f * c + i * g;
-    let o = sigmoid(W_o * [h, x] + b_o);
     h = o * tanh(c);
 }
 

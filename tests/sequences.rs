@@ -5,6 +5,9 @@ use rnn_runtime::prelude::*;
 use rnn_runtime::{BufferSpec, ParamMut, ParamRef, SequenceGrads, Tape};
 use rnn_suite::bench_cells::Mgu;
 
+mod common;
+use common::ColahLstm;
+
 fn random(rows: usize, cols: usize, rng: &mut Rng) -> DMatrix<f64> {
     DMatrix::from_fn(rows, cols, |_, _| rng.range(-1.0, 1.0))
 }
@@ -338,19 +341,6 @@ fn f32_matches_f64_for<C32: Cell<f32>, C64: Cell<f64>>(hidden: usize, lengths: &
     }
 }
 
-/// Colah's LSTM: each gate's weight over the concatenation [h, x], which the compiler
-/// splits by columns, so that its stacks hold column ranges of the parameters (the
-/// recurrent stack their first `H` columns, the input's the rest).
-#[recurrent]
-fn concatenated_lstm(x: Input, h: State, c: State) {
-    let f = sigmoid(W_f * [h, x] + b_f);
-    let i = sigmoid(W_i * [h, x] + b_i);
-    let g = tanh(W_c * [h, x] + b_c);
-    c = f * c + i * g;
-    let o = sigmoid(W_o * [h, x] + b_o);
-    h = o * tanh(c);
-}
-
 /// Cells of other layouts in f32 and f64, on the same paths: the GRU; an MGU, whose
 /// two gates' dz (the gradients of two recurrent products) the loops store straight
 /// into the input projection's stack, where its weight gradients read them; and an
@@ -363,8 +353,8 @@ fn other_cells_in_f32_match_f64() {
         f32_matches_f64_for::<Mgu<f32>, Mgu<f64>>(hidden, &[12]);
         f32_matches_f64_for::<GruCell<f32>, GruCell<f64>>(hidden, &lengths);
         f32_matches_f64_for::<GruCell<f32>, GruCell<f64>>(hidden, &[12]);
-        f32_matches_f64_for::<ConcatenatedLstm<f32>, ConcatenatedLstm<f64>>(hidden, &lengths);
-        f32_matches_f64_for::<ConcatenatedLstm<f32>, ConcatenatedLstm<f64>>(hidden, &[12]);
+        f32_matches_f64_for::<ColahLstm<f32>, ColahLstm<f64>>(hidden, &lengths);
+        f32_matches_f64_for::<ColahLstm<f32>, ColahLstm<f64>>(hidden, &[12]);
     }
 }
 

@@ -19,8 +19,6 @@ mod inner_loop;
 mod last_rows;
 mod stacking;
 
-pub(crate) use stacking::StackPart;
-
 /// The instruction set a weight was packed for; its panel height follows from it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Isa {
@@ -724,6 +722,15 @@ impl PackedMatrix {
         &self.panels[p * mr * self.cols..][..panel_stride(self.isa, self.rows, p) * self.cols]
     }
 
+    /// Each panel's first row, rows, stride and values, in order.
+    fn panels_with_rows(&self) -> impl Iterator<Item = (usize, usize, usize, &[f32])> {
+        let mr = self.isa.panel_rows();
+        (0..self.rows.div_ceil(mr)).map(move |p| {
+            let (top, stride) = (p * mr, panel_stride(self.isa, self.rows, p));
+            (top, stride.min(self.rows - top), stride, self.panel(p))
+        })
+    }
+
     /// `first_columns` (a panel times B's columns from `first_columns.b`, into C from
     /// `first_columns.c`), and the same for every block of B's columns up to `n`.
     ///
@@ -1316,13 +1323,11 @@ impl AlignedColumns {
     ) -> Option<AlignedColumns> {
         #[cfg(target_arch = "x86_64")]
         if std::arch::is_x86_feature_detected!("avx512f") {
-            let (rows, cols, isa) = (packed.rows, packed.cols, packed.isa);
+            let (rows, cols) = (packed.rows, packed.cols);
             let padded = rows.next_multiple_of(LINE);
             let mut storage = LineAligned::new(storage, padded * cols);
-            for p in 0..rows.div_ceil(isa.panel_rows()) {
-                let (top, stride) = (p * isa.panel_rows(), panel_stride(isa, rows, p));
-                let height = stride.min(rows - top);
-                for (k, column) in packed.panel(p).chunks_exact(stride).enumerate() {
+            for (top, height, stride, panel) in packed.panels_with_rows() {
+                for (k, column) in panel.chunks_exact(stride).enumerate() {
                     copy_run(
                         &mut storage[k * padded + top..][..height],
                         &column[..height],
@@ -2175,6 +2180,7 @@ mod x86 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tape::StackBlock;
 
     /// The naive product, in f64, of the strided matrix with B's columns.
     fn reference(
@@ -2709,7 +2715,7 @@ mod tests {
                             let at = (col_start + k) * h;
                             stack[k * rows + row..][..h].copy_from_slice(&param[at..at + h]);
                         }
-                        parts.push(StackPart {
+                        parts.push(StackBlock {
                             row,
                             values: param,
                             rows: h,
@@ -2721,11 +2727,9 @@ mod tests {
                     // Storage with stale values, as the pool hands out.
                     let stale = vec![f32::NAN; PackedMatrix::packed_len(rows, cols) + 40];
                     let got = PackedMatrix::pack_blocks_for_into(isa, stale, &parts, rows, cols);
-                    let bits =
-                        |m: &PackedMatrix| m.panels.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
                     assert_eq!(
-                        bits(&got),
-                        bits(&want),
+                        panel_bits(&got),
+                        panel_bits(&want),
                         "{isa:?} {heights:?} {cols} from {col_start}"
                     );
                     assert_eq!(
@@ -2736,20 +2740,20 @@ mod tests {
             }
             let param = values(12 * 4, 3);
             let gap = [
-                StackPart {
+                StackBlock {
                     row: 0,
                     values: &param,
                     rows: 4,
                     col_start: 0,
                 },
-                StackPart {
+                StackBlock {
                     row: 5,
                     values: &param,
                     rows: 4,
                     col_start: 0,
                 },
             ];
-            let short = [StackPart {
+            let short = [StackBlock {
                 row: 0,
                 values: &param[..40],
                 rows: 4,
@@ -2762,6 +2766,11 @@ mod tests {
                 assert!(packing.is_err(), "{isa:?}: {rows} rows from bad blocks");
             }
         }
+    }
+
+    /// A packing's values, bit for bit (padding included).
+    fn panel_bits(m: &PackedMatrix) -> Vec<u32> {
+        m.panels.iter().map(|v| v.to_bits()).collect()
     }
 
     /// A packing's transpose (`transposed_into`) is the transpose packed from a
@@ -2786,9 +2795,11 @@ mod tests {
                 let want = PackedMatrix::pack_for(isa, &matrix, cols, rows, (rows, 1));
                 let stale = vec![f32::NAN; PackedMatrix::packed_len(cols, rows) + 3];
                 let got = packed.transposed_into(stale);
-                let bits =
-                    |m: &PackedMatrix| m.panels.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
-                assert_eq!(bits(&got), bits(&want), "{isa:?} {rows} x {cols}");
+                assert_eq!(
+                    panel_bits(&got),
+                    panel_bits(&want),
+                    "{isa:?} {rows} x {cols}"
+                );
                 assert_eq!(
                     (got.rows, got.cols, got.streamed),
                     (cols, rows, want.streamed)

@@ -8,7 +8,7 @@ use std::sync::{Arc, OnceLock};
 use crate::cell::{BufferCols, BufferSpec};
 use crate::copies::copy_run;
 use crate::helper;
-use crate::packed::{self, AlignedColumns, Operand, PackedMatrix, RowBlock, StackPart, Start};
+use crate::packed::{self, AlignedColumns, Operand, PackedMatrix, RowBlock, Start};
 use crate::scalar::{gemm, Strided};
 use crate::Scalar;
 
@@ -740,9 +740,9 @@ impl<T: Scalar> Tape<T> {
         let (rows, cols) = (self.rows[stack], self.cols[stack]);
         // The parts of a batch share the packing: whichever comes first packs it.
         self.packed.slots[stack].packed[0].get_or_init(|| {
-            let parts: Vec<StackPart<'_>> = blocks
+            let parts: Vec<StackBlock<'_, f32>> = blocks
                 .iter()
-                .map(|block| StackPart {
+                .map(|block| StackBlock {
                     row: block.row,
                     values: packed::as_f32(block.values).expect("`available` checked f32"),
                     rows: block.rows,

@@ -3,22 +3,13 @@
 //! products with the transposed weight, which has no copy to transpose once the
 //! weight is packed from its blocks).
 
-use super::{panel_stride, transpose_into_panel, Isa, PackedMatrix};
+use super::{transpose_into_panel, Isa, PackedMatrix};
 use crate::copies::copy_run;
-
-/// One parameter's rows of a stacked weight (`PackedMatrix::pack_blocks_into`): the
-/// stack's rows `row..row + rows` are the parameter's (`rows` high, column-major in
-/// `values`) from its column `col_start` on, as many columns as the stack has.
-pub(crate) struct StackPart<'a> {
-    pub(crate) row: usize,
-    pub(crate) values: &'a [f32],
-    pub(crate) rows: usize,
-    pub(crate) col_start: usize,
-}
+use crate::tape::StackBlock;
 
 impl PackedMatrix {
     /// Packs the stacked weight made of `blocks` (`rows` × `cols`: each block's rows
-    /// in turn, from row 0, see `StackPart`) into `storage`, as `pack_into` packs the
+    /// in turn, from row 0, see `StackBlock`) into `storage`, as `pack_into` packs the
     /// stack copied column-major, without the copy: a pass of the notebooks' LSTM
     /// copied its two stacks (8 blocks of 35 × 35) column by column into the tape
     /// before packing them, a quarter of a one-step pass's time. `None` where no
@@ -29,7 +20,7 @@ impl PackedMatrix {
     /// values are too few for its columns (bugs of the caller's).
     pub(crate) fn pack_blocks_into(
         storage: Vec<f32>,
-        blocks: &[StackPart<'_>],
+        blocks: &[StackBlock<'_, f32>],
         rows: usize,
         cols: usize,
     ) -> Option<PackedMatrix> {
@@ -41,7 +32,7 @@ impl PackedMatrix {
     pub(super) fn pack_blocks_for_into(
         isa: Isa,
         storage: Vec<f32>,
-        blocks: &[StackPart<'_>],
+        blocks: &[StackBlock<'_, f32>],
         rows: usize,
         cols: usize,
     ) -> PackedMatrix {
@@ -94,16 +85,13 @@ impl PackedMatrix {
     /// transpose.
     pub(crate) fn transposed_into(&self, storage: Vec<f32>) -> PackedMatrix {
         let (isa, rows, cols) = (self.isa, self.cols, self.rows);
-        let mr = isa.panel_rows();
         PackedMatrix::fill_panels(isa, storage, rows, cols, |first, height, panel, stride| {
             if height < stride {
                 panel.fill(0.0);
             }
-            for p in 0..cols.div_ceil(mr) {
-                let (top, source_stride) = (p * mr, panel_stride(isa, cols, p));
-                let source_height = source_stride.min(cols - top);
+            for (top, source_height, source_stride, source) in self.panels_with_rows() {
                 transpose_into_panel(
-                    self.panel(p),
+                    source,
                     (source_stride, 1),
                     first,
                     height,
