@@ -134,14 +134,14 @@ fn relu_kink_within_the_first_step() {
 }
 
 mod wide {
-    //! Hidden sizes past the fused loops' chunk of 16 rows, whole and partial: the last
-    //! rows short of a chunk run as a half chunk of 8 or again as the chunk that ends
-    //! with them where the loop allows it, and as a half chunk and one by one where it
-    //! accumulates.
+    //! Hidden sizes past the fused loops' windows of 32 and 16 rows, whole and
+    //! partial: the last rows short of a long window run again as the smallest window
+    //! (8, 16 or 32 rows) that ends with them where the loop allows it, and in windows
+    //! of 16 and 8 and one by one where it accumulates.
     use super::*;
 
     fn wide_layout() -> impl Strategy<Value = Layout> {
-        let hidden = prop_oneof![Just(16usize), 17usize..=37];
+        let hidden = prop_oneof![Just(16usize), Just(32usize), 17usize..=70];
         layout_of(
             1usize..=3,
             hidden,
@@ -149,12 +149,14 @@ mod wide {
         )
     }
 
-    /// The sizes at which a column's rows split into chunks of 16, half chunks of 8
-    /// and the rest in each way there is: where the bias gradients accumulate, a row
-    /// added twice or never would be off.
+    /// The sizes at which a column's rows split into windows of 32, 16 and 8 rows and
+    /// the rest in each way there is: where the bias gradients accumulate, a row added
+    /// twice or never would be off.
     #[test]
     fn every_split_of_the_rows() {
-        for hidden in [8, 9, 12, 15, 16, 17, 23, 24, 25, 33, 40] {
+        for hidden in [
+            8, 9, 12, 15, 16, 17, 23, 24, 25, 31, 32, 33, 40, 41, 48, 49, 59, 64, 65,
+        ] {
             check::<LstmCell<f64>>(&[2, hidden], &[3, 2], false, hidden as u64).unwrap();
             check::<GruCell<f64>>(&[2, hidden], &[3, 2], true, hidden as u64).unwrap();
         }

@@ -663,12 +663,17 @@ fn fused_loop(
         .map(|p| format_ident!("__grad{}", p))
         .collect();
     let rows = kernel.rows.tokens(syms);
-    // The rows go in chunks of a constant 16, each chunk's slices cut to it, so that
-    // every operation of a chunk is one AVX-512 instruction (two of AVX2). Left to
-    // LLVM, a loop over a count it does not know runs its last rows one by one: for
-    // the notebooks' LSTM (35 rows), 3 scalar rows took 43% of the gate math (`perf
-    // annotate`). Where the body may run twice for a row, the last rows short of a
-    // chunk run as the chunk that ends with them; elsewhere, one by one.
+    // The rows go in windows of a constant length, each window's slices cut to it, so
+    // that every operation of a window is one AVX-512 instruction (two of AVX2) or a
+    // few. Left to LLVM, a loop over a count it does not know runs its last rows one by
+    // one: for the notebooks' LSTM (35 rows), 3 scalar rows took 43% of the gate math
+    // (`perf annotate`). The long window is 32 rows, two vectors a value: their two
+    // chains of dependent operations run side by side, where windows of 16 ran one
+    // chain after the other (a step of a tiny cell waits on its gate math, whose next
+    // product needs the state it makes): the tiny cells' forward steps ran 3-5% faster
+    // (session 22, `benches/README.md`). Where the body may run twice for a row, the
+    // last rows short of a long window run as the smallest window (8, 16 or 32 rows)
+    // that ends with them; elsewhere, in windows of 16 and 8, then one by one.
     // Each slice is cut to the window, so that indexing by the row carries no bounds
     // check.
     let window = |len: TokenStream| -> TokenStream {
@@ -681,19 +686,21 @@ fn fused_loop(
             }
         }
     };
+    let pair = window(quote!(__PAIR));
     let chunk = window(quote!(__CHUNK));
     let half = window(quote!(__HALF));
     let rest = window(quote!(__rows - __at));
-    // The last rows short of a chunk: as the half chunk (8 rows, one AVX2-sized
-    // operation) or the chunk that ends with them, whichever is the smaller that
-    // covers them; the notebooks' 35 rows thus run as 16 + 16 + 8, not 16 + 16 + 16.
-    let last_chunk_again = if kernel.rows_can_rerun() {
+    // The notebooks' 35 rows thus run as 32 + 8 (rows 27..35 again), not 32 + 32.
+    let last_window_again = if kernel.rows_can_rerun() {
         quote! {
-            if __rows - __at < __CHUNK {
-                if __rows - __at <= __HALF && __rows >= __HALF {
+            let __left = __rows - __at;
+            if __left < __PAIR {
+                if __left <= __HALF && __rows >= __HALF {
                     __at = __rows - __HALF;
-                } else if __rows >= __CHUNK {
+                } else if __left <= __CHUNK && __rows >= __CHUNK {
                     __at = __rows - __CHUNK;
+                } else if __rows >= __PAIR {
+                    __at = __rows - __PAIR;
                 }
             }
         }
@@ -710,17 +717,21 @@ fn fused_loop(
                 #(#vec_params_idents: &[T],)*
                 #(#grad_idents: &mut [T],)*
             ) {
+                const __PAIR: usize = 32;
                 const __CHUNK: usize = 16;
                 const __HALF: usize = 8;
-                // Every slice cut to `__rows` once here, so that LLVM knows the chunks'
+                // Every slice cut to `__rows` once here, so that LLVM knows the
                 // windows below are in bounds and drops their checks.
                 #(let #block_args = &#mutability #block_args[..__rows];)*
                 #(let #vec_params_idents = &#vec_params_idents[..__rows];)*
                 #(let #grad_idents = &mut #grad_idents[..__rows];)*
                 let mut __at = 0;
                 while __at < __rows {
-                    #last_chunk_again
-                    if __rows - __at >= __CHUNK {
+                    #last_window_again
+                    if __rows - __at >= __PAIR {
+                        #pair
+                        __at += __PAIR;
+                    } else if __rows - __at >= __CHUNK {
                         #chunk
                         __at += __CHUNK;
                     } else if __rows - __at >= __HALF {

@@ -392,7 +392,10 @@ fn split_by_shard<'a, T>(
     mut all: &'a mut [T],
     rows: usize,
 ) -> Vec<Vec<&'a mut [T]>> {
-    let mut parts: Vec<Vec<&'a mut [T]>> = shards.iter().map(|_| Vec::new()).collect();
+    let mut parts: Vec<Vec<&'a mut [T]>> = shards
+        .iter()
+        .map(|shard| Vec::with_capacity(shard.steps.len()))
+        .collect();
     for &n in steps.batch_sizes() {
         let (mut step, rest) = std::mem::take(&mut all).split_at_mut(n * rows);
         all = rest;
