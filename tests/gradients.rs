@@ -133,6 +133,19 @@ fn relu_kink_within_the_first_step() {
     check::<RnnReluCell<f64>>(&[6, 8], &[6], true, 6144366400995037550).unwrap();
 }
 
+/// A pass of one column, which reads the stacked weights where the parameters lie
+/// (`DIRECT_COLUMNS` in `tape.rs`), and passes of two columns beside it, for stacks of
+/// whole parameters and of column ranges.
+#[test]
+fn passes_of_few_columns() {
+    for (lengths, seed) in [(&[1][..], 1), (&[1][..], 2), (&[2][..], 3), (&[1, 1], 4)] {
+        check::<LstmCell<f64>>(&[3, 5], lengths, false, seed).unwrap();
+        check::<GruCell<f64>>(&[3, 5], lengths, true, seed).unwrap();
+        check::<Mgu<f64>>(&[3, 5], lengths, false, seed).unwrap();
+        check::<ColahLstm<f64>>(&[3, 5], lengths, true, seed).unwrap();
+    }
+}
+
 mod wide {
     //! Hidden sizes past the fused loops' windows of 32 and 16 rows, whole and
     //! partial: the last rows short of a long window run again as the smallest window

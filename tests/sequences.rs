@@ -358,6 +358,72 @@ fn other_cells_in_f32_match_f64() {
     }
 }
 
+/// A pass of one column (one step of one sequence) reads the stacked weights where the
+/// parameters lie, where longer passes pack them (`DIRECT_COLUMNS` in `tape.rs`): a
+/// short pass gives, alone, the outputs, final states and input gradients it gives
+/// beside two more sequences, for cells whose stacks are whole parameters (the LSTM,
+/// the GRU, the MGU) and column ranges of them (Colah's LSTM), in f32.
+#[test]
+fn short_passes_compute_what_they_compute_in_a_longer_batch() {
+    for (steps, batch) in [(1, 1), (1, 4), (2, 2), (4, 1), (3, 1)] {
+        alone_matches_batched::<LstmCell<f32>>(steps, batch);
+        alone_matches_batched::<Mgu<f32>>(steps, batch);
+        alone_matches_batched::<ColahLstm<f32>>(steps, batch);
+        alone_matches_batched::<GruCell<f32>>(steps, batch);
+    }
+}
+
+fn alone_matches_batched<C: Cell<f32>>(steps: usize, batch: usize) {
+    let (input, hidden, more) = (5, 35, 2);
+    let mut rng = Rng::seed((steps * 10 + batch) as u64);
+    let cell = C::with_dims(&[input, hidden], &Init::pytorch_default(hidden), &mut rng).unwrap();
+    let wide = batch + more;
+    let x_wide = to_f32(&random(input, steps * wide, &mut rng));
+    let d_out_wide = to_f32(&random(cell.output_size(), steps * wide, &mut rng));
+    // The first `batch` sequences of the wide batch, step by step.
+    let first = |m: &DMatrix<f32>| {
+        let mut out = DMatrix::zeros(m.nrows(), steps * batch);
+        for t in 0..steps {
+            out.columns_mut(t * batch, batch)
+                .copy_from(&m.columns(t * wide, batch));
+        }
+        out
+    };
+    let run = |x: &DMatrix<f32>, d_out: &DMatrix<f32>, b: usize| {
+        let mut pass = forward(
+            &cell,
+            &Steps::full(steps, b).unwrap(),
+            &[x],
+            None,
+            Direction::Forward,
+        )
+        .unwrap();
+        let grads = pass.backward(&cell, Some(d_out), &[]).unwrap();
+        let states: Vec<DMatrix<f32>> = pass
+            .final_states
+            .iter()
+            .map(|s| s.columns(0, batch).into_owned())
+            .collect();
+        (pass.output, states, grads.inputs[0].clone())
+    };
+    let (out_alone, states_alone, dx_alone) = run(&first(&x_wide), &first(&d_out_wide), batch);
+    let (out_wide, states_wide, dx_wide) = run(&x_wide, &d_out_wide, wide);
+    let close = |what: &str, got: &DMatrix<f32>, want: &DMatrix<f32>| {
+        let want: DMatrix<f64> = want.map(f64::from);
+        let error = relative_error(got.as_slice(), want.as_slice());
+        assert!(
+            error < 1e-5,
+            "{}, {steps} steps × {batch}: {what} off by {error:e}",
+            std::any::type_name::<C>()
+        );
+    };
+    close("the output", &out_alone, &first(&out_wide));
+    for (alone, wide) in states_alone.iter().zip(&states_wide) {
+        close("a final state", alone, wide);
+    }
+    close("the input's gradient", &dx_alone, &first(&dx_wide));
+}
+
 /// The LSTM's equations, written out with nalgebra, one step at a time.
 fn plain_lstm(
     cell: &LstmCell<f64>,
@@ -475,11 +541,15 @@ fn run_values<C: Cell<f32>>(
 /// the cell with NaN parameters (which fill its stacked weights, never cleared either),
 /// and a vanilla RNN of the same sizes, whose buffers the cell may then reuse.
 fn leftover_buffers_change_nothing<C: Cell<f32>>(dims: &[usize]) {
+    leftover_buffers_change_nothing_at::<C>(dims, &[7, 7, 6, 5, 5, 4, 3, 3, 2, 1, 1]);
+}
+
+/// `leftover_buffers_change_nothing` over sequences of `lengths`.
+fn leftover_buffers_change_nothing_at<C: Cell<f32>>(dims: &[usize], lengths: &[usize]) {
     let mut rng = Rng::seed(11);
     let cell = C::with_dims(dims, &Init::pytorch_default(dims[1]), &mut rng).unwrap();
     let rnn: RnnTanhCell<f32> = RnnTanhCell::new(dims[0], cell.state_size(0), &mut rng);
-    let lengths = [7, 7, 6, 5, 5, 4, 3, 3, 2, 1, 1];
-    let steps = Steps::from_sorted_lengths(&lengths).unwrap();
+    let steps = Steps::from_sorted_lengths(lengths).unwrap();
     let columns = steps.columns();
     let batch = lengths.len();
     let x = DMatrix::from_fn(dims[0], columns, |_, _| rng.range(-1.0, 1.0) as f32);
@@ -551,6 +621,11 @@ fn reused_tape_buffers_change_nothing() {
     leftover_buffers_change_nothing::<rnn_runtime::cells::LstmProjCell<f32>>(&[5, 9, 4]);
     leftover_buffers_change_nothing::<ConcatMgu<f32>>(&[5, 9]);
     leftover_buffers_change_nothing::<InputFree<f32>>(&[5, 9]);
+    // A pass of one column, whose products read the weights in place and add block
+    // after block into buffers that hold a finished pass's values.
+    leftover_buffers_change_nothing_at::<LstmCell<f32>>(&[5, 9], &[1]);
+    leftover_buffers_change_nothing_at::<ConcatMgu<f32>>(&[5, 9], &[1]);
+    leftover_buffers_change_nothing_at::<ColahLstm<f32>>(&[5, 9], &[1]);
 }
 
 /// A cell whose parameter `p` scales the input elementwise: its gradient reads the

@@ -170,28 +170,10 @@ pub fn expand(ast: &CellAst, c: &Compiled, plan: &Plan) -> TokenStream {
     });
     // Each stack from its blocks in one call, so that the runtime can pack them
     // straight from the parameters (`Tape::load_stack`).
-    let stacking = plan.stacks.iter().map(|stack| {
-        let mut row = Size::zero();
+    let stacking = plan.stacks.iter().enumerate().map(|(k, stack)| {
         let buf = stack.buf;
-        let blocks = stack.blocks.iter().map(|block| {
-            let field = &params[block.mat];
-            let rows = &c.shapes.params[block.mat].0;
-            let col_start = block
-                .cols
-                .as_ref()
-                .map_or(Size::zero(), |(s, _)| s.clone())
-                .tokens(syms);
-            let row_tokens = row.tokens(syms);
-            let param_rows = rows.tokens(syms);
-            row = row.plus(rows);
-            quote!(::rnn_runtime::StackBlock {
-                row: #row_tokens,
-                values: self.#field.as_slice(),
-                rows: #param_rows,
-                col_start: #col_start,
-            })
-        });
-        quote!(__tape.load_stack(#buf, &[#(#blocks),*]);)
+        let blocks = stack_blocks(c, plan, k, &params);
+        quote!(__tape.load_stack(#buf, &#blocks);)
     });
     let prepare = program(c, plan, Program::Prepare, &params);
     let step_forward = program(c, plan, Program::StepForward, &params);
@@ -343,6 +325,32 @@ pub fn expand(ast: &CellAst, c: &Compiled, plan: &Plan) -> TokenStream {
     }
 }
 
+/// Stack `stack`'s blocks, an array of `StackBlock`s over the cell's parameters (`self`),
+/// each block's rows after the one before.
+fn stack_blocks(c: &Compiled, plan: &Plan, stack: usize, params: &[Ident]) -> TokenStream {
+    let syms = &c.ir.syms;
+    let mut row = Size::zero();
+    let blocks = plan.stacks[stack].blocks.iter().map(|block| {
+        let field = &params[block.mat];
+        let rows = &c.shapes.params[block.mat].0;
+        let col_start = block
+            .cols
+            .as_ref()
+            .map_or(Size::zero(), |(s, _)| s.clone())
+            .tokens(syms);
+        let row_tokens = row.tokens(syms);
+        let param_rows = rows.tokens(syms);
+        row = row.plus(rows);
+        quote!(::rnn_runtime::StackBlock {
+            row: #row_tokens,
+            values: self.#field.as_slice(),
+            rows: #param_rows,
+            col_start: #col_start,
+        })
+    });
+    quote!([#(#blocks),*])
+}
+
 fn dims_prelude(syms: &[String]) -> TokenStream {
     let locals = syms.iter().enumerate().map(|(i, s)| {
         let local = format_ident!("__dim_{}", s);
@@ -468,6 +476,10 @@ fn program(c: &Compiled, plan: &Plan, which: Program, params: &[Ident]) -> Token
             biases,
         } => {
             let stack_buf = plan.stacks[*stack].buf;
+            // The stack's blocks, which a pass of few columns reads in place
+            // (`Tape::gemm`); a closure, so that other passes build none.
+            let blocks = stack_blocks(c, plan, *stack, params);
+            let blocks = quote!(|| #blocks);
             let (src, dst) = (loc(src), loc(dst));
             if !biases.is_empty() {
                 let biases = biases.iter().map(|b| {
@@ -475,11 +487,11 @@ fn program(c: &Compiled, plan: &Plan, which: Program, params: &[Ident]) -> Token
                     let fields = b.params.iter().map(|p| &params[*p]);
                     quote!((#row, &[#(self.#fields.as_slice()),*][..]))
                 });
-                quote!(__tape.gemm_onto(#stack_buf, #src, #dst, __n, &[#(#biases),*]);)
+                quote!(__tape.gemm_onto(#stack_buf, #blocks, #src, #dst, __n, &[#(#biases),*]);)
             } else if *accumulate {
-                quote!(__tape.gemm_add(#stack_buf, #transpose, #src, #dst, __n);)
+                quote!(__tape.gemm_add(#stack_buf, #blocks, #transpose, #src, #dst, __n);)
             } else {
-                quote!(__tape.gemm(#stack_buf, #transpose, #src, #dst, __n);)
+                quote!(__tape.gemm(#stack_buf, #blocks, #transpose, #src, #dst, __n);)
             }
         }
         Stage::Copy { src, dst, rows } => {

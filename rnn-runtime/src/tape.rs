@@ -65,6 +65,9 @@ pub struct Tape<T: Scalar> {
     packed: Arc<WeightPacks>,
     /// Whether the backward pass computes the inputs' gradients.
     input_grads: bool,
+    /// Whether the products read the stacked weights where their parameters lie, the
+    /// pass having too few columns to pay for packing them (`DIRECT_COLUMNS`).
+    direct: bool,
     /// Rows of dz packed for weight gradients, by (buffer, first row, rows): the
     /// weights that multiply different vectors in one gate share its dz. Kept for one
     /// backward pass (see `release_gradient_operands`).
@@ -360,6 +363,7 @@ impl<T: Scalar> Tape<T> {
             transposed,
             packed,
             input_grads: true,
+            direct: columns <= DIRECT_COLUMNS,
             packed_dz: Vec::new(),
         }
     }
@@ -386,7 +390,8 @@ impl<T: Scalar> Tape<T> {
     }
 
     /// A buffer's values, column-major. (A stacked weight's buffer holds the weight
-    /// only where `load_stack` copies it, not where the packed kernels run.)
+    /// only where `load_stack` copies it: not where the packed kernels run, nor in a
+    /// pass of one column.)
     pub fn buffer(&self, buf: usize) -> &[T] {
         &self.bufs[buf]
     }
@@ -437,24 +442,59 @@ impl<T: Scalar> Tape<T> {
         Strided::column_major(self.rows[buf], row, col, rows, cols)
     }
 
-    /// `dst = S * src` (or `Sᵀ * src`) over `n` columns, S a stacked weight buffer.
+    /// `dst = S * src` (or `Sᵀ * src`) over `n` columns, S a stacked weight buffer
+    /// made of `blocks` (as `load_stack` was given them; called only where the pass
+    /// reads them in place, see `DIRECT_COLUMNS`).
     #[inline]
-    pub fn gemm(&mut self, stack: usize, transpose: bool, src: At, dst: At, n: usize) {
-        if n == 1 && self.one_column_at_once(stack, transpose, src, dst, false) {
-            return;
-        }
-        self.product(stack, transpose, src, dst, n, false);
+    pub fn gemm<'a, const B: usize>(
+        &mut self,
+        stack: usize,
+        blocks: impl FnOnce() -> [StackBlock<'a, T>; B],
+        transpose: bool,
+        src: At,
+        dst: At,
+        n: usize,
+    ) {
+        self.stack_product(stack, blocks, transpose, src, dst, n, false);
     }
 
     /// `dst += S * src` (or `Sᵀ * src`) over `n` columns: a sum whose other term the
     /// step stored in `dst` (the generated code runs `a + U * v` this way where
     /// nothing else reads `a`, without a loop of its own for the sum).
     #[inline]
-    pub fn gemm_add(&mut self, stack: usize, transpose: bool, src: At, dst: At, n: usize) {
-        if n == 1 && self.one_column_at_once(stack, transpose, src, dst, true) {
+    pub fn gemm_add<'a, const B: usize>(
+        &mut self,
+        stack: usize,
+        blocks: impl FnOnce() -> [StackBlock<'a, T>; B],
+        transpose: bool,
+        src: At,
+        dst: At,
+        n: usize,
+    ) {
+        self.stack_product(stack, blocks, transpose, src, dst, n, true);
+    }
+
+    /// `gemm`, or with `add` `gemm_add`: in place, through the one-column kernel, or
+    /// through `product`'s choices.
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    fn stack_product<'a, const B: usize>(
+        &mut self,
+        stack: usize,
+        blocks: impl FnOnce() -> [StackBlock<'a, T>; B],
+        transpose: bool,
+        src: At,
+        dst: At,
+        n: usize,
+        add: bool,
+    ) {
+        if self.direct {
+            return self.direct_product(stack, &blocks(), transpose, src, dst, n, add);
+        }
+        if n == 1 && self.one_column_at_once(stack, transpose, src, dst, add) {
             return;
         }
-        self.product(stack, transpose, src, dst, n, true);
+        self.product(stack, transpose, src, dst, n, add);
     }
 
     /// A batch of one's product through a weight packed already (at every step after
@@ -492,9 +532,11 @@ impl<T: Scalar> Tape<T> {
     /// zero in the rows that no bias covers. The generated code runs a hoisted sum
     /// `W·x + b + b'` this way: the packed kernel starts its accumulators from the
     /// biases, and no loop over every column adds them (2.9% of the tiny LSTM's time).
-    pub fn gemm_onto(
+    /// `blocks` as for `gemm`.
+    pub fn gemm_onto<'a, const B: usize>(
         &mut self,
         stack: usize,
+        blocks: impl FnOnce() -> [StackBlock<'a, T>; B],
         src: At,
         dst: At,
         n: usize,
@@ -509,7 +551,7 @@ impl<T: Scalar> Tape<T> {
                 }
             }
         }
-        if packed::available::<T>() {
+        if packed::available::<T>() && !self.direct {
             let bias = packed::as_f32(&start).expect("`available` checked f32");
             self.packed_gemm(stack, false, src, dst, n, Start::Bias(bias));
         } else {
@@ -518,7 +560,11 @@ impl<T: Scalar> Tape<T> {
                 let at = (dst.2 + c) * ld + dst.1;
                 self.bufs[dst.0][at..at + rows].copy_from_slice(&start);
             }
-            self.product(stack, false, src, dst, n, true);
+            if self.direct {
+                self.direct_product(stack, &blocks(), false, src, dst, n, true);
+            } else {
+                self.product(stack, false, src, dst, n, true);
+            }
         }
         pool::<T>().give(start);
     }
@@ -561,6 +607,54 @@ impl<T: Scalar> Tape<T> {
             .get_disjoint_mut([stack, src.0, dst.0])
             .expect("distinct GEMM operands");
         gemm(s, s_view, b, src_view, beta, c, dst_view);
+    }
+
+    /// `product` where the pass reads the stacked weight in place (see
+    /// `DIRECT_COLUMNS`): each block's product with the parameter's columns where
+    /// they lie, into the block's rows of dst (transposed: all of them added up into
+    /// dst's rows, one block after another).
+    #[allow(clippy::too_many_arguments)]
+    #[inline(never)]
+    fn direct_product(
+        &mut self,
+        stack: usize,
+        blocks: &[StackBlock<'_, T>],
+        transpose: bool,
+        src: At,
+        dst: At,
+        n: usize,
+        add: bool,
+    ) {
+        let cols = self.cols[stack];
+        debug_assert_eq!(
+            blocks.iter().map(|b| b.rows).sum::<usize>(),
+            self.rows[stack],
+            "a stack's blocks cover its rows"
+        );
+        let (src_ld, dst_ld) = (self.rows[src.0], self.rows[dst.0]);
+        let [b, c] = self
+            .bufs
+            .get_disjoint_mut([src.0, dst.0])
+            .expect("distinct GEMM operands");
+        for (k, block) in blocks.iter().enumerate() {
+            let weight = Strided::column_major(block.rows, 0, block.col_start, block.rows, cols);
+            let keep = add || (transpose && k > 0);
+            let beta = if keep { T::one() } else { T::zero() };
+            let (weight, x, out) = if transpose {
+                (
+                    weight.t(),
+                    Strided::column_major(src_ld, src.1 + block.row, src.2, block.rows, n),
+                    Strided::column_major(dst_ld, dst.1, dst.2, cols, n),
+                )
+            } else {
+                (
+                    weight,
+                    Strided::column_major(src_ld, src.1, src.2, cols, n),
+                    Strided::column_major(dst_ld, dst.1 + block.row, dst.2, block.rows, n),
+                )
+            };
+            gemm(block.values, weight, b, x, beta, c, out);
+        }
     }
 
     /// `product` through the packed kernel (f32 on a processor with AVX2 or AVX-512).
@@ -729,8 +823,14 @@ impl<T: Scalar> Tape<T> {
     /// and its transpose then reads, and the stack's buffer is left as it was;
     /// elsewhere each block is copied into the buffer (`load_block`). Copying the
     /// notebooks' LSTM's weights column by column into the tape before packing them was
-    /// a quarter of a one-step pass (`benches/README.md`, session 21).
+    /// a quarter of a one-step pass (`benches/README.md`, session 21). A pass of one
+    /// column does neither: its products read the blocks where they lie
+    /// (`DIRECT_COLUMNS`).
     pub fn load_stack(&mut self, stack: usize, blocks: &[StackBlock<'_, T>]) {
+        if self.direct {
+            // The products read the blocks where they lie (`direct_product`).
+            return;
+        }
         if !packed::available::<T>() {
             for block in blocks {
                 self.load_block(stack, block.row, block.values, block.rows, block.col_start);
@@ -1045,6 +1145,17 @@ fn add_weight_grads<T: Scalar>(
     pool::<T>().give(product);
 }
 
+/// A pass of at most this many columns (steps × sequences) reads its stacked weights
+/// where the parameters lie (`Tape::direct_product`), neither packed nor copied: a
+/// packing reads and writes the whole weight, which a pass of one column reads once.
+/// A sampling loop runs such a pass at every character. A one-step pass of an LSTM
+/// with 512 hidden units (8 MB of weights) spent two thirds of its forward time
+/// packing them; read in place, its forward took 0.35 ms instead of 0.99, the MGU's
+/// 0.15 instead of 0.47, and at 128 hidden units 11-14 µs instead of 21 (session 22,
+/// `benches/README.md`). From two columns the products in place (`gemv_columns`) cost
+/// more than packing saves at 35 and 128 hidden units (4 steps of 35: 7 µs against 4).
+const DIRECT_COLUMNS: usize = 1;
+
 /// A step's product of at least this many multiply-adds is shared with the helper
 /// thread where a pass runs on one thread (see `helper`). Its weight stays in the
 /// cores' caches from step to step (a batch of one splits it by rows, and each core
@@ -1130,6 +1241,126 @@ mod tests {
         );
     }
 
+    /// A pass of one column reads its stacked weight in place (`direct_product`): a
+    /// stack of two blocks, the second a column range of a wider parameter, times a
+    /// column, its transpose times a column, each onto a column of stale values and
+    /// assigned over it, and from biases.
+    #[test]
+    fn a_pass_of_one_column_reads_the_weight_in_place() {
+        let (k, top, bottom, wide) = (13, 20, 17, 30);
+        let m = top + bottom;
+        let specs = [
+            spec(m, BufferCols::Fixed(k)),
+            spec(k, BufferCols::Steps),
+            spec(m, BufferCols::Steps),
+            spec(k, BufferCols::Steps),
+        ];
+        let mut tape = Tape::<f32>::new(&specs, 1, 1);
+        assert!(tape.direct);
+        let mut rng = Rng::seed(5);
+        for buf in 0..4 {
+            fill(tape.buffer_mut(buf), &mut rng);
+        }
+        let (mut first, mut second) = (vec![0.0; top * k], vec![0.0; bottom * wide]);
+        fill(&mut first, &mut rng);
+        fill(&mut second, &mut rng);
+        let col_start = wide - k;
+        let blocks = || {
+            [
+                StackBlock {
+                    row: 0,
+                    values: &first[..],
+                    rows: top,
+                    col_start: 0,
+                },
+                StackBlock {
+                    row: top,
+                    values: &second[..],
+                    rows: bottom,
+                    col_start,
+                },
+            ]
+        };
+        // S's element (i, p), from the block that holds row i.
+        let s = |i: usize, p: usize| {
+            if i < top {
+                f64::from(first[p * top + i])
+            } else {
+                f64::from(second[(col_start + p) * bottom + i - top])
+            }
+        };
+        // Σₚ weight(p) · v[p], with the sum of the terms' magnitudes.
+        let sum_of = |v: &[f32], weight: &dyn Fn(usize) -> f64| {
+            v.iter()
+                .enumerate()
+                .map(|(p, value)| weight(p) * f64::from(*value))
+                .fold([0.0, 0.0], |[sum, size], t| [sum + t, size + t.abs()])
+        };
+        let x = tape.buffer(1)[..k].to_vec();
+        let product = |i: usize| sum_of(&x, &|p| s(i, p));
+        let in_place = |transpose, operands| {
+            move |tape: &mut Tape<f32>, add| tape.product_in_place(blocks, transpose, operands, add)
+        };
+        onto_then_over(&mut tape, (2, m), in_place(false, (1, 2)), product, "S·x");
+        let bias: Vec<f32> = (0..m).map(|i| i as f32 * 0.25).collect();
+        tape.gemm_onto(0, blocks, (1, 0, 0), (2, 0, 0), 1, &[(0, &[&bias[..]])]);
+        for i in 0..m {
+            let [sum, size] = product(i);
+            let want = [f64::from(bias[i]) + sum, size + f64::from(bias[i])];
+            assert_close(tape.buffer(2)[i], want, &format!("b + S·x[{i}]"));
+        }
+        // Sᵀ times the column just made.
+        let y = tape.buffer(2)[..m].to_vec();
+        let back = |p: usize| sum_of(&y, &|i| s(i, p));
+        onto_then_over(&mut tape, (3, k), in_place(true, (2, 3)), back, "Sᵀ·y");
+    }
+
+    impl Tape<f32> {
+        /// Stack 0 (of `blocks`, or transposed) times column 0 of buffer `src` into
+        /// column 0 of buffer `dst`, added with `add`.
+        fn product_in_place<'a, const B: usize>(
+            &mut self,
+            blocks: impl FnOnce() -> [StackBlock<'a, f32>; B],
+            transpose: bool,
+            (src, dst): (usize, usize),
+            add: bool,
+        ) {
+            let (src, dst) = ((src, 0, 0), (dst, 0, 0));
+            if add {
+                self.gemm_add(0, blocks, transpose, src, dst, 1);
+            } else {
+                self.gemm(0, blocks, transpose, src, dst, 1);
+            }
+        }
+    }
+
+    /// `product` into column 0 of buffer `dst` (`len` values) added onto the values
+    /// there, then assigned over them: each value the product's (`want`), plus the
+    /// value it was added to.
+    fn onto_then_over(
+        tape: &mut Tape<f32>,
+        (dst, len): (usize, usize),
+        mut product: impl FnMut(&mut Tape<f32>, bool),
+        want: impl Fn(usize) -> [f64; 2],
+        what: &str,
+    ) {
+        let stale = tape.buffer(dst)[..len].to_vec();
+        product(tape, true);
+        for (i, was) in stale.iter().enumerate() {
+            let [sum, size] = want(i);
+            let got = tape.buffer(dst)[i];
+            assert_close(
+                got,
+                [f64::from(*was) + sum, size],
+                &format!("stale + {what}[{i}]"),
+            );
+        }
+        product(tape, false);
+        for i in 0..len {
+            assert_close(tape.buffer(dst)[i], want(i), &format!("{what}[{i}]"));
+        }
+    }
+
     /// `gemm_onto` in f32 (the packed kernels) and f64 (the generic product): rows
     /// `0..35` start from two biases, rows `35..70` from none (zero); over many
     /// columns, one column, and (f32) a product large enough to share its columns
@@ -1159,8 +1390,15 @@ mod tests {
         let b2: Vec<T> = (0..35).map(|_| T::of(rng.normal())).collect();
         let biases: [(usize, &[&[T]]); 1] = [(0, &[&b1, &b2])];
         // All columns but the last; then the last alone.
-        tape.gemm_onto(0, (1, 0, 0), (2, 0, 0), columns - 2, &biases);
-        tape.gemm_onto(0, (1, 0, columns - 1), (2, 0, columns - 1), 1, &biases);
+        tape.gemm_onto(0, || [], (1, 0, 0), (2, 0, 0), columns - 2, &biases);
+        tape.gemm_onto(
+            0,
+            || [],
+            (1, 0, columns - 1),
+            (2, 0, columns - 1),
+            1,
+            &biases,
+        );
         let (s, src, dst) = (tape.buffer(0), tape.buffer(1), tape.buffer(2));
         for j in 0..columns {
             for i in 0..m {
@@ -1219,11 +1457,11 @@ mod tests {
         // `dst = S · src`; then `back = Sᵀ · dst` over all steps, and one column of it
         // added to.
         let off = 3 * batch;
-        tape.gemm(0, false, (1, 0, 0), (3, 0, 0), columns);
-        tape.gemm_add(0, false, (1, 0, off), (2, 0, off), batch);
-        tape.gemm(0, false, (1, 0, 1), (2, 0, 1), 1);
-        tape.gemm(0, true, (2, 0, 0), (4, 0, 0), columns);
-        tape.gemm_add(0, true, (2, 0, 2), (4, 0, 2), 1);
+        tape.gemm(0, || [], false, (1, 0, 0), (3, 0, 0), columns);
+        tape.gemm_add(0, || [], false, (1, 0, off), (2, 0, off), batch);
+        tape.gemm(0, || [], false, (1, 0, 1), (2, 0, 1), 1);
+        tape.gemm(0, || [], true, (2, 0, 0), (4, 0, 0), columns);
+        tape.gemm_add(0, || [], true, (2, 0, 2), (4, 0, 2), 1);
         let (s, src, dst) = (tape.buffer(0), tape.buffer(1), tape.buffer(2));
         let (out, back) = (tape.buffer(3), tape.buffer(4));
         for j in 0..columns {
