@@ -133,9 +133,9 @@ fn relu_kink_within_the_first_step() {
     check::<RnnReluCell<f64>>(&[6, 8], &[6], true, 6144366400995037550).unwrap();
 }
 
-/// A pass of one column, which reads the stacked weights where the parameters lie
-/// (`DIRECT_COLUMNS` in `tape.rs`), and passes of two columns beside it, for stacks of
-/// whole parameters and of column ranges.
+/// Passes that read the stacked weights where the parameters lie (`reads_in_place` in
+/// `tape.rs`): one column, and two to four columns of a stack of 16K values or more
+/// (an LSTM of 64 hidden units); and passes of the same cells that pack beside them.
 #[test]
 fn passes_of_few_columns() {
     for (lengths, seed) in [(&[1][..], 1), (&[1][..], 2), (&[2][..], 3), (&[1, 1], 4)] {
@@ -143,6 +143,9 @@ fn passes_of_few_columns() {
         check::<GruCell<f64>>(&[3, 5], lengths, true, seed).unwrap();
         check::<Mgu<f64>>(&[3, 5], lengths, false, seed).unwrap();
         check::<ColahLstm<f64>>(&[3, 5], lengths, true, seed).unwrap();
+    }
+    for (lengths, seed) in [(&[2, 2][..], 5), (&[3][..], 6), (&[3, 2][..], 7)] {
+        check::<LstmCell<f64>>(&[3, 64], lengths, false, seed).unwrap();
     }
 }
 

@@ -358,23 +358,27 @@ fn other_cells_in_f32_match_f64() {
     }
 }
 
-/// A pass of one column (one step of one sequence) reads the stacked weights where the
-/// parameters lie, where longer passes pack them (`DIRECT_COLUMNS` in `tape.rs`): a
-/// short pass gives, alone, the outputs, final states and input gradients it gives
-/// beside two more sequences, for cells whose stacks are whole parameters (the LSTM,
-/// the GRU, the MGU) and column ranges of them (Colah's LSTM), in f32.
+/// A pass of one column (one step of one sequence), and a pass of up to four columns
+/// whose stacked weights are large, reads the weights where the parameters lie, where
+/// longer passes pack them (`reads_in_place` in `tape.rs`): a short pass gives, alone,
+/// the outputs, final states and input gradients it gives beside two more sequences,
+/// for cells whose stacks are whole parameters (the LSTM, the GRU, the MGU) and column
+/// ranges of them (Colah's LSTM), in f32, at 35 hidden units (small stacks: one column
+/// in place) and 130 (every stack in place up to four columns).
 #[test]
 fn short_passes_compute_what_they_compute_in_a_longer_batch() {
-    for (steps, batch) in [(1, 1), (1, 4), (2, 2), (4, 1), (3, 1)] {
-        alone_matches_batched::<LstmCell<f32>>(steps, batch);
-        alone_matches_batched::<Mgu<f32>>(steps, batch);
-        alone_matches_batched::<ColahLstm<f32>>(steps, batch);
-        alone_matches_batched::<GruCell<f32>>(steps, batch);
+    for hidden in [35, 130] {
+        for (steps, batch) in [(1, 1), (1, 4), (2, 2), (4, 1), (3, 1)] {
+            alone_matches_batched::<LstmCell<f32>>(hidden, steps, batch);
+            alone_matches_batched::<Mgu<f32>>(hidden, steps, batch);
+            alone_matches_batched::<ColahLstm<f32>>(hidden, steps, batch);
+            alone_matches_batched::<GruCell<f32>>(hidden, steps, batch);
+        }
     }
 }
 
-fn alone_matches_batched<C: Cell<f32>>(steps: usize, batch: usize) {
-    let (input, hidden, more) = (5, 35, 2);
+fn alone_matches_batched<C: Cell<f32>>(hidden: usize, steps: usize, batch: usize) {
+    let (input, more) = (5, 2);
     let mut rng = Rng::seed((steps * 10 + batch) as u64);
     let cell = C::with_dims(&[input, hidden], &Init::pytorch_default(hidden), &mut rng).unwrap();
     let wide = batch + more;
@@ -413,7 +417,7 @@ fn alone_matches_batched<C: Cell<f32>>(steps: usize, batch: usize) {
         let error = relative_error(got.as_slice(), want.as_slice());
         assert!(
             error < 1e-5,
-            "{}, {steps} steps × {batch}: {what} off by {error:e}",
+            "{}, {hidden} hidden, {steps} steps × {batch}: {what} off by {error:e}",
             std::any::type_name::<C>()
         );
     };
@@ -621,11 +625,14 @@ fn reused_tape_buffers_change_nothing() {
     leftover_buffers_change_nothing::<rnn_runtime::cells::LstmProjCell<f32>>(&[5, 9, 4]);
     leftover_buffers_change_nothing::<ConcatMgu<f32>>(&[5, 9]);
     leftover_buffers_change_nothing::<InputFree<f32>>(&[5, 9]);
-    // A pass of one column, whose products read the weights in place and add block
-    // after block into buffers that hold a finished pass's values.
+    // Passes whose products read the weights in place and add block after block into
+    // buffers that hold a finished pass's values: one column, and four columns of
+    // large stacks.
     leftover_buffers_change_nothing_at::<LstmCell<f32>>(&[5, 9], &[1]);
     leftover_buffers_change_nothing_at::<ConcatMgu<f32>>(&[5, 9], &[1]);
     leftover_buffers_change_nothing_at::<ColahLstm<f32>>(&[5, 9], &[1]);
+    leftover_buffers_change_nothing_at::<LstmCell<f32>>(&[5, 70], &[2, 2]);
+    leftover_buffers_change_nothing_at::<ColahLstm<f32>>(&[5, 70], &[2, 1]);
 }
 
 /// A cell whose parameter `p` scales the input elementwise: its gradient reads the

@@ -285,8 +285,12 @@ pub fn gemm<T: Scalar>(
 /// Up to this many columns, products go through `gemv_columns`/`gemv_rows`.
 const SMALL_BATCH: usize = 4;
 
-/// C = A·B + βC for column-major A: each column of C accumulates A's columns, scaled:
-/// contiguous loads, vectorised by the compiler.
+/// C = A·B + βC for column-major A: each column of C accumulates A's columns, scaled,
+/// in blocks of rows whose sums stay in registers over all of A's columns (contiguous
+/// loads, vectorised by the compiler). Summed into C's column at every column of A,
+/// as it was, the sums were loaded and stored at each: four one-column products of a
+/// 140 × 35 weight took 7 µs against 4 for packing the weight and running its kernel
+/// (session 22, `benches/README.md`).
 fn gemv_columns<T: Scalar>(
     a: &[T],
     av: Strided,
@@ -299,18 +303,56 @@ fn gemv_columns<T: Scalar>(
     let m = cv.rows;
     for j in 0..cv.cols {
         let out = &mut c[cv.offset + j * cv.col_stride..][..m];
-        if beta == T::zero() {
-            out.fill(T::zero());
+        let x = &b[bv.offset + j * bv.col_stride..][..av.cols];
+        let mut row = 0;
+        // Blocks of 64 rows (four AVX-512 registers of f32), then 16, then one by one.
+        while m - row >= 64 {
+            rows_times_column::<T, 64>(a, av, row, x, beta, &mut out[row..row + 64]);
+            row += 64;
+        }
+        while m - row >= 16 {
+            rows_times_column::<T, 16>(a, av, row, x, beta, &mut out[row..row + 16]);
+            row += 16;
+        }
+        for (i, o) in out.iter_mut().enumerate().skip(row) {
+            let sum = x.iter().enumerate().fold(T::zero(), |sum, (k, xk)| {
+                sum + a[av.offset + k * av.col_stride + i] * *xk
+            });
+            *o = if beta == T::zero() {
+                sum
+            } else {
+                beta * *o + sum
+            };
+        }
+    }
+}
+
+/// `out = A[row..row + R, ..] · x + β·out`, the R sums in an array the compiler keeps
+/// in registers.
+#[inline(always)]
+fn rows_times_column<T: Scalar, const R: usize>(
+    a: &[T],
+    av: Strided,
+    row: usize,
+    x: &[T],
+    beta: T,
+    out: &mut [T],
+) {
+    let mut sums = [T::zero(); R];
+    for (k, xk) in x.iter().enumerate() {
+        let column: &[T; R] = a[av.offset + k * av.col_stride + row..][..R]
+            .try_into()
+            .expect("R rows");
+        for (sum, value) in sums.iter_mut().zip(column) {
+            *sum += *value * *xk;
+        }
+    }
+    for (o, sum) in out.iter_mut().zip(sums) {
+        *o = if beta == T::zero() {
+            sum
         } else {
-            out.iter_mut().for_each(|v| *v *= beta);
-        }
-        for k in 0..av.cols {
-            let x = b[bv.offset + k + j * bv.col_stride];
-            let column = &a[av.offset + k * av.col_stride..][..m];
-            for (o, w) in out.iter_mut().zip(column) {
-                *o += *w * x;
-            }
-        }
+            beta * *o + sum
+        };
     }
 }
 
@@ -375,9 +417,18 @@ mod tests {
             (64, 20, 8),
             (70, 9, 13),
             (512, 128, 16),
+            (81, 6, 2),
         ] {
             let a =
                 nalgebra::DMatrix::<f64>::from_fn(m, k, |i, j| ((i * 7 + j * 3) % 11) as f64 - 5.0);
+            // A as a block of a larger matrix: rows from 2, columns from 1.
+            let within = nalgebra::DMatrix::<f64>::from_fn(m + 3, k + 2, |i, j| {
+                if (2..m + 2).contains(&i) && (1..k + 1).contains(&j) {
+                    a[(i - 2, j - 1)]
+                } else {
+                    f64::NAN
+                }
+            });
             let b = nalgebra::DMatrix::<f64>::from_fn(k, n, |i, j| ((i + 2 * j) % 5) as f64 * 0.5);
             let at = a.transpose();
             for (beta, start) in [(0.0, 9.0), (1.0, 2.0)] {
@@ -386,6 +437,7 @@ mod tests {
                 for (what, stored, view) in [
                     ("columns", &a, Strided::column_major(m, 0, 0, m, k)),
                     ("rows", &at, Strided::column_major(k, 0, 0, k, m).t()),
+                    ("a block", &within, Strided::column_major(m + 3, 2, 1, m, k)),
                 ] {
                     let mut c = vec![start; m * n];
                     let b_view = Strided::column_major(k, 0, 0, k, n);

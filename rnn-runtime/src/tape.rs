@@ -65,9 +65,10 @@ pub struct Tape<T: Scalar> {
     packed: Arc<WeightPacks>,
     /// Whether the backward pass computes the inputs' gradients.
     input_grads: bool,
-    /// Whether the products read the stacked weights where their parameters lie, the
-    /// pass having too few columns to pay for packing them (`DIRECT_COLUMNS`).
-    direct: bool,
+    /// Per buffer, whether the products with it (a stacked weight) read it where its
+    /// parameters lie, the pass having too few columns to pay for packing it
+    /// (`reads_in_place`).
+    direct: Vec<bool>,
     /// Rows of dz packed for weight gradients, by (buffer, first row, rows): the
     /// weights that multiply different vectors in one gate share its dz. Kept for one
     /// backward pass (see `release_gradient_operands`).
@@ -355,6 +356,11 @@ impl<T: Scalar> Tape<T> {
                 .collect()
         };
         let transposed = vec![None; specs.len()];
+        let direct = rows
+            .iter()
+            .zip(&cols)
+            .map(|(r, c)| reads_in_place(columns, r * c))
+            .collect();
         Tape {
             bufs,
             rows,
@@ -363,7 +369,7 @@ impl<T: Scalar> Tape<T> {
             transposed,
             packed,
             input_grads: true,
-            direct: columns <= DIRECT_COLUMNS,
+            direct,
             packed_dz: Vec::new(),
         }
     }
@@ -444,7 +450,7 @@ impl<T: Scalar> Tape<T> {
 
     /// `dst = S * src` (or `Sᵀ * src`) over `n` columns, S a stacked weight buffer
     /// made of `blocks` (as `load_stack` was given them; called only where the pass
-    /// reads them in place, see `DIRECT_COLUMNS`).
+    /// reads them in place, see `reads_in_place`).
     #[inline]
     pub fn gemm<'a, const B: usize>(
         &mut self,
@@ -488,7 +494,7 @@ impl<T: Scalar> Tape<T> {
         n: usize,
         add: bool,
     ) {
-        if self.direct {
+        if self.direct[stack] {
             return self.direct_product(stack, &blocks(), transpose, src, dst, n, add);
         }
         if n == 1 && self.one_column_at_once(stack, transpose, src, dst, add) {
@@ -551,7 +557,7 @@ impl<T: Scalar> Tape<T> {
                 }
             }
         }
-        if packed::available::<T>() && !self.direct {
+        if packed::available::<T>() && !self.direct[stack] {
             let bias = packed::as_f32(&start).expect("`available` checked f32");
             self.packed_gemm(stack, false, src, dst, n, Start::Bias(bias));
         } else {
@@ -560,7 +566,7 @@ impl<T: Scalar> Tape<T> {
                 let at = (dst.2 + c) * ld + dst.1;
                 self.bufs[dst.0][at..at + rows].copy_from_slice(&start);
             }
-            if self.direct {
+            if self.direct[stack] {
                 self.direct_product(stack, &blocks(), false, src, dst, n, true);
             } else {
                 self.product(stack, false, src, dst, n, true);
@@ -610,7 +616,7 @@ impl<T: Scalar> Tape<T> {
     }
 
     /// `product` where the pass reads the stacked weight in place (see
-    /// `DIRECT_COLUMNS`): each block's product with the parameter's columns where
+    /// `reads_in_place`): each block's product with the parameter's columns where
     /// they lie, into the block's rows of dst (transposed: all of them added up into
     /// dst's rows, one block after another).
     #[allow(clippy::too_many_arguments)]
@@ -825,9 +831,9 @@ impl<T: Scalar> Tape<T> {
     /// notebooks' LSTM's weights column by column into the tape before packing them was
     /// a quarter of a one-step pass (`benches/README.md`, session 21). A pass of one
     /// column does neither: its products read the blocks where they lie
-    /// (`DIRECT_COLUMNS`).
+    /// (`reads_in_place`).
     pub fn load_stack(&mut self, stack: usize, blocks: &[StackBlock<'_, T>]) {
-        if self.direct {
+        if self.direct[stack] {
             // The products read the blocks where they lie (`direct_product`).
             return;
         }
@@ -1145,16 +1151,24 @@ fn add_weight_grads<T: Scalar>(
     pool::<T>().give(product);
 }
 
-/// A pass of at most this many columns (steps × sequences) reads its stacked weights
-/// where the parameters lie (`Tape::direct_product`), neither packed nor copied: a
-/// packing reads and writes the whole weight, which a pass of one column reads once.
-/// A sampling loop runs such a pass at every character. A one-step pass of an LSTM
-/// with 512 hidden units (8 MB of weights) spent two thirds of its forward time
-/// packing them; read in place, its forward took 0.35 ms instead of 0.99, the MGU's
-/// 0.15 instead of 0.47, and at 128 hidden units 11-14 µs instead of 21 (session 22,
-/// `benches/README.md`). From two columns the products in place (`gemv_columns`) cost
-/// more than packing saves at 35 and 128 hidden units (4 steps of 35: 7 µs against 4).
-const DIRECT_COLUMNS: usize = 1;
+/// Whether a pass of `columns` columns (steps × sequences) reads a stacked weight of
+/// `values` values where the parameters lie (`Tape::direct_product`), neither packed
+/// nor copied: a pass of one column, and a pass of up to four columns whose weight
+/// outgrows the L1 cache. A packing reads and writes the whole weight, which a pass
+/// of one column then reads once; a sampling loop runs such a pass at every
+/// character. A one-step pass of an LSTM with 512 hidden units (8 MB of weights) spent
+/// two thirds of its forward time packing them; read in place, its forward took 0.32
+/// ms instead of 0.99 (session 22, `benches/README.md`). A weight that fits in L1 packs
+/// cheaply, and the packed kernel then runs several columns faster than the products
+/// in place (`scalar::gemm`'s few-column products): at 35 hidden units, four steps of
+/// the LSTM took 6.1 µs in place against 3.9 packed. At 128 hidden units two steps ran
+/// in place in 0.7-0.85 of their packed time and four in 0.95-1.06; at 512, four
+/// steps or four sequences in 0.8-0.9.
+fn reads_in_place(columns: usize, values: usize) -> bool {
+    /// 64 KiB of f32, past the L1 cache of the machines measured (32 and 48 KiB).
+    const LARGE_WEIGHT: usize = 1 << 14;
+    columns == 1 || (columns <= 4 && values >= LARGE_WEIGHT)
+}
 
 /// A step's product of at least this many multiply-adds is shared with the helper
 /// thread where a pass runs on one thread (see `helper`). Its weight stays in the
@@ -1256,7 +1270,7 @@ mod tests {
             spec(k, BufferCols::Steps),
         ];
         let mut tape = Tape::<f32>::new(&specs, 1, 1);
-        assert!(tape.direct);
+        assert!(tape.direct[0]);
         let mut rng = Rng::seed(5);
         for buf in 0..4 {
             fill(tape.buffer_mut(buf), &mut rng);
