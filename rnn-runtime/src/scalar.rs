@@ -285,8 +285,9 @@ pub fn gemm<T: Scalar>(
 /// Up to this many columns, products go through `gemv_columns`/`gemv_rows`.
 const SMALL_BATCH: usize = 4;
 
-/// C = A·B + βC for column-major A: each column of C accumulates A's columns, scaled,
-/// in blocks of rows whose sums stay in registers over all of A's columns (contiguous
+/// C = A·B + βC for column-major A and at most `SMALL_BATCH` columns of B: C's columns
+/// accumulate A's columns, scaled, in blocks of rows whose sums stay in registers over
+/// all of A's columns, every column of B at once, so that A is read once (contiguous
 /// loads, vectorised by the compiler). Summed into C's column at every column of A,
 /// as it was, the sums were loaded and stored at each: four one-column products of a
 /// 140 × 35 weight took 7 µs against 4 for packing the weight and running its kernel
@@ -300,59 +301,98 @@ fn gemv_columns<T: Scalar>(
     c: &mut [T],
     cv: Strided,
 ) {
-    let m = cv.rows;
-    for j in 0..cv.cols {
-        let out = &mut c[cv.offset + j * cv.col_stride..][..m];
-        let x = &b[bv.offset + j * bv.col_stride..][..av.cols];
-        let mut row = 0;
-        // Blocks of 64 rows (four AVX-512 registers of f32), then 16, then one by one.
-        while m - row >= 64 {
-            rows_times_column::<T, 64>(a, av, row, x, beta, &mut out[row..row + 64]);
-            row += 64;
-        }
-        while m - row >= 16 {
-            rows_times_column::<T, 16>(a, av, row, x, beta, &mut out[row..row + 16]);
-            row += 16;
-        }
-        for (i, o) in out.iter_mut().enumerate().skip(row) {
-            let sum = x.iter().enumerate().fold(T::zero(), |sum, (k, xk)| {
-                sum + a[av.offset + k * av.col_stride + i] * *xk
-            });
-            *o = if beta == T::zero() {
-                sum
-            } else {
-                beta * *o + sum
-            };
+    let operands = (a, av, b, bv, beta);
+    match cv.cols {
+        0 => {}
+        1 => columns_at_once::<T, 1>(operands, c, cv),
+        2 => columns_at_once::<T, 2>(operands, c, cv),
+        3 => columns_at_once::<T, 3>(operands, c, cv),
+        4 => columns_at_once::<T, 4>(operands, c, cv),
+        n => {
+            // (More than `gemm` sends here: four columns at a time.)
+            for first in (0..n).step_by(4) {
+                let cols = (n - first).min(4);
+                let part = |v: Strided| Strided {
+                    offset: v.offset + first * v.col_stride,
+                    cols,
+                    ..v
+                };
+                gemv_columns(a, av, b, part(bv), beta, c, part(cv));
+            }
         }
     }
 }
 
-/// `out = A[row..row + R, ..] · x + β·out`, the R sums in an array the compiler keeps
-/// in registers.
-#[inline(always)]
-fn rows_times_column<T: Scalar, const R: usize>(
-    a: &[T],
-    av: Strided,
-    row: usize,
-    x: &[T],
-    beta: T,
-    out: &mut [T],
+/// A and B's columns of a product, and β (see `gemv_columns`).
+type Operands<'a, T> = (&'a [T], Strided, &'a [T], Strided, T);
+
+/// `gemv_columns` for N columns of B: blocks of 64 rows (four AVX-512 registers of f32
+/// a column), then of 16, the last rows as the block of 16 that ends with them (its
+/// rows done already left as they are), and one at a time only below 16 rows.
+fn columns_at_once<T: Scalar, const N: usize>(
+    (a, av, b, bv, beta): Operands<'_, T>,
+    c: &mut [T],
+    cv: Strided,
 ) {
-    let mut sums = [T::zero(); R];
-    for (k, xk) in x.iter().enumerate() {
+    let m = cv.rows;
+    let xs: [&[T]; N] = std::array::from_fn(|j| &b[bv.offset + j * bv.col_stride..][..av.cols]);
+    // (Which lets the compiler drop the bounds checks of `x[k]` in the blocks.)
+    assert!(
+        xs.iter().all(|x| x.len() == av.cols),
+        "B's columns hold A's columns"
+    );
+    let mut row = 0;
+    while m - row >= 64 {
+        rows_times_columns::<T, 64, N>((a, av, row), &xs, beta, (c, cv, 0));
+        row += 64;
+    }
+    while m - row >= 16 {
+        rows_times_columns::<T, 16, N>((a, av, row), &xs, beta, (c, cv, 0));
+        row += 16;
+    }
+    if row == m {
+        return;
+    }
+    if m >= 16 {
+        let start = m - 16;
+        rows_times_columns::<T, 16, N>((a, av, start), &xs, beta, (c, cv, row - start));
+        return;
+    }
+    for i in row..m {
+        rows_times_columns::<T, 1, N>((a, av, i), &xs, beta, (c, cv, 0));
+    }
+}
+
+/// Rows `row..row + R` of C = A·B + βC for B's N columns `xs`, the R × N sums in an
+/// array the compiler keeps in registers; C's rows from `row + first` stored.
+#[inline(always)]
+fn rows_times_columns<T: Scalar, const R: usize, const N: usize>(
+    (a, av, row): (&[T], Strided, usize),
+    xs: &[&[T]; N],
+    beta: T,
+    (c, cv, first): (&mut [T], Strided, usize),
+) {
+    let mut sums = [[T::zero(); R]; N];
+    for k in 0..av.cols {
         let column: &[T; R] = a[av.offset + k * av.col_stride + row..][..R]
             .try_into()
             .expect("R rows");
-        for (sum, value) in sums.iter_mut().zip(column) {
-            *sum += *value * *xk;
+        for (sums, x) in sums.iter_mut().zip(xs) {
+            let xk = x[k];
+            for (sum, value) in sums.iter_mut().zip(column) {
+                *sum += *value * xk;
+            }
         }
     }
-    for (o, sum) in out.iter_mut().zip(sums) {
-        *o = if beta == T::zero() {
-            sum
-        } else {
-            beta * *o + sum
-        };
+    for (j, sums) in sums.iter().enumerate() {
+        let out = &mut c[cv.offset + j * cv.col_stride + row..][..R];
+        for (o, sum) in out.iter_mut().zip(sums).skip(first) {
+            *o = if beta == T::zero() {
+                *sum
+            } else {
+                beta * *o + *sum
+            };
+        }
     }
 }
 
@@ -433,6 +473,11 @@ mod tests {
             let at = a.transpose();
             for (beta, start) in [(0.0, 9.0), (1.0, 2.0)] {
                 let expected = &a * &b + nalgebra::DMatrix::from_element(m, n, beta * start);
+                let max_error = |c: &[f64]| {
+                    c.iter()
+                        .zip(expected.iter())
+                        .fold(0.0f64, |e, (x, y)| e.max((x - y).abs()))
+                };
                 // A stored column-major, and stored transposed (row-major) and read so.
                 for (what, stored, view) in [
                     ("columns", &a, Strided::column_major(m, 0, 0, m, k)),
@@ -450,11 +495,24 @@ mod tests {
                         &mut c,
                         Strided::column_major(m, 0, 0, m, n),
                     );
-                    let error = c
-                        .iter()
-                        .zip(expected.iter())
-                        .fold(0.0f64, |e, (x, y)| e.max((x - y).abs()));
+                    let error = max_error(&c);
                     assert!(error < 1e-9, "{what} {m}x{k}x{n}: {error}");
+                    if what == "columns" && n > SMALL_BATCH {
+                        // The few-column product itself, four columns at a time.
+                        let mut c = vec![start; m * n];
+                        let c_view = Strided::column_major(m, 0, 0, m, n);
+                        gemv_columns(
+                            a.as_slice(),
+                            view,
+                            b.as_slice(),
+                            b_view,
+                            beta,
+                            &mut c,
+                            c_view,
+                        );
+                        let error = max_error(&c);
+                        assert!(error < 1e-9, "gemv_columns {m}x{k}x{n}: {error}");
+                    }
                 }
             }
         }

@@ -1161,9 +1161,8 @@ fn add_weight_grads<T: Scalar>(
 /// ms instead of 0.99 (session 22, `benches/README.md`). A weight that fits in L1 packs
 /// cheaply, and the packed kernel then runs several columns faster than the products
 /// in place (`scalar::gemm`'s few-column products): at 35 hidden units, four steps of
-/// the LSTM took 6.1 µs in place against 3.9 packed. At 128 hidden units two steps ran
-/// in place in 0.7-0.85 of their packed time and four in 0.95-1.06; at 512, four
-/// steps or four sequences in 0.8-0.9.
+/// the LSTM took 6.1 µs in place against 3.9 packed. From 128 hidden units, two to
+/// four columns in place took 0.44-0.8 of their packed forward time.
 fn reads_in_place(columns: usize, values: usize) -> bool {
     /// 64 KiB of f32, past the L1 cache of the machines measured (32 and 48 KiB).
     const LARGE_WEIGHT: usize = 1 << 14;
