@@ -396,8 +396,8 @@ impl<T: Scalar> Tape<T> {
     }
 
     /// A buffer's values, column-major. (A stacked weight's buffer holds the weight
-    /// only where `load_stack` copies it: not where the packed kernels run, nor in a
-    /// pass of one column.)
+    /// only where `load_stack` copies it: not where the packed kernels run, nor where
+    /// the pass reads it in place, see `reads_in_place`.)
     pub fn buffer(&self, buf: usize) -> &[T] {
         &self.bufs[buf]
     }
@@ -829,9 +829,9 @@ impl<T: Scalar> Tape<T> {
     /// and its transpose then reads, and the stack's buffer is left as it was;
     /// elsewhere each block is copied into the buffer (`load_block`). Copying the
     /// notebooks' LSTM's weights column by column into the tape before packing them was
-    /// a quarter of a one-step pass (`benches/README.md`, session 21). A pass of one
-    /// column does neither: its products read the blocks where they lie
-    /// (`reads_in_place`).
+    /// a quarter of a one-step pass (`benches/README.md`, session 21). Where a short
+    /// pass's products read the blocks where they lie (`reads_in_place`), it does
+    /// neither.
     pub fn load_stack(&mut self, stack: usize, blocks: &[StackBlock<'_, T>]) {
         if self.direct[stack] {
             // The products read the blocks where they lie (`direct_product`).
@@ -1163,6 +1163,8 @@ fn add_weight_grads<T: Scalar>(
 /// in place (`scalar::gemm`'s few-column products): at 35 hidden units, four steps of
 /// the LSTM took 6.1 µs in place against 3.9 packed. From 128 hidden units, two to
 /// four columns in place took 0.44-0.8 of their packed forward time.
+/// (Four columns: up to `scalar::gemm`'s few-column products, which read the weight
+/// once for all of them.)
 fn reads_in_place(columns: usize, values: usize) -> bool {
     /// 64 KiB of f32, past the L1 cache of the machines measured (32 and 48 KiB).
     const LARGE_WEIGHT: usize = 1 << 14;
