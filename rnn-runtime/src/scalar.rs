@@ -301,25 +301,28 @@ fn gemv_columns<T: Scalar>(
     c: &mut [T],
     cv: Strided,
 ) {
-    let operands = (a, av, b, bv, beta);
-    match cv.cols {
-        0 => {}
-        1 => columns_at_once::<T, 1>(operands, c, cv),
-        2 => columns_at_once::<T, 2>(operands, c, cv),
-        3 => columns_at_once::<T, 3>(operands, c, cv),
-        4 => columns_at_once::<T, 4>(operands, c, cv),
-        n => {
-            // (More than `gemm` sends here: four columns at a time.)
-            for first in (0..n).step_by(4) {
-                let cols = (n - first).min(4);
-                let part = |v: Strided| Strided {
-                    offset: v.offset + first * v.col_stride,
-                    cols,
-                    ..v
-                };
-                gemv_columns(a, av, b, part(bv), beta, c, part(cv));
-            }
+    // Four columns of B at a time (more than `gemm` sends here), each count of columns
+    // its own kernel, called directly. Called through a recursion for more columns, or
+    // through a table of function pointers, the kernel for four kept its sums on the
+    // stack (`perf annotate`), and four sequences ran 2x slower (session 22).
+    for first in (0..cv.cols).step_by(4) {
+        let (bv, cv) = (four_from(bv, first), four_from(cv, first));
+        let operands = (a, av, b, bv, beta);
+        match cv.cols {
+            1 => columns_at_once::<T, 1, 128>(operands, c, cv),
+            2 => columns_at_once::<T, 2, 128>(operands, c, cv),
+            3 => columns_at_once::<T, 3, 64>(operands, c, cv),
+            _ => columns_at_once::<T, 4, 64>(operands, c, cv),
         }
+    }
+}
+
+/// Columns `first..` of a view, at most four of them.
+fn four_from(v: Strided, first: usize) -> Strided {
+    Strided {
+        offset: v.offset + first * v.col_stride,
+        cols: (v.cols - first).min(4),
+        ..v
     }
 }
 
@@ -333,7 +336,7 @@ type Operands<'a, T> = (&'a [T], Strided, &'a [T], Strided, T);
 /// runs: a block of 64 rows of a 1024-row parameter reads 256 bytes every 4 KiB, and
 /// one step of the LSTM with 1024 hidden units ran forward in 0.81 of its time with
 /// blocks of 128 (session 22).
-fn columns_at_once<T: Scalar, const N: usize>(
+fn columns_at_once<T: Scalar, const N: usize, const TALL: usize>(
     (a, av, b, bv, beta): Operands<'_, T>,
     c: &mut [T],
     cv: Strided,
@@ -346,11 +349,9 @@ fn columns_at_once<T: Scalar, const N: usize>(
         "B's columns hold A's columns"
     );
     let mut row = 0;
-    if N <= 2 {
-        while m - row >= 128 {
-            rows_times_columns::<T, 128, N>((a, av, row), &xs, beta, (c, cv, 0));
-            row += 128;
-        }
+    while m - row >= TALL {
+        rows_times_columns::<T, TALL, N>((a, av, row), &xs, beta, (c, cv, 0));
+        row += TALL;
     }
     while m - row >= 64 {
         rows_times_columns::<T, 64, N>((a, av, row), &xs, beta, (c, cv, 0));
@@ -509,21 +510,19 @@ mod tests {
                     );
                     let error = max_error(&c);
                     assert!(error < 1e-9, "{what} {m}x{k}x{n}: {error}");
-                    if what == "columns" && n > SMALL_BATCH {
-                        // The few-column product itself, four columns at a time.
+                    if what != "a block" && n > SMALL_BATCH {
+                        // The few-column products themselves, four columns at a time.
+                        let few = if what == "columns" {
+                            gemv_columns
+                        } else {
+                            gemv_rows
+                        };
                         let mut c = vec![start; m * n];
                         let c_view = Strided::column_major(m, 0, 0, m, n);
-                        gemv_columns(
-                            a.as_slice(),
-                            view,
-                            b.as_slice(),
-                            b_view,
-                            beta,
-                            &mut c,
-                            c_view,
-                        );
+                        let a = stored.as_slice();
+                        few(a, view, b.as_slice(), b_view, beta, &mut c, c_view);
                         let error = max_error(&c);
-                        assert!(error < 1e-9, "gemv_columns {m}x{k}x{n}: {error}");
+                        assert!(error < 1e-9, "{what}, few: {m}x{k}x{n}: {error}");
                     }
                 }
             }
