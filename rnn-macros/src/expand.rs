@@ -488,10 +488,8 @@ fn program(c: &Compiled, plan: &Plan, which: Program, params: &[Ident]) -> Token
                     quote!((#row, &[#(self.#fields.as_slice()),*][..]))
                 });
                 quote!(__tape.gemm_onto(#stack_buf, #blocks, #src, #dst, __n, &[#(#biases),*]);)
-            } else if *accumulate {
-                quote!(__tape.gemm_add(#stack_buf, #blocks, #transpose, #src, #dst, __n);)
             } else {
-                quote!(__tape.gemm(#stack_buf, #blocks, #transpose, #src, #dst, __n);)
+                quote!(__tape.gemm(#stack_buf, #blocks, #transpose, #src, #dst, __n, #accumulate);)
             }
         }
         Stage::Copy { src, dst, rows } => {

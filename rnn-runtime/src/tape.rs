@@ -450,41 +450,12 @@ impl<T: Scalar> Tape<T> {
 
     /// `dst = S * src` (or `Sᵀ * src`) over `n` columns, S a stacked weight buffer
     /// made of `blocks` (as `load_stack` was given them; called only where the pass
-    /// reads them in place, see `reads_in_place`).
+    /// reads them in place, see `reads_in_place`). With `add`, `dst += ...`: a sum
+    /// whose other term the step stored in `dst` (the generated code runs `a + U * v`
+    /// this way where nothing else reads `a`, without a loop of its own for the sum).
+    #[allow(clippy::too_many_arguments)]
     #[inline]
     pub fn gemm<'a, const B: usize>(
-        &mut self,
-        stack: usize,
-        blocks: impl FnOnce() -> [StackBlock<'a, T>; B],
-        transpose: bool,
-        src: At,
-        dst: At,
-        n: usize,
-    ) {
-        self.stack_product(stack, blocks, transpose, src, dst, n, false);
-    }
-
-    /// `dst += S * src` (or `Sᵀ * src`) over `n` columns: a sum whose other term the
-    /// step stored in `dst` (the generated code runs `a + U * v` this way where
-    /// nothing else reads `a`, without a loop of its own for the sum).
-    #[inline]
-    pub fn gemm_add<'a, const B: usize>(
-        &mut self,
-        stack: usize,
-        blocks: impl FnOnce() -> [StackBlock<'a, T>; B],
-        transpose: bool,
-        src: At,
-        dst: At,
-        n: usize,
-    ) {
-        self.stack_product(stack, blocks, transpose, src, dst, n, true);
-    }
-
-    /// `gemm`, or with `add` `gemm_add`: in place, through the one-column kernel, or
-    /// through `product`'s choices.
-    #[allow(clippy::too_many_arguments)]
-    #[inline(always)]
-    fn stack_product<'a, const B: usize>(
         &mut self,
         stack: usize,
         blocks: impl FnOnce() -> [StackBlock<'a, T>; B],
@@ -575,7 +546,7 @@ impl<T: Scalar> Tape<T> {
         pool::<T>().give(start);
     }
 
-    /// `gemm`, or with `add` `gemm_add`.
+    /// `gemm` past its in-place and one-column paths.
     fn product(&mut self, stack: usize, transpose: bool, src: At, dst: At, n: usize, add: bool) {
         let (s_rows, s_cols) = (self.rows[stack], self.cols[stack]);
         if packed::available::<T>() {
@@ -1313,40 +1284,23 @@ mod tests {
         };
         let x = tape.buffer(1)[..k].to_vec();
         let product = |i: usize| sum_of(&x, &|p| s(i, p));
-        let in_place = |transpose, operands| {
-            move |tape: &mut Tape<f32>, add| tape.product_in_place(blocks, transpose, operands, add)
+        let in_place = |transpose, (src, dst)| {
+            move |tape: &mut Tape<f32>, add| {
+                tape.gemm(0, blocks, transpose, (src, 0, 0), (dst, 0, 0), 1, add)
+            }
         };
         onto_then_over(&mut tape, (2, m), in_place(false, (1, 2)), product, "S·x");
         let bias: Vec<f32> = (0..m).map(|i| i as f32 * 0.25).collect();
         tape.gemm_onto(0, blocks, (1, 0, 0), (2, 0, 0), 1, &[(0, &[&bias[..]])]);
-        for i in 0..m {
+        for (i, b) in bias.iter().map(|b| f64::from(*b)).enumerate() {
             let [sum, size] = product(i);
-            let want = [f64::from(bias[i]) + sum, size + f64::from(bias[i])];
+            let want = [b + sum, size + b];
             assert_close(tape.buffer(2)[i], want, &format!("b + S·x[{i}]"));
         }
         // Sᵀ times the column just made.
         let y = tape.buffer(2)[..m].to_vec();
         let back = |p: usize| sum_of(&y, &|i| s(i, p));
         onto_then_over(&mut tape, (3, k), in_place(true, (2, 3)), back, "Sᵀ·y");
-    }
-
-    impl Tape<f32> {
-        /// Stack 0 (of `blocks`, or transposed) times column 0 of buffer `src` into
-        /// column 0 of buffer `dst`, added with `add`.
-        fn product_in_place<'a, const B: usize>(
-            &mut self,
-            blocks: impl FnOnce() -> [StackBlock<'a, f32>; B],
-            transpose: bool,
-            (src, dst): (usize, usize),
-            add: bool,
-        ) {
-            let (src, dst) = ((src, 0, 0), (dst, 0, 0));
-            if add {
-                self.gemm_add(0, blocks, transpose, src, dst, 1);
-            } else {
-                self.gemm(0, blocks, transpose, src, dst, 1);
-            }
-        }
     }
 
     /// `product` into column 0 of buffer `dst` (`len` values) added onto the values
@@ -1472,11 +1426,11 @@ mod tests {
         // `dst = S · src`; then `back = Sᵀ · dst` over all steps, and one column of it
         // added to.
         let off = 3 * batch;
-        tape.gemm(0, || [], false, (1, 0, 0), (3, 0, 0), columns);
-        tape.gemm_add(0, || [], false, (1, 0, off), (2, 0, off), batch);
-        tape.gemm(0, || [], false, (1, 0, 1), (2, 0, 1), 1);
-        tape.gemm(0, || [], true, (2, 0, 0), (4, 0, 0), columns);
-        tape.gemm_add(0, || [], true, (2, 0, 2), (4, 0, 2), 1);
+        tape.gemm(0, || [], false, (1, 0, 0), (3, 0, 0), columns, false);
+        tape.gemm(0, || [], false, (1, 0, off), (2, 0, off), batch, true);
+        tape.gemm(0, || [], false, (1, 0, 1), (2, 0, 1), 1, false);
+        tape.gemm(0, || [], true, (2, 0, 0), (4, 0, 0), columns, false);
+        tape.gemm(0, || [], true, (2, 0, 2), (4, 0, 2), 1, true);
         let (s, src, dst) = (tape.buffer(0), tape.buffer(1), tape.buffer(2));
         let (out, back) = (tape.buffer(3), tape.buffer(4));
         for j in 0..columns {
