@@ -1,5 +1,6 @@
-//! Criterion benches: forward, and forward + backward (loss = sum of outputs), of every
-//! measured cell at every size (`cargo bench`; `cargo bench -- small` for one size).
+//! Criterion benches: forward (`infer`, nothing kept for backward, as PyTorch's under
+//! `torch.no_grad()`), and forward + backward (loss = sum of outputs), of every measured
+//! cell at every size (`cargo bench`; `cargo bench -- small` for one size).
 //! `examples/throughput` prints the same measurements as a table or JSON.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
@@ -22,7 +23,7 @@ fn bench_cell<C: Cell<f32>>(c: &mut Criterion, name: &str) {
         let shape: Shape = (t, b, i, h);
         group.bench_function(BenchmarkId::new("fwd", format!("{shape:?}")), |bench| {
             bench.iter(|| {
-                forward(&cell, &steps, &[&x], None, Direction::Forward).expect("valid sizes")
+                infer(&cell, &steps, &[&x], None, Direction::Forward).expect("valid sizes")
             })
         });
         group.bench_function(BenchmarkId::new("fwdbwd", format!("{shape:?}")), |bench| {

@@ -112,7 +112,7 @@ impl<C: Cell<f32>> CharModel<C> {
         batch: usize,
         states: Option<&[DMatrix<f32>]>,
     ) -> Result<(DMatrix<f32>, Vec<DMatrix<f32>>), Error> {
-        let run = self.rnn.forward(x, batch, states, Mode::Eval)?;
+        let run = self.rnn.forward(x, batch, states, Mode::Infer)?;
         let prediction = match &self.head {
             Some(head) => head.forward(&run.output)?,
             None => run.output,

@@ -149,7 +149,7 @@ fn train<C: Cell<f32>, C64: Cell<f64>>(args: &Args, progress: &Progress) -> Resu
 
     // Accuracy on sequences never trained on.
     let test = Task::draw(args, 256, &mut rng);
-    let run = forward(
+    let run = infer(
         &cell,
         &Steps::full(args.steps, 256)?,
         &[&test.inputs],

@@ -109,7 +109,7 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     );
 
     // Greedy decoding: the most likely symbol at each step, reading the true sentence.
-    let run = forward(&cell, &steps, &[&inputs], None, Direction::Forward)?;
+    let run = infer(&cell, &steps, &[&inputs], None, Direction::Forward)?;
     let predicted: Vec<usize> = run
         .output
         .column_iter()

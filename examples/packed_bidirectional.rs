@@ -228,7 +228,7 @@ fn check<C: Cell<f32>>(
         let alone_input = DMatrix::from_fn(embedded.nrows(), length, |i, t| {
             embedded[(i, t * batch + b)]
         });
-        let alone = model.forward(&alone_input, 1, None, Mode::Eval)?;
+        let alone = model.forward(&alone_input, 1, None, Mode::Infer)?;
         for (k, (packed_state, alone_state)) in
             run.final_states.iter().zip(&alone.final_states).enumerate()
         {

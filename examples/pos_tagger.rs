@@ -101,7 +101,7 @@ impl<C: Cell<f32>> Tagger<C> {
     /// Log-probabilities of each tag (rows) for each word (columns).
     fn tag_scores(&self, ids: &[usize]) -> Result<DMatrix<f32>, Error> {
         let x = self.embed.forward(ids)?;
-        let run = self.rnn.forward(&x, 1, None, Mode::Eval)?;
+        let run = self.rnn.forward(&x, 1, None, Mode::Infer)?;
         Ok(log_softmax(&self.head.forward(&run.output)?))
     }
 

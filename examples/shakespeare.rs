@@ -235,7 +235,7 @@ impl<C: Cell<f32>> CharModel<C> {
         states: Option<&[DMatrix<f32>]>,
     ) -> Result<(DMatrix<f32>, Vec<DMatrix<f32>>), Error> {
         let x = self.embed.forward(ids)?;
-        let run = self.rnn.forward(&x, batch, states, Mode::Eval)?;
+        let run = self.rnn.forward(&x, batch, states, Mode::Infer)?;
         Ok((self.head.forward(&run.output)?, run.final_states))
     }
 

@@ -5,6 +5,10 @@
 //! [--cells lstm,gru,rnn_tanh,peephole_lstm,mgu] [--threads N]`; a size may also be
 //! given as `TxBxIxH` (`--sizes 70x4x128x128`).
 //!
+//! Forward is [`infer`]: nothing kept for backward, as the PyTorch benchmark times its
+//! forward under `torch.no_grad()`; forward + backward runs [`forward`], which keeps the
+//! tape, and then its backward pass.
+//!
 //! Times are medians of repeated runs after warm-up (runs under 2 ms timed in batches,
 //! each sample a batch's mean), in milliseconds; GFLOP/s counts
 //! 2·G·H·(I+H)·B·T forward FLOPs (G = 4 LSTM, 3 GRU, 1 RNN) and 3x that for forward +
@@ -95,8 +99,10 @@ fn time_cell<C: Cell<f32>>(
     let steps = Steps::full(t, b)?;
     let x = DMatrix::from_fn(i, steps.columns(), |_, _| rng.normal() as f32);
     let ones = DMatrix::from_element(cell.output_size(), steps.columns(), 1.0f32);
+    // Forward as PyTorch's script times it, under `torch.no_grad()`: nothing kept for
+    // backward.
     let fwd = median_ms(reps, || {
-        forward(&cell, &steps, &[&x], None, Direction::Forward).expect("valid sizes");
+        infer(&cell, &steps, &[&x], None, Direction::Forward).expect("valid sizes");
     });
     let fwdbwd = median_ms(reps, || {
         let mut run = forward(&cell, &steps, &[&x], None, Direction::Forward).expect("valid sizes");

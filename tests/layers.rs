@@ -165,6 +165,61 @@ fn a_layer_over_data_skips_only_the_input_gradient() {
     assert!(bits(&all) == bits(&skipped));
 }
 
+/// `Mode::Infer` keeps nothing for backward and computes what `Mode::Eval` computes, bit
+/// for bit in f32: stacked, bidirectional, over a packed batch of unsorted lengths
+/// (sequences long enough to run in several chunks), with initial states, for the
+/// LSTM module and for layers of a custom cell. Dropout does not apply.
+#[test]
+fn inference_computes_what_evaluation_computes_and_keeps_nothing_for_backward() {
+    let mut rng = Rng::seed(8);
+    let lstm = LstmConfig {
+        num_layers: 2,
+        bidirectional: true,
+        dropout: 0.5,
+        ..LstmConfig::new(24, 96)
+    }
+    .init::<f32>(&mut rng)
+    .unwrap();
+    let lengths = [60, 7, 45, 60, 1];
+    let batch = lengths.len();
+    let padded = DMatrix::from_fn(24, 60 * batch, |_, _| rng.range(-1.0, 1.0) as f32);
+    let packed = pack_padded_sequence(&padded, &lengths, false, false).unwrap();
+    let h0 = DMatrix::from_fn(96, 2 * 2 * batch, |_, _| rng.range(-1.0, 1.0) as f32);
+    let c0 = DMatrix::from_fn(96, 2 * 2 * batch, |_, _| rng.range(-1.0, 1.0) as f32);
+    let eval = lstm
+        .forward_packed(&packed, Some((&h0, Some(&c0))), Mode::Eval)
+        .unwrap();
+    let mut inferred = lstm
+        .forward_packed(&packed, Some((&h0, Some(&c0))), Mode::Infer)
+        .unwrap();
+    let bits = |m: &DMatrix<f32>| m.iter().map(|v| v.to_bits()).collect::<Vec<u32>>();
+    assert!(bits(&eval.output) == bits(&inferred.output));
+    assert!(bits(&eval.h_n) == bits(&inferred.h_n));
+    assert!(bits(eval.c_n.as_ref().unwrap()) == bits(inferred.c_n.as_ref().unwrap()));
+    let d_out = DMatrix::from_element(eval.output.nrows(), eval.output.ncols(), 1.0f32);
+    let message = match lstm.backward(&mut inferred, Some(&d_out), None, None) {
+        Ok(_) => panic!("backward of an inference run gave gradients"),
+        Err(e) => e.to_string(),
+    };
+    assert!(message.contains("Mode::Infer"), "{message}");
+
+    let config = RecurrentConfig {
+        num_layers: 2,
+        bidirectional: true,
+        dropout: 0.0,
+        batch_first: true,
+    };
+    let init = Init::pytorch_default(40);
+    let net: Recurrent<Peephole<f32>> = Recurrent::new(&[24, 40], config, &init, &mut rng).unwrap();
+    let x = DMatrix::from_fn(24, 50 * 3, |_, _| rng.range(-1.0, 1.0) as f32);
+    let eval = net.forward(&x, 3, None, Mode::Eval).unwrap();
+    let inferred = net.forward(&x, 3, None, Mode::Infer).unwrap();
+    assert!(bits(&eval.output) == bits(&inferred.output));
+    for (a, b) in eval.final_states.iter().zip(&inferred.final_states) {
+        assert!(bits(a) == bits(b));
+    }
+}
+
 #[test]
 fn dropout_applies_in_training_only() {
     let mut rng = Rng::seed(1);

@@ -72,6 +72,7 @@ pub mod data;
 mod error;
 pub mod gradcheck;
 mod helper;
+mod inference;
 pub mod loss;
 pub mod math;
 pub mod modules;
@@ -97,6 +98,7 @@ pub use crate::cell::{
 };
 pub use crate::error::{Error, Result};
 pub use crate::gradcheck::{gradcheck, gradcheck_steps};
+pub use crate::inference::{infer, Inference};
 pub use crate::optim::{clip_grad_norm, Adagrad, Adam, AdamW, NormType, Optimizer, RmsProp, Sgd};
 pub use crate::pack::{
     pack_padded_sequence, pack_sequence, pad_packed_sequence, pad_sequence, PackedSequence,
@@ -126,7 +128,7 @@ pub mod prelude {
     };
     pub use crate::nalgebra::{DMatrix, DVector};
     pub use crate::{
-        forward, gradcheck, recurrent, Adagrad, Adam, AdamW, Cell, Direction, Error, Init,
+        forward, gradcheck, infer, recurrent, Adagrad, Adam, AdamW, Cell, Direction, Error, Init,
         InputGrads, Optimizer, Parameters, RmsProp, Rng, Scalar, Sgd, Steps,
     };
 }

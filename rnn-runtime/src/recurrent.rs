@@ -8,6 +8,7 @@
 
 use nalgebra::DMatrix;
 
+use crate::inference::{infer, Inference};
 use crate::pack::{transpose_batch, PackedSequence};
 use crate::params::{prefixed, prefixed_mut};
 use crate::sequence::{forward, Direction, InputGrads, Steps, Trajectory};
@@ -40,12 +41,17 @@ impl Default for RecurrentConfig {
     }
 }
 
-/// Whether dropout is active.
+/// Whether dropout is active, and whether the run keeps what backward reads.
 pub enum Mode<'a> {
-    /// Inference: no dropout.
+    /// Evaluation: no dropout; the run can be differentiated (training without
+    /// dropout, or gradients of an evaluation).
     Eval,
     /// Training: dropout between layers, drawn from the generator.
     Train(&'a mut Rng),
+    /// Inference, as under PyTorch's `torch.no_grad()`: no dropout, and nothing kept
+    /// for backward ([`infer`](crate::infer)), so the run takes less time and memory;
+    /// its `backward` is an error.
+    Infer,
 }
 
 /// Cells in layers and directions: `layers[l][d]`.
@@ -62,7 +68,7 @@ enum Layout {
     Packed,
 }
 
-/// A differentiable forward pass through all layers.
+/// A forward pass through all layers: differentiable, unless it ran with [`Mode::Infer`].
 pub struct RecurrentRun<T: Scalar> {
     /// In the input's layout: padded like it, or the packed data.
     pub output: DMatrix<T>,
@@ -292,6 +298,7 @@ impl<C> Recurrent<C> {
         if let Some(states) = initial_states {
             self.check_states(states, batch, "initial state")?;
         }
+        let inferring = matches!(mode, Mode::Infer);
         let mut x = data;
         let mut runs = Vec::with_capacity(n_layers);
         let mut masks = Vec::with_capacity(n_layers);
@@ -313,12 +320,18 @@ impl<C> Recurrent<C> {
                 } else {
                     Direction::Reverse
                 };
-                forward(cell, &steps, &[&x], init.as_deref(), direction)
+                if inferring {
+                    infer(cell, &steps, &[&x], init.as_deref(), direction)
+                        .map(DirectionRun::Inferred)
+                } else {
+                    forward(cell, &steps, &[&x], init.as_deref(), direction)
+                        .map(DirectionRun::Taped)
+                }
             })
             .into_iter()
             .collect::<Result<Vec<_>>>()?;
             for (d, run) in layer_runs.iter().enumerate() {
-                for (k, state) in run.final_states.iter().enumerate() {
+                for (k, state) in run.final_states().iter().enumerate() {
                     scatter(
                         &mut final_states[k],
                         state,
@@ -328,7 +341,7 @@ impl<C> Recurrent<C> {
                     );
                 }
             }
-            let mut out = stack_rows(layer_runs.iter().map(|r| &r.output));
+            let mut out = stack_rows(layer_runs.iter().map(DirectionRun::output));
             let dropout = self.config.dropout;
             let mask = match &mut mode {
                 Mode::Train(rng) if dropout > 0.0 && l + 1 < n_layers => {
@@ -346,7 +359,14 @@ impl<C> Recurrent<C> {
                 _ => None,
             };
             masks.push(mask);
-            runs.push(layer_runs);
+            if !inferring {
+                runs.push(
+                    layer_runs
+                        .into_iter()
+                        .filter_map(DirectionRun::taped)
+                        .collect(),
+                );
+            }
             x = out;
         }
         let output = match layout {
@@ -392,6 +412,35 @@ impl<C> Recurrent<C> {
             );
         }
         Ok(())
+    }
+}
+
+/// One direction of one layer, run for backward or for inference.
+enum DirectionRun<T: Scalar> {
+    Taped(Trajectory<T>),
+    Inferred(Inference<T>),
+}
+
+impl<T: Scalar> DirectionRun<T> {
+    fn output(&self) -> &DMatrix<T> {
+        match self {
+            DirectionRun::Taped(run) => &run.output,
+            DirectionRun::Inferred(run) => &run.output,
+        }
+    }
+
+    fn final_states(&self) -> &[DMatrix<T>] {
+        match self {
+            DirectionRun::Taped(run) => &run.final_states,
+            DirectionRun::Inferred(run) => &run.final_states,
+        }
+    }
+
+    fn taped(self) -> Option<Trajectory<T>> {
+        match self {
+            DirectionRun::Taped(run) => Some(run),
+            DirectionRun::Inferred(_) => None,
+        }
     }
 }
 
@@ -459,6 +508,10 @@ impl<T: Scalar> RecurrentRun<T> {
     ) -> Result<RecurrentGrads<T, C::Grads>> {
         let spec = C::SPEC;
         let (batch, directions) = (self.steps.batch(), model.directions());
+        ensure!(
+            !self.runs.is_empty(),
+            "this run kept nothing for backward: it ran with `Mode::Infer`; run it with `Mode::Eval` or `Mode::Train` to take gradients"
+        );
         ensure!(
             self.runs.len() == model.layers.len() && self.runs[0].len() == directions,
             "backward needs the layers that ran forward: {} layers × {} directions, but was given {} × {directions}",

@@ -6,6 +6,7 @@
 //! equal lengths is the time-major (T, B, I) tensor read as an (I, T·B) matrix; a packed
 //! batch is PyTorch's `PackedSequence.data` with its `batch_sizes`.
 
+use std::ops::Range;
 use std::sync::Arc;
 
 use nalgebra::DMatrix;
@@ -129,9 +130,14 @@ pub enum Direction {
 
 impl Direction {
     fn order(self, len: usize) -> Box<dyn Iterator<Item = usize>> {
+        self.order_of(0..len)
+    }
+
+    /// The steps of `range` in the order this direction runs them.
+    pub(crate) fn order_of(self, range: Range<usize>) -> Box<dyn Iterator<Item = usize>> {
         match self {
-            Direction::Forward => Box::new(0..len),
-            Direction::Reverse => Box::new((0..len).rev()),
+            Direction::Forward => Box::new(range),
+            Direction::Reverse => Box::new(range.rev()),
         }
     }
 }
@@ -187,6 +193,54 @@ pub fn forward<T: Scalar, C: Cell<T>>(
     initial_states: Option<&[DMatrix<T>]>,
     direction: Direction,
 ) -> Result<Trajectory<T>> {
+    check_run(cell, steps, inputs, initial_states)?;
+    let spec = C::SPEC;
+    let batch = steps.batch();
+    // Each part of the batch unrolls on a thread of its own (one part for a small
+    // batch), reading its columns of the inputs straight into its tape and writing its
+    // outputs straight into the batch's.
+    let packs = WeightPacks::new(&cell.tape_buffers());
+    let mut output = DMatrix::zeros(cell.output_size(), steps.columns());
+    let shards = shards(steps);
+    let outputs = split_by_shard(steps, &shards, output.as_mut_slice(), cell.output_size());
+    let results = each_in_parallel(shards.into_iter().zip(outputs).collect(), |(shard, out)| {
+        let packs = Arc::clone(&packs);
+        let (tape, finals) = unroll(
+            cell,
+            steps,
+            &shard,
+            inputs,
+            initial_states,
+            direction,
+            packs,
+            out,
+        );
+        (ShardRun { shard, tape }, finals)
+    });
+    let (shards, finals): (Vec<ShardRun<T>>, Vec<Vec<DMatrix<T>>>) = results.into_iter().unzip();
+    let final_states = batch_states(
+        cell,
+        batch,
+        shards.iter().map(|run| &run.shard).zip(finals).collect(),
+    );
+    let ran = (spec.name, cell.dims().to_vec());
+    Ok(Trajectory {
+        shards,
+        steps: steps.clone(),
+        direction,
+        cell: ran,
+        output,
+        final_states,
+    })
+}
+
+/// Checks a run's inputs and initial states against the cell and the batch.
+pub(crate) fn check_run<T: Scalar, C: Cell<T>>(
+    cell: &C,
+    steps: &Steps,
+    inputs: &[&DMatrix<T>],
+    initial_states: Option<&[DMatrix<T>]>,
+) -> Result<()> {
     let spec = C::SPEC;
     ensure!(
         inputs.len() == spec.inputs.len(),
@@ -227,56 +281,29 @@ pub fn forward<T: Scalar, C: Cell<T>>(
             );
         }
     }
-    // Each part of the batch unrolls on a thread of its own (one part for a small
-    // batch), reading its columns of the inputs straight into its tape and writing its
-    // outputs straight into the batch's.
-    let packs = WeightPacks::new(&cell.tape_buffers());
-    let mut output = DMatrix::zeros(cell.output_size(), steps.columns());
-    let shards = shards(steps);
-    let outputs = split_by_shard(steps, &shards, output.as_mut_slice(), cell.output_size());
-    let mut results =
-        each_in_parallel(shards.into_iter().zip(outputs).collect(), |(shard, out)| {
-            let packs = Arc::clone(&packs);
-            let (tape, finals) = unroll(
-                cell,
-                steps,
-                &shard,
-                inputs,
-                initial_states,
-                direction,
-                packs,
-                out,
-            );
-            (ShardRun { shard, tape }, finals)
-        });
-    let (shards, final_states) = if results.len() == 1 {
-        let (run, finals) = results.pop().expect("one part");
-        (vec![run], finals)
-    } else {
-        // The parts' final states put back in the batch's columns.
-        let mut finals: Vec<DMatrix<T>> = (0..spec.states.len())
-            .map(|k| DMatrix::zeros(cell.state_size(k), batch))
-            .collect();
-        let mut runs = Vec::with_capacity(results.len());
-        for (run, part_finals) in results {
-            for (all, part) in finals.iter_mut().zip(&part_finals) {
-                run.shard
-                    .batch_columns_mut(all)
-                    .copy_from_slice(part.as_slice());
-            }
-            runs.push(run);
+    Ok(())
+}
+
+/// Each state of the whole batch from the parts' final states.
+pub(crate) fn batch_states<T: Scalar, C: Cell<T>>(
+    cell: &C,
+    batch: usize,
+    mut parts: Vec<(&Shard, Vec<DMatrix<T>>)>,
+) -> Vec<DMatrix<T>> {
+    if parts.len() == 1 {
+        return parts.pop().expect("one part").1;
+    }
+    let mut finals: Vec<DMatrix<T>> = (0..C::SPEC.states.len())
+        .map(|k| DMatrix::zeros(cell.state_size(k), batch))
+        .collect();
+    for (shard, part_finals) in parts {
+        for (all, part) in finals.iter_mut().zip(&part_finals) {
+            shard
+                .batch_columns_mut(all)
+                .copy_from_slice(part.as_slice());
         }
-        (runs, finals)
-    };
-    let ran = (spec.name, cell.dims().to_vec());
-    Ok(Trajectory {
-        shards,
-        steps: steps.clone(),
-        direction,
-        cell: ran,
-        output,
-        final_states,
-    })
+    }
+    finals
 }
 
 /// Below this many sequences a batch unrolls on one thread: splitting would cost more
@@ -285,9 +312,9 @@ const MIN_SHARD_BATCH: usize = 4;
 
 /// Sequences `start..start + steps.batch()` of a batch, as a batch of their own.
 #[derive(Clone, Debug)]
-struct Shard {
+pub(crate) struct Shard {
     start: usize,
-    steps: Steps,
+    pub(crate) steps: Steps,
 }
 
 /// A shard's forward pass: what its backward pass reads.
@@ -299,7 +326,7 @@ struct ShardRun<T: Scalar> {
 /// The batch split into as many parts as there are cores (at most), each of at least
 /// `MIN_SHARD_BATCH` sequences; one part when the batch is small. Sequences keep their
 /// order, so a part of a sorted (packed) batch is sorted.
-fn shards(steps: &Steps) -> Vec<Shard> {
+pub(crate) fn shards(steps: &Steps) -> Vec<Shard> {
     let batch = steps.batch();
     let parts = crate::threads::threads()
         .min(batch / MIN_SHARD_BATCH)
@@ -328,7 +355,7 @@ fn shards(steps: &Steps) -> Vec<Shard> {
 }
 
 impl Shard {
-    fn batch(&self) -> usize {
+    pub(crate) fn batch(&self) -> usize {
         self.steps.batch()
     }
 
@@ -358,16 +385,6 @@ impl Shard {
         &all[(off + self.start) * rows..(off + self.start + n) * rows]
     }
 
-    /// Copies the shard's columns of a per-column matrix of the whole batch (`rows`
-    /// values each) into `part`, in the shard's own layout.
-    fn gather_into<T: Scalar>(&self, steps: &Steps, all: &[T], rows: usize, part: &mut [T]) {
-        for t in 0..self.steps.len() {
-            let (part_off, n) = self.steps.step(t);
-            part[part_off * rows..(part_off + n) * rows]
-                .copy_from_slice(self.step_columns(steps, all, rows, t));
-        }
-    }
-
     /// Puts the shard's per-column matrix back in the batch's columns.
     fn scatter<T: Scalar>(&self, steps: &Steps, part: &DMatrix<T>, all: &mut DMatrix<T>) {
         let rows = part.nrows();
@@ -386,7 +403,7 @@ impl Shard {
 /// its own. The shards write their outputs there, rather than into matrices of their
 /// own copied into the batch's afterwards: for the large LSTM those were 26 MB of
 /// fresh memory (two shards' 13 MB) and a 26 MB copy per forward pass.
-fn split_by_shard<'a, T>(
+pub(crate) fn split_by_shard<'a, T>(
     steps: &Steps,
     shards: &[Shard],
     mut all: &'a mut [T],
@@ -434,53 +451,116 @@ fn unroll<T: Scalar, C: Cell<T>>(
     packs: Arc<WeightPacks>,
     mut output: Vec<&mut [T]>,
 ) -> Unrolled<T> {
-    let spec = C::SPEC;
-    let roles = &spec.roles;
     let steps = &shard.steps;
-    let batch = steps.batch();
     // Input gradients: a cell that never reads an input never writes its gradient.
     let mut tape = Tape::sharing_packs(
         &cell.tape_buffers(),
         steps.columns(),
-        batch,
+        steps.batch(),
         packs,
-        roles.d_inputs,
+        C::SPEC.roles.d_inputs,
     );
-    for (k, input) in inputs.iter().enumerate() {
-        let rows = input.nrows();
-        shard.gather_into(
-            all_steps,
-            input.as_slice(),
-            rows,
-            tape.buffer_mut(roles.inputs[k]),
-        );
-    }
-    if let Some(states) = initial_states {
-        for (k, state) in states.iter().enumerate() {
-            tape.buffer_mut(roles.state[k])
-                .copy_from_slice(shard.batch_columns(state));
-        }
-    }
-    cell.prepare(&mut tape);
-    let out = spec.output;
-    let out_rows = cell.output_size();
-    for t in direction.order(steps.len()) {
-        let (off, n) = steps.step(t);
-        for k in 0..spec.states.len() {
-            tape.copy(
-                (roles.state[k], 0, 0),
-                (roles.prev[k], 0, off),
-                cell.state_size(k),
-                n,
-            );
-        }
-        cell.step_forward(&mut tape, off, n);
-        copy_run(output[t], &tape.buffer(roles.state[out])[..out_rows * n]);
-    }
-    let final_states = (0..spec.states.len())
-        .map(|k| DMatrix::from_column_slice(cell.state_size(k), batch, tape.buffer(roles.state[k])))
-        .collect();
+    shard.start_states(C::SPEC.roles.state, &mut tape, initial_states);
+    let every_step = 0..steps.len();
+    shard.run_steps(
+        cell,
+        &mut tape,
+        all_steps,
+        inputs,
+        every_step,
+        direction,
+        &mut output,
+    );
+    let final_states = shard.final_states(cell, &tape);
     (tape, final_states)
+}
+
+impl Shard {
+    /// The shard's initial states, from the batch's, into the tape's `state_buffers`
+    /// (which start at zero, the default).
+    pub(crate) fn start_states<T: Scalar>(
+        &self,
+        state_buffers: &[usize],
+        tape: &mut Tape<T>,
+        initial_states: Option<&[DMatrix<T>]>,
+    ) {
+        if let Some(states) = initial_states {
+            for (&buffer, state) in state_buffers.iter().zip(states) {
+                tape.buffer_mut(buffer)
+                    .copy_from_slice(self.batch_columns(state));
+            }
+        }
+    }
+
+    /// Steps `range` of the shard, in `direction`'s order, on `tape`, whose per-step
+    /// buffers hold those steps' columns from their first: their inputs gathered from
+    /// the batch's, the cell's `prepare` over them, then each step, its output written
+    /// into `output[t]`.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn run_steps<T: Scalar, C: Cell<T>>(
+        &self,
+        cell: &C,
+        tape: &mut Tape<T>,
+        all_steps: &Steps,
+        inputs: &[&DMatrix<T>],
+        range: Range<usize>,
+        direction: Direction,
+        output: &mut [&mut [T]],
+    ) {
+        let spec = C::SPEC;
+        let roles = &spec.roles;
+        let steps = &self.steps;
+        let first = steps.step(range.start).0;
+        for (k, input) in inputs.iter().enumerate() {
+            let rows = input.nrows();
+            let part = tape.buffer_mut(roles.inputs[k]);
+            for t in range.clone() {
+                let (off, n) = steps.step(t);
+                let at = (off - first) * rows;
+                part[at..at + n * rows].copy_from_slice(self.step_columns(
+                    all_steps,
+                    input.as_slice(),
+                    rows,
+                    t,
+                ));
+            }
+        }
+        cell.prepare(tape);
+        let out = spec.output;
+        let out_rows = cell.output_size();
+        for t in direction.order_of(range) {
+            let (off, n) = steps.step(t);
+            let off = off - first;
+            for k in 0..spec.states.len() {
+                tape.copy(
+                    (roles.state[k], 0, 0),
+                    (roles.prev[k], 0, off),
+                    cell.state_size(k),
+                    n,
+                );
+            }
+            cell.step_forward(tape, off, n);
+            copy_run(output[t], &tape.buffer(roles.state[out])[..out_rows * n]);
+        }
+    }
+
+    /// The shard's states now, as matrices of its batch.
+    pub(crate) fn final_states<T: Scalar, C: Cell<T>>(
+        &self,
+        cell: &C,
+        tape: &Tape<T>,
+    ) -> Vec<DMatrix<T>> {
+        let batch = self.batch();
+        (0..C::SPEC.states.len())
+            .map(|k| {
+                DMatrix::from_column_slice(
+                    cell.state_size(k),
+                    batch,
+                    tape.buffer(C::SPEC.roles.state[k]),
+                )
+            })
+            .collect()
+    }
 }
 
 /// Backpropagation through one shard's tape, from checked gradients of the whole

@@ -69,6 +69,12 @@ pub struct Tape<T: Scalar> {
     /// parameters lie, the pass having too few columns to pay for packing it
     /// (`reads_in_place`).
     direct: Vec<bool>,
+    /// Per buffer, whether `load_stack` has copied a stacked weight into it: a tape that
+    /// runs a sequence chunk by chunk (`infer`) prepares each chunk over the same
+    /// weights.
+    loaded: Vec<bool>,
+    /// The columns that the per-step buffers have room for (`set_columns`).
+    room: usize,
     /// Rows of dz packed for weight gradients, by (buffer, first row, rows): the
     /// weights that multiply different vectors in one gate share its dz. Kept for one
     /// backward pass (see `release_gradient_operands`).
@@ -370,6 +376,8 @@ impl<T: Scalar> Tape<T> {
             packed,
             input_grads: true,
             direct,
+            loaded: vec![false; specs.len()],
+            room: columns,
             packed_dz: Vec::new(),
         }
     }
@@ -388,6 +396,18 @@ impl<T: Scalar> Tape<T> {
     /// The number of (step, sequence) columns.
     pub fn columns(&self) -> usize {
         self.columns
+    }
+
+    /// Uses the first `columns` columns of the per-step buffers from here on: a tape
+    /// that runs a sequence chunk by chunk holds one chunk at a time, the last one
+    /// perhaps narrower than the others.
+    pub(crate) fn set_columns(&mut self, columns: usize) {
+        assert!(
+            columns <= self.room,
+            "a tape made for {} columns cannot hold {columns}",
+            self.room
+        );
+        self.columns = columns;
     }
 
     /// A buffer's leading dimension.
@@ -802,15 +822,19 @@ impl<T: Scalar> Tape<T> {
     /// notebooks' LSTM's weights column by column into the tape before packing them was
     /// a quarter of a one-step pass (`benches/README.md`, session 21). Where a short
     /// pass's products read the blocks where they lie (`reads_in_place`), it does
-    /// neither.
+    /// neither. A tape stacks each weight once: later calls, as when a tape runs a
+    /// sequence chunk by chunk and prepares each chunk, keep what the first stacked.
     pub fn load_stack(&mut self, stack: usize, blocks: &[StackBlock<'_, T>]) {
         if self.direct[stack] {
             // The products read the blocks where they lie (`direct_product`).
             return;
         }
         if !packed::available::<T>() {
-            for block in blocks {
-                self.load_block(stack, block.row, block.values, block.rows, block.col_start);
+            if !self.loaded[stack] {
+                for block in blocks {
+                    self.load_block(stack, block.row, block.values, block.rows, block.col_start);
+                }
+                self.loaded[stack] = true;
             }
             return;
         }
