@@ -84,5 +84,6 @@ int main(int argc, char**argv){
     double f32=2.0*M*K*N, f48=2.0*(M/48*48)*K*N;
     printf("32x12+8: %.1f GF/s   48x8: %.1f GF/s\n", f32/best32/1e9, f48/best48/1e9);
   }
-  return (int)C[5];
+  printf("(%g)\n", C[5]);
+  return 0;
 }
