@@ -18,6 +18,9 @@
 //! let out = lstm.forward(&x, 4, None, Mode::Eval)?;
 //! assert_eq!(out.output.shape(), (2 * 5, 7 * 4)); // (T, B, D·H)
 //! assert_eq!(out.h_n.shape(), (5, 2 * 2 * 4)); // (L·D, B, H)
+//! // As under `torch.no_grad()`: the same values, nothing kept for backward.
+//! let inferred = lstm.forward(&x, 4, None, Mode::Infer)?;
+//! assert_eq!(inferred.output, out.output);
 //! assert!(lstm.torch_tensors().iter().any(|(name, _)| name == "weight_hh_l1_reverse"));
 //! # Ok(())
 //! # }
