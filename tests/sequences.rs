@@ -60,8 +60,10 @@ fn runs_as_if_alone(lengths: &[usize]) {
     let steps = Steps::from_sorted_lengths(lengths).unwrap();
     let x = random(2, steps.columns(), &mut rng);
     let h0 = random(3, lengths.len(), &mut rng);
+    let d_out = random(3, steps.columns(), &mut rng);
+    let d_final = random(3, lengths.len(), &mut rng);
     for direction in [Direction::Forward, Direction::Reverse] {
-        let batch = forward(
+        let mut batch = forward(
             &cell,
             &steps,
             &[&x],
@@ -69,12 +71,18 @@ fn runs_as_if_alone(lengths: &[usize]) {
             direction,
         )
         .unwrap();
+        // The batch's gradients (its parts' on two threads, added together) are the
+        // sum of each sequence's alone.
+        let grads = batch
+            .backward(&cell, Some(&d_out), &[Some(&d_final)])
+            .unwrap();
+        let mut summed = cell.zero_grads();
         for (b, &len) in lengths.iter().enumerate() {
             // Sequence b alone: its column at each of its steps.
             let cols: Vec<usize> = (0..len).map(|t| steps.step(t).0 + b).collect();
             let alone_x = DMatrix::from_fn(2, len, |i, t| x[(i, cols[t])]);
             let alone_h0 = h0.columns(b, 1).into_owned();
-            let alone = forward(
+            let mut alone = forward(
                 &cell,
                 &Steps::full(len, 1).unwrap(),
                 &[&alone_x],
@@ -95,6 +103,43 @@ fn runs_as_if_alone(lengths: &[usize]) {
                 diff < 1e-12,
                 "{direction:?}: final state of sequence {b} is not its state at its own last step"
             );
+            let alone_d_out = DMatrix::from_fn(3, len, |i, t| d_out[(i, cols[t])]);
+            let alone_d_final = d_final.columns(b, 1).into_owned();
+            let alone_grads = alone
+                .backward_into(
+                    &cell,
+                    Some(&alone_d_out),
+                    &[Some(&alone_d_final)],
+                    InputGrads::Compute,
+                    &mut summed,
+                )
+                .unwrap();
+            for (t, &c) in cols.iter().enumerate() {
+                let diff = (grads.inputs[0].column(c) - alone_grads.inputs[0].column(t))
+                    .abs()
+                    .max();
+                assert!(
+                    diff < 1e-12,
+                    "{direction:?} sequence {b} step {t}: input gradient off by {diff}"
+                );
+            }
+            let diff = (grads.initial_states[0].column(b)
+                - alone_grads.initial_states[0].column(0))
+            .abs()
+            .max();
+            assert!(
+                diff < 1e-12,
+                "{direction:?} sequence {b}: initial state gradient off by {diff}"
+            );
+        }
+        for (batched, alone) in grads.params.parameters().iter().zip(summed.parameters()) {
+            for (p, q) in batched.values.iter().zip(alone.values) {
+                assert!(
+                    (p - q).abs() < 1e-12,
+                    "{direction:?} `{}`: the batch's gradient {p} is not the sequences' sum {q}",
+                    batched.name
+                );
+            }
         }
     }
 }
@@ -694,6 +739,97 @@ fn skipping_input_gradients_changes_no_other_gradient() {
     skipping_input_gradients_changes_nothing_else::<ConcatMgu<f32>>(&[5, 9]);
     skipping_input_gradients_changes_nothing_else::<InputFree<f32>>(&[5, 9]);
     skipping_input_gradients_changes_nothing_else::<ScaledInput<f32>>(&[5, 9]);
+}
+
+/// `backward_into` adds into the gradients it is given: into zeros, `backward_with`'s
+/// gradients bit for bit (one part, and two parts on two threads); into the gradients
+/// of another pass, their sum; and gradients of another cell's sizes are an error that
+/// names them.
+fn gradients_added_into_kept_ones<C: Cell<f32>, C64: Cell<f64>>(dims: &[usize]) {
+    for lengths in [&[7, 7, 6, 5, 5, 4, 3, 3, 2][..], &[7][..]] {
+        let mut rng = Rng::seed(14);
+        let cell = C::with_dims(dims, &Init::pytorch_default(dims[1]), &mut rng).unwrap();
+        let steps = Steps::from_sorted_lengths(lengths).unwrap();
+        let x = DMatrix::from_fn(dims[0], steps.columns(), |_, _| rng.range(-1.0, 1.0) as f32);
+        let d_out = DMatrix::from_fn(cell.output_size(), steps.columns(), |_, _| {
+            rng.range(-1.0, 1.0) as f32
+        });
+        let mut run = forward(&cell, &steps, &[&x], None, Direction::Forward).unwrap();
+        let fresh = run.backward(&cell, Some(&d_out), &[]).unwrap();
+        let mut kept = cell.zero_grads();
+        let mut run = forward(&cell, &steps, &[&x], None, Direction::Forward).unwrap();
+        let rest = run
+            .backward_into(&cell, Some(&d_out), &[], InputGrads::Compute, &mut kept)
+            .unwrap();
+        let into = SequenceGrads {
+            params: kept,
+            inputs: rest.inputs,
+            initial_states: rest.initial_states,
+        };
+        assert!(
+            gradient_bits(&fresh) == gradient_bits(&into),
+            "`{}` over {lengths:?}: gradients added into zeros differ",
+            C::SPEC.name
+        );
+        assert!(fresh.inputs == into.inputs);
+
+        // Two passes into one set of gradients, in f64: the sum of the two.
+        let mut rng = Rng::seed(15);
+        let cell = C64::with_dims(dims, &Init::pytorch_default(dims[1]), &mut rng).unwrap();
+        let mut random =
+            |rows| DMatrix::from_fn(rows, steps.columns(), |_, _| rng.range(-1.0, 1.0));
+        let xs = [random(dims[0]), random(dims[0])];
+        let d_outs = [random(cell.output_size()), random(cell.output_size())];
+        let mut sum = cell.zero_grads();
+        let mut each = Vec::new();
+        for (x, d_out) in xs.iter().zip(&d_outs) {
+            let mut run = forward(&cell, &steps, &[x], None, Direction::Reverse).unwrap();
+            run.backward_into(&cell, Some(d_out), &[], InputGrads::Skip, &mut sum)
+                .unwrap();
+            let mut run = forward(&cell, &steps, &[x], None, Direction::Reverse).unwrap();
+            each.push(run.backward(&cell, Some(d_out), &[]).unwrap().params);
+        }
+        for ((total, a), b) in sum
+            .parameters()
+            .iter()
+            .zip(each[0].parameters())
+            .zip(each[1].parameters())
+        {
+            for ((t, a), b) in total.values.iter().zip(a.values).zip(b.values) {
+                assert!(
+                    (t - (a + b)).abs() <= 1e-12 * (1.0 + t.abs()),
+                    "`{}` `{}`: {t} is not {a} + {b}",
+                    C::SPEC.name,
+                    total.name
+                );
+            }
+        }
+    }
+    let mut rng = Rng::seed(16);
+    let cell = C::with_dims(dims, &Init::pytorch_default(dims[1]), &mut rng).unwrap();
+    let mut wider = dims.to_vec();
+    wider[1] += 1;
+    let other = C::with_dims(&wider, &Init::pytorch_default(wider[1]), &mut rng).unwrap();
+    let steps = Steps::full(3, 2).unwrap();
+    let x = DMatrix::from_element(dims[0], steps.columns(), 0.5f32);
+    let mut run = forward(&cell, &steps, &[&x], None, Direction::Forward).unwrap();
+    let message =
+        match run.backward_into(&cell, None, &[], InputGrads::Skip, &mut other.zero_grads()) {
+            Ok(_) => panic!("`{}`: another cell's gradients were taken", C::SPEC.name),
+            Err(e) => e.to_string(),
+        };
+    assert!(
+        message.contains(&format!("{dims:?}")) && message.contains("not this cell's"),
+        "{message}"
+    );
+}
+
+#[test]
+fn backward_into_adds_into_the_gradients_it_is_given() {
+    gradients_added_into_kept_ones::<LstmCell<f32>, LstmCell<f64>>(&[5, 9]);
+    gradients_added_into_kept_ones::<GruCell<f32>, GruCell<f64>>(&[5, 9]);
+    gradients_added_into_kept_ones::<ConcatMgu<f32>, ConcatMgu<f64>>(&[5, 9]);
+    gradients_added_into_kept_ones::<ScaledInput<f32>, ScaledInput<f64>>(&[5, 9]);
 }
 
 /// A trajectory differentiated twice, for two losses, gives each loss the gradients a

@@ -564,8 +564,9 @@ impl Shard {
 }
 
 /// Backpropagation through one shard's tape, from checked gradients of the whole
-/// batch (laid out by `all_steps`): the shard's gradients of the parameters, the inputs
-/// (in the shard's layout) and the initial states.
+/// batch (laid out by `all_steps`): the parameters' gradients added into `grads`, and
+/// the shard's gradients of the inputs (in the shard's layout) and initial states.
+#[allow(clippy::too_many_arguments)]
 fn unroll_backward<T: Scalar, C: Cell<T>>(
     cell: &C,
     run: &mut ShardRun<T>,
@@ -574,7 +575,8 @@ fn unroll_backward<T: Scalar, C: Cell<T>>(
     d_output: Option<&DMatrix<T>>,
     d_final_states: &[Option<&DMatrix<T>>],
     input_grads: InputGrads,
-) -> SequenceGrads<T, C::Grads> {
+    grads: &mut C::Grads,
+) -> SequenceGrads<T, ()> {
     let spec = C::SPEC;
     let roles = &spec.roles;
     let (shard, tape) = (&run.shard, &mut run.tape);
@@ -587,7 +589,6 @@ fn unroll_backward<T: Scalar, C: Cell<T>>(
             None => buf.fill(T::zero()),
         }
     }
-    let mut grads = cell.zero_grads();
     let out = spec.output;
     let out_rows = cell.output_size();
     let order: Vec<usize> = direction.order(steps.len()).collect();
@@ -599,7 +600,7 @@ fn unroll_backward<T: Scalar, C: Cell<T>>(
                 *acc += *g;
             }
         }
-        cell.step_backward(tape, off, n, &mut grads);
+        cell.step_backward(tape, off, n, grads);
         for k in 0..spec.states.len() {
             // The step wrote the gradient before it for its n columns (the generated
             // code stores it whole, or zeroes it): where that is the whole batch, the
@@ -619,7 +620,7 @@ fn unroll_backward<T: Scalar, C: Cell<T>>(
     }
     let wanted = input_grads == InputGrads::Compute;
     tape.set_input_grads(wanted);
-    cell.finish_backward(tape, &mut grads);
+    cell.finish_backward(tape, grads);
     tape.release_gradient_operands();
     let columns = steps.columns();
     let inputs = (0..spec.inputs.len())
@@ -634,7 +635,7 @@ fn unroll_backward<T: Scalar, C: Cell<T>>(
         })
         .collect();
     SequenceGrads {
-        params: grads,
+        params: (),
         inputs,
         initial_states,
     }
@@ -667,6 +668,57 @@ impl<T: Scalar> Trajectory<T> {
         d_final_states: &[Option<&DMatrix<T>>],
         input_grads: InputGrads,
     ) -> Result<SequenceGrads<T, C::Grads>> {
+        let mut params = cell.zero_grads();
+        let SequenceGrads {
+            inputs,
+            initial_states,
+            ..
+        } = self.backward_into(cell, d_output, d_final_states, input_grads, &mut params)?;
+        Ok(SequenceGrads {
+            params,
+            inputs,
+            initial_states,
+        })
+    }
+
+    /// [`backward_with`](Self::backward_with), adding the parameters' gradients into
+    /// `grads` (as PyTorch adds into each parameter's `.grad`) instead of returning
+    /// fresh ones: the inputs' and initial states' gradients are returned, with
+    /// `params` empty. Gradients kept from one pass to the next cost no allocation: a
+    /// pass of one step over 512 hidden units spent two thirds of its time faulting in
+    /// fresh gradients wherever the allocator had returned the last pass's to the system
+    /// (`benches/README.md`, session 23). `grads` must be the cell's (as
+    /// [`Cell::zero_grads`] makes them); zero them between passes for one pass's
+    /// gradients alone. Added into zeros, the gradients are `backward_with`'s, to the
+    /// bit.
+    ///
+    /// ```
+    /// use rnn_runtime::prelude::*;
+    ///
+    /// let mut rng = Rng::seed(2);
+    /// let cell = LstmCell::<f32>::with_dims(&[3, 4], &Init::pytorch_default(4), &mut rng)?;
+    /// let steps = Steps::full(5, 1)?;
+    /// let x = DMatrix::from_element(3, steps.columns(), 0.5);
+    /// let d_output = DMatrix::from_element(4, steps.columns(), 1.0);
+    /// let mut grads = cell.zero_grads(); // kept from pass to pass
+    /// for _ in 0..3 {
+    ///     grads.parameters_mut().iter_mut().for_each(|g| g.values.fill(0.0));
+    ///     let mut run = forward(&cell, &steps, &[&x], None, Direction::Forward)?;
+    ///     run.backward_into(&cell, Some(&d_output), &[], InputGrads::Skip, &mut grads)?;
+    /// }
+    /// let fresh = forward(&cell, &steps, &[&x], None, Direction::Forward)?
+    ///     .backward_with(&cell, Some(&d_output), &[], InputGrads::Skip)?;
+    /// assert_eq!(grads.W_hi, fresh.params.W_hi);
+    /// # Ok::<(), rnn_runtime::Error>(())
+    /// ```
+    pub fn backward_into<C: Cell<T>>(
+        &mut self,
+        cell: &C,
+        d_output: Option<&DMatrix<T>>,
+        d_final_states: &[Option<&DMatrix<T>>],
+        input_grads: InputGrads,
+        grads: &mut C::Grads,
+    ) -> Result<SequenceGrads<T, ()>> {
         let spec = C::SPEC;
         let batch = self.steps.batch();
         ensure!(
@@ -704,11 +756,16 @@ impl<T: Scalar> Trajectory<T> {
                 );
             }
         }
+        check_grads(cell, grads)?;
         // Each shard's backward pass on its own thread, reading its columns of the
-        // gradients straight from the batch's.
+        // gradients straight from the batch's. The first adds into the caller's
+        // parameter gradients, each other into its own, added to those after.
         let (direction, steps) = (self.direction, &self.steps);
-        let runs: Vec<&mut ShardRun<T>> = self.shards.iter_mut().collect();
-        let mut parts = each_in_parallel(runs, |run| {
+        let mut others: Vec<C::Grads> = (1..self.shards.len()).map(|_| cell.zero_grads()).collect();
+        let targets = std::iter::once(&mut *grads).chain(others.iter_mut());
+        let runs: Vec<(&mut ShardRun<T>, &mut C::Grads)> =
+            self.shards.iter_mut().zip(targets).collect();
+        let mut parts = each_in_parallel(runs, |(run, grads)| {
             unroll_backward(
                 cell,
                 run,
@@ -717,6 +774,7 @@ impl<T: Scalar> Trajectory<T> {
                 d_output,
                 d_final_states,
                 input_grads,
+                grads,
             )
         });
         if parts.len() == 1 {
@@ -732,7 +790,6 @@ impl<T: Scalar> Trajectory<T> {
         let mut initial_states: Vec<DMatrix<T>> = (0..spec.states.len())
             .map(|k| DMatrix::zeros(cell.state_size(k), batch))
             .collect();
-        let mut params: Option<C::Grads> = None;
         for (run, part) in self.shards.iter().zip(parts) {
             for (all, p) in inputs.iter_mut().zip(&part.inputs) {
                 run.shard.scatter(steps, p, all);
@@ -742,15 +799,13 @@ impl<T: Scalar> Trajectory<T> {
                     .batch_columns_mut(all)
                     .copy_from_slice(p.as_slice());
             }
-            let Some(total) = params.as_mut() else {
-                params = Some(part.params);
-                continue;
-            };
+        }
+        for other in &others {
             // One parameter per task, on the threads the passes used.
-            let pairs: Vec<_> = total
+            let pairs: Vec<_> = grads
                 .parameters_mut()
                 .into_iter()
-                .zip(part.params.parameters())
+                .zip(other.parameters())
                 .collect();
             each_in_parallel(pairs, |(total, p)| {
                 for (t, v) in total.values.iter_mut().zip(p.values) {
@@ -758,11 +813,34 @@ impl<T: Scalar> Trajectory<T> {
                 }
             });
         }
-        let params = params.expect("several parts");
         Ok(SequenceGrads {
-            params,
+            params: (),
             inputs,
             initial_states,
         })
     }
+}
+
+/// Checks that `grads` are `cell`'s gradients: its parameters' names and shapes.
+fn check_grads<T: Scalar, C: Cell<T>>(cell: &C, grads: &C::Grads) -> Result<()> {
+    let (params, grads) = (cell.parameters(), grads.parameters());
+    ensure!(
+        params.len() == grads.len(),
+        "`{}` has {} parameters but the gradients given have {}",
+        C::SPEC.name,
+        params.len(),
+        grads.len()
+    );
+    for (param, grad) in params.iter().zip(&grads) {
+        ensure!(
+            param.name == grad.name && param.shape == grad.shape,
+            "the gradient of `{}` ({:?}) must be shaped as the parameter, {:?}: the gradients given are not this cell's (`{}` with sizes {:?})",
+            grad.name,
+            grad.shape,
+            param.shape,
+            C::SPEC.name,
+            cell.dims()
+        );
+    }
+    Ok(())
 }
