@@ -668,16 +668,17 @@ impl<T: Scalar> Trajectory<T> {
         d_final_states: &[Option<&DMatrix<T>>],
         input_grads: InputGrads,
     ) -> Result<SequenceGrads<T, C::Grads>> {
-        let mut params = cell.zero_grads();
-        let SequenceGrads {
-            inputs,
-            initial_states,
-            ..
-        } = self.backward_into(cell, d_output, d_final_states, input_grads, &mut params)?;
+        let (rest, own) = self.backward_parts(cell, d_output, d_final_states, input_grads, None)?;
+        // Each part made its own gradients: the first part's gain the others'.
+        let mut own = own.into_iter().flatten();
+        let mut params = own.next().expect("the first part's gradients");
+        for other in own {
+            add_grads(&mut params, &other);
+        }
         Ok(SequenceGrads {
             params,
-            inputs,
-            initial_states,
+            inputs: rest.inputs,
+            initial_states: rest.initial_states,
         })
     }
 
@@ -719,6 +720,35 @@ impl<T: Scalar> Trajectory<T> {
         input_grads: InputGrads,
         grads: &mut C::Grads,
     ) -> Result<SequenceGrads<T, ()>> {
+        check_grads(cell, grads)?;
+        let (rest, own) = self.backward_parts(
+            cell,
+            d_output,
+            d_final_states,
+            input_grads,
+            Some(&mut *grads),
+        )?;
+        for other in own.iter().flatten() {
+            add_grads(grads, other);
+        }
+        Ok(rest)
+    }
+
+    /// The checks and the parts' backward passes of `backward_with` and
+    /// `backward_into`: the inputs' and initial states' gradients of the whole batch,
+    /// and per part the parameters' gradients it made, if it made its own. The first
+    /// part adds into `into` where given; every other part, and the first without
+    /// `into`, into gradients it makes on its own thread (made on the calling thread,
+    /// side by side, the two parts' bias gradients shared cache lines: the small and
+    /// medium MGU's passes took 1.16-1.2 times as long).
+    fn backward_parts<C: Cell<T>>(
+        &mut self,
+        cell: &C,
+        d_output: Option<&DMatrix<T>>,
+        d_final_states: &[Option<&DMatrix<T>>],
+        input_grads: InputGrads,
+        mut into: Option<&mut C::Grads>,
+    ) -> Result<(SequenceGrads<T, ()>, Vec<Option<C::Grads>>)> {
         let spec = C::SPEC;
         let batch = self.steps.batch();
         ensure!(
@@ -756,32 +786,41 @@ impl<T: Scalar> Trajectory<T> {
                 );
             }
         }
-        check_grads(cell, grads)?;
         // Each shard's backward pass on its own thread, reading its columns of the
-        // gradients straight from the batch's. The first adds into the caller's
-        // parameter gradients, each other into its own, added to those after.
+        // gradients straight from the batch's.
         let (direction, steps) = (self.direction, &self.steps);
-        let mut others: Vec<C::Grads> = (1..self.shards.len()).map(|_| cell.zero_grads()).collect();
-        let targets = std::iter::once(&mut *grads).chain(others.iter_mut());
-        let runs: Vec<(&mut ShardRun<T>, &mut C::Grads)> =
-            self.shards.iter_mut().zip(targets).collect();
-        let mut parts = each_in_parallel(runs, |(run, grads)| {
-            unroll_backward(
-                cell,
-                run,
-                steps,
-                direction,
-                d_output,
-                d_final_states,
-                input_grads,
-                grads,
-            )
-        });
+        let runs: Vec<(&mut ShardRun<T>, Option<&mut C::Grads>)> = self
+            .shards
+            .iter_mut()
+            .enumerate()
+            .map(|(k, run)| (run, if k == 0 { into.take() } else { None }))
+            .collect();
+        let (mut parts, own): (Vec<SequenceGrads<T, ()>>, Vec<Option<C::Grads>>) =
+            each_in_parallel(runs, |(run, into)| {
+                let mut own = None;
+                let grads = match into {
+                    Some(grads) => grads,
+                    None => own.insert(cell.zero_grads()),
+                };
+                let part = unroll_backward(
+                    cell,
+                    run,
+                    steps,
+                    direction,
+                    d_output,
+                    d_final_states,
+                    input_grads,
+                    grads,
+                );
+                (part, own)
+            })
+            .into_iter()
+            .unzip();
         if parts.len() == 1 {
-            return Ok(parts.pop().expect("one part"));
+            return Ok((parts.pop().expect("one part"), own));
         }
-        // The parts' gradients put together: inputs and initial states into the
-        // batch's columns, the parameters' summed into the first part's.
+        // The parts' gradients of the inputs and initial states put together in the
+        // batch's columns.
         let wanted = input_grads == InputGrads::Compute;
         let mut inputs: Vec<DMatrix<T>> = (0..spec.inputs.len())
             .filter(|_| wanted)
@@ -800,25 +839,30 @@ impl<T: Scalar> Trajectory<T> {
                     .copy_from_slice(p.as_slice());
             }
         }
-        for other in &others {
-            // One parameter per task, on the threads the passes used.
-            let pairs: Vec<_> = grads
-                .parameters_mut()
-                .into_iter()
-                .zip(other.parameters())
-                .collect();
-            each_in_parallel(pairs, |(total, p)| {
-                for (t, v) in total.values.iter_mut().zip(p.values) {
-                    *t += *v;
-                }
-            });
-        }
-        Ok(SequenceGrads {
-            params: (),
-            inputs,
-            initial_states,
-        })
+        Ok((
+            SequenceGrads {
+                params: (),
+                inputs,
+                initial_states,
+            },
+            own,
+        ))
     }
+}
+
+/// `other`'s gradients added into `total`'s, one parameter per task, on the threads
+/// the passes used.
+fn add_grads<T: Scalar, G: Parameters<T>>(total: &mut G, other: &G) {
+    let pairs: Vec<_> = total
+        .parameters_mut()
+        .into_iter()
+        .zip(other.parameters())
+        .collect();
+    each_in_parallel(pairs, |(total, p)| {
+        for (t, v) in total.values.iter_mut().zip(p.values) {
+            *t += *v;
+        }
+    });
 }
 
 /// Checks that `grads` are `cell`'s gradients: its parameters' names and shapes.
