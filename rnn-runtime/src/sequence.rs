@@ -738,9 +738,10 @@ impl<T: Scalar> Trajectory<T> {
     /// `backward_into`: the inputs' and initial states' gradients of the whole batch,
     /// and per part the parameters' gradients it made, if it made its own. The first
     /// part adds into `into` where given; every other part, and the first without
-    /// `into`, into gradients it makes on its own thread (made on the calling thread,
-    /// side by side, the two parts' bias gradients shared cache lines: the small and
-    /// medium MGU's passes took 1.16-1.2 times as long).
+    /// `into`, into gradients it makes on its own thread. (Made on the calling thread,
+    /// side by side in its allocator's arena, the small and medium MGU's passes took
+    /// 1.16-1.2 times as long: likely the two parts' bias gradients, which both
+    /// threads add into at every step, sharing cache lines.)
     fn backward_parts<C: Cell<T>>(
         &mut self,
         cell: &C,
