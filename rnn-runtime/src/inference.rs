@@ -8,7 +8,9 @@
 //! whose per-step buffers hold one chunk: the values a step writes and the next step
 //! reads stay in cache, and the memory a pass takes is a chunk's, however long the
 //! sequence. Each chunk's input terms are still one product over its steps, as a whole
-//! pass's are. The outputs and final states are those of `forward`, to the bit.
+//! pass's are. The outputs and final states are those of `forward`: to the bit in
+//! f32, to rounding in f64 (whose products' order of sums moves with a product's
+//! number of columns, which a chunk changes).
 
 use std::ops::Range;
 use std::sync::Arc;
@@ -98,7 +100,7 @@ pub fn infer<T: Scalar, C: Cell<T>>(
 /// The most values a chunk's per-step buffers hold (a chunk has at least one step,
 /// however many values that takes): 512 KiB of f32, a quarter of a core's L2 here.
 /// Measured on the LSTM (`benches/README.md`, session 23): chunks of 64K to 1M values
-/// ran within the noise of one another, and 4-8% faster than one chunk of the whole
+/// ran within the noise of one another, and 1-7% faster than one chunk of the whole
 /// sequence at the small, medium and large sizes.
 const CHUNK_VALUES: usize = 1 << 17;
 
