@@ -128,6 +128,79 @@ fn stacked_bidirectional_packed_layers_of_a_custom_cell_have_exact_gradients() {
     );
 }
 
+/// `RecurrentRun::backward_into` adds each cell's gradients into the ones it is given:
+/// into zeros, `backward`'s to the bit, with the input's and initial states'; a second
+/// pass, the sum of the two; gradients of a model of another shape are an error.
+#[test]
+fn layer_gradients_are_added_into_kept_ones() {
+    let mut rng = Rng::seed(21);
+    let config = RecurrentConfig {
+        num_layers: 2,
+        bidirectional: true,
+        dropout: 0.0,
+        batch_first: false,
+    };
+    let init = Init::Uniform {
+        low: -0.5,
+        high: 0.5,
+    };
+    let net: Recurrent<Peephole<f64>> =
+        Recurrent::new(&[3, 4], config.clone(), &init, &mut rng).unwrap();
+    let lengths = [5, 2, 4];
+    let padded = random(3, 5 * 3, &mut rng);
+    let packed = pack_padded_sequence(&padded, &lengths, false, false).unwrap();
+    let d_outs = [
+        random(8, packed.data.ncols(), &mut rng),
+        random(8, packed.data.ncols(), &mut rng),
+    ];
+    let fresh: Vec<_> = d_outs
+        .iter()
+        .map(|d| {
+            let mut run = net.forward_packed(&packed, None, Mode::Eval).unwrap();
+            run.backward(&net, Some(d), &[]).unwrap()
+        })
+        .collect();
+    let mut kept = net.zero_grads();
+    let mut run = net.forward_packed(&packed, None, Mode::Eval).unwrap();
+    let rest = run
+        .backward_into(&net, Some(&d_outs[0]), &[], InputGrads::Compute, &mut kept)
+        .unwrap();
+    assert!(rest.layers.is_empty());
+    assert_eq!(rest.input, fresh[0].input);
+    assert_eq!(rest.initial_states, fresh[0].initial_states);
+    let values = |layers: &[Vec<PeepholeGrads<f64>>]| -> Vec<f64> {
+        let cells = layers.iter().flatten();
+        cells
+            .flat_map(|g| g.parameters().into_iter().flat_map(|p| p.values.to_vec()))
+            .collect()
+    };
+    let bits = |v: Vec<f64>| -> Vec<u64> { v.into_iter().map(f64::to_bits).collect() };
+    assert!(bits(values(&kept)) == bits(values(&fresh[0].layers)));
+    let mut run = net.forward_packed(&packed, None, Mode::Eval).unwrap();
+    run.backward_into(&net, Some(&d_outs[1]), &[], InputGrads::Skip, &mut kept)
+        .unwrap();
+    let (a, b) = (values(&fresh[0].layers), values(&fresh[1].layers));
+    for ((t, a), b) in values(&kept).iter().zip(&a).zip(&b) {
+        assert!((t - (a + b)).abs() <= 1e-12, "{t} is not {a} + {b}");
+    }
+    let one_layer = RecurrentConfig {
+        num_layers: 1,
+        ..config
+    };
+    let other: Recurrent<Peephole<f64>> =
+        Recurrent::new(&[3, 4], one_layer, &init, &mut rng).unwrap();
+    let mut run = net.forward_packed(&packed, None, Mode::Eval).unwrap();
+    let message =
+        match run.backward_into(&net, None, &[], InputGrads::Skip, &mut other.zero_grads()) {
+            Ok(_) => panic!("another model's gradients were taken"),
+            Err(e) => e.to_string(),
+        };
+    assert!(
+        message.contains("1 layers") && message.contains("2 × 2"),
+        "{message}"
+    );
+}
+
 /// Skipping the input's gradient in a stacked bidirectional layer still passes every
 /// upper layer's input gradient down: the parameters' and initial states' gradients
 /// are those of the full pass, to the bit, and the input's gradient has no rows.

@@ -11,7 +11,7 @@ use nalgebra::DMatrix;
 use crate::inference::{infer, Inference};
 use crate::pack::{transpose_batch, PackedSequence};
 use crate::params::{prefixed, prefixed_mut};
-use crate::sequence::{forward, Direction, InputGrads, Steps, Trajectory};
+use crate::sequence::{forward, Direction, InputGrads, SequenceGrads, Steps, Trajectory};
 use crate::threads::each_in_parallel;
 use crate::{ensure, Cell, Init, ParamMut, ParamRef, Parameters, Result, Rng, Scalar};
 
@@ -189,6 +189,18 @@ impl<C> Recurrent<C> {
     /// 1, or 2 when bidirectional.
     pub fn directions(&self) -> usize {
         self.layers[0].len()
+    }
+
+    /// Zero gradients of every cell, `[l][d]`: for [`RecurrentRun::backward_into`] to
+    /// add into, kept from pass to pass.
+    pub fn zero_grads<T: Scalar>(&self) -> Vec<Vec<C::Grads>>
+    where
+        C: Cell<T>,
+    {
+        self.layers
+            .iter()
+            .map(|layer| layer.iter().map(Cell::zero_grads).collect())
+            .collect()
     }
 
     /// `l0`, `l0_reverse`, ... as PyTorch suffixes its parameter names.
@@ -506,6 +518,49 @@ impl<T: Scalar> RecurrentRun<T> {
         d_final_states: &[Option<&DMatrix<T>>],
         input_grads: InputGrads,
     ) -> Result<RecurrentGrads<T, C::Grads>> {
+        self.backward_layers(model, d_output, d_final_states, input_grads, None)
+    }
+
+    /// [`backward_with`](Self::backward_with), adding each cell's parameter gradients
+    /// into `grads[l][d]` (as [`Recurrent::zero_grads`] makes them, kept from pass to
+    /// pass: see [`Trajectory::backward_into`]) instead of returning fresh ones; the
+    /// returned gradients hold the input's and the initial states', with `layers`
+    /// empty.
+    pub fn backward_into<C: Cell<T>>(
+        &mut self,
+        model: &Recurrent<C>,
+        d_output: Option<&DMatrix<T>>,
+        d_final_states: &[Option<&DMatrix<T>>],
+        input_grads: InputGrads,
+        grads: &mut [Vec<C::Grads>],
+    ) -> Result<RecurrentGrads<T, ()>> {
+        let directions = model.directions();
+        ensure!(
+            grads.len() == model.layers.len() && grads.iter().all(|g| g.len() == directions),
+            "the gradients given are for {} layers × {:?} directions, but the model has {} × {directions}",
+            grads.len(),
+            grads.iter().map(Vec::len).collect::<Vec<_>>(),
+            model.layers.len()
+        );
+        let all =
+            self.backward_layers(model, d_output, d_final_states, input_grads, Some(grads))?;
+        Ok(RecurrentGrads {
+            layers: Vec::new(),
+            input: all.input,
+            initial_states: all.initial_states,
+        })
+    }
+
+    /// `backward_with`, each cell's parameter gradients added into `into[l][d]` where
+    /// given (and none returned), returned fresh where not.
+    fn backward_layers<C: Cell<T>>(
+        &mut self,
+        model: &Recurrent<C>,
+        d_output: Option<&DMatrix<T>>,
+        d_final_states: &[Option<&DMatrix<T>>],
+        input_grads: InputGrads,
+        mut into: Option<&mut [Vec<C::Grads>]>,
+    ) -> Result<RecurrentGrads<T, C::Grads>> {
         let spec = C::SPEC;
         let (batch, directions) = (self.steps.batch(), model.directions());
         ensure!(
@@ -587,16 +642,48 @@ impl<T: Scalar> RecurrentRun<T> {
                     .collect();
                 work.push((run, cell, d_out, d_final));
             }
+            let layer_into: Vec<Option<&mut C::Grads>> = match into.as_deref_mut() {
+                Some(grads) => grads[l].iter_mut().map(Some).collect(),
+                None => (0..directions).map(|_| None).collect(),
+            };
             let wanted = if l == 0 {
                 input_grads
             } else {
                 InputGrads::Compute
             };
-            let results = each_in_parallel(work, |(run, cell, d_out, d_final)| {
-                let d_final_refs: Vec<Option<&DMatrix<T>>> =
-                    d_final.iter().map(Option::as_ref).collect();
-                run.backward_with(cell, d_out.as_ref(), &d_final_refs, wanted)
-            });
+            let work: Vec<_> = work.into_iter().zip(layer_into).collect();
+            let results: Vec<Result<SequenceGrads<T, Option<C::Grads>>>> =
+                each_in_parallel(work, |((run, cell, d_out, d_final), into)| {
+                    let d_final_refs: Vec<Option<&DMatrix<T>>> =
+                        d_final.iter().map(Option::as_ref).collect();
+                    // The parameters' gradients added into the caller's, or fresh.
+                    let grads = match into {
+                        Some(grads) => {
+                            let rest = run.backward_into(
+                                cell,
+                                d_out.as_ref(),
+                                &d_final_refs,
+                                wanted,
+                                grads,
+                            )?;
+                            SequenceGrads {
+                                params: None,
+                                inputs: rest.inputs,
+                                initial_states: rest.initial_states,
+                            }
+                        }
+                        None => {
+                            let all =
+                                run.backward_with(cell, d_out.as_ref(), &d_final_refs, wanted)?;
+                            SequenceGrads {
+                                params: Some(all.params),
+                                inputs: all.inputs,
+                                initial_states: all.initial_states,
+                            }
+                        }
+                    };
+                    Ok(grads)
+                });
             let mut grads_l = Vec::with_capacity(directions);
             let mut d_input: Option<DMatrix<T>> = None;
             for (d, grads) in results.into_iter().enumerate() {
@@ -611,7 +698,7 @@ impl<T: Scalar> RecurrentRun<T> {
                         Some(acc) => acc + input,
                     });
                 }
-                grads_l.push(grads.params);
+                grads_l.extend(grads.params);
             }
             layer_grads.push(grads_l);
             d_x = d_input;
