@@ -84,6 +84,9 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
 
     let progress = Progress::new(args.epochs, "epochs");
     let began = Instant::now();
+    // Gradients kept from epoch to epoch, as PyTorch keeps each `.grad`: cleared, then
+    // added into by each backward pass, with nothing allocated.
+    let mut grads = cell.zero_grads();
     for epoch in 0..args.epochs {
         let mut run: Trajectory<f32> =
             forward(&cell, &steps, &[&inputs], None, Direction::Forward)?;
@@ -92,8 +95,9 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
         let scale = 1.0 / symbols as f32;
         // One-hot data: the input's gradient is never needed.
         let d_output = loss.grad * scale;
-        let grads = run.backward_with(&cell, Some(&d_output), &[], InputGrads::Skip)?;
-        adam.step(&mut cell, &grads.params)?;
+        grads.fill_zero();
+        run.backward_into(&cell, Some(&d_output), &[], InputGrads::Skip, &mut grads)?;
+        adam.step(&mut cell, &grads)?;
         if epoch % 100 == 0 || epoch + 1 == args.epochs {
             progress.log(format!("epoch {epoch:4}  loss {:.4}", loss.value * scale));
         }

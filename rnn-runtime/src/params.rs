@@ -57,6 +57,18 @@ pub trait Parameters<T> {
     fn num_parameters(&self) -> usize {
         self.parameters().iter().map(|p| p.values.len()).sum()
     }
+
+    /// Sets every value to zero: gradients kept from pass to pass (see
+    /// `Trajectory::backward_into`), before a pass whose gradients alone they should
+    /// hold, as PyTorch's `zero_grad` clears each `.grad`.
+    fn fill_zero(&mut self)
+    where
+        T: Copy + Default,
+    {
+        for param in self.parameters_mut() {
+            param.values.fill(T::default());
+        }
+    }
 }
 
 /// A part's parameters renamed `prefix.name`.

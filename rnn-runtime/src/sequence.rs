@@ -703,7 +703,7 @@ impl<T: Scalar> Trajectory<T> {
     /// let d_output = DMatrix::from_element(4, steps.columns(), 1.0);
     /// let mut grads = cell.zero_grads(); // kept from pass to pass
     /// for _ in 0..3 {
-    ///     grads.parameters_mut().iter_mut().for_each(|g| g.values.fill(0.0));
+    ///     grads.fill_zero();
     ///     let mut run = forward(&cell, &steps, &[&x], None, Direction::Forward)?;
     ///     run.backward_into(&cell, Some(&d_output), &[], InputGrads::Skip, &mut grads)?;
     /// }
