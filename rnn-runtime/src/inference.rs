@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use nalgebra::DMatrix;
 
-use crate::cell::BufferCols;
+use crate::cell::{BufferCols, BufferSpec};
 use crate::sequence::{batch_states, check_run, shards, split_by_shard};
 use crate::tape::WeightPacks;
 use crate::threads::each_in_parallel;
@@ -58,11 +58,7 @@ pub fn infer<T: Scalar, C: Cell<T>>(
 ) -> Result<Inference<T>> {
     check_run(cell, steps, inputs, initial_states)?;
     let specs = cell.tape_buffers();
-    let per_column: usize = specs
-        .iter()
-        .filter(|spec| spec.cols == BufferCols::Steps)
-        .map(|spec| spec.rows)
-        .sum();
+    let per_column = per_column(&specs);
     // As in `forward`: each part of the batch on a thread of its own, all reading one
     // packing of the weights, each writing its outputs into the batch's.
     let packs = WeightPacks::new(&specs);
@@ -70,7 +66,7 @@ pub fn infer<T: Scalar, C: Cell<T>>(
     let shards = shards(steps);
     let outputs = split_by_shard(steps, &shards, output.as_mut_slice(), cell.output_size());
     let finals = each_in_parallel(shards.iter().zip(outputs).collect(), |(shard, mut out)| {
-        let chunks = chunks(&shard.steps, per_column);
+        let mut chunks = chunks(&shard.steps, per_column);
         let room = chunks
             .iter()
             .map(|chunk| columns_of(&shard.steps, chunk))
@@ -80,11 +76,10 @@ pub fn infer<T: Scalar, C: Cell<T>>(
         // `prepare` and its steps wrote first.
         let mut tape = Tape::sharing_packs(&specs, room, shard.batch(), Arc::clone(&packs), &[]);
         shard.start_states(C::SPEC.roles.state, &mut tape, initial_states);
-        let in_order: Box<dyn Iterator<Item = Range<usize>>> = match direction {
-            Direction::Forward => Box::new(chunks.into_iter()),
-            Direction::Reverse => Box::new(chunks.into_iter().rev()),
-        };
-        for chunk in in_order {
+        if direction == Direction::Reverse {
+            chunks.reverse();
+        }
+        for chunk in chunks {
             tape.set_columns(columns_of(&shard.steps, &chunk));
             shard.run_steps(cell, &mut tape, steps, inputs, chunk, direction, &mut out);
         }
@@ -95,6 +90,15 @@ pub fn infer<T: Scalar, C: Cell<T>>(
         output,
         final_states,
     })
+}
+
+/// The values a column of the per-step buffers holds, over all of them.
+fn per_column(specs: &[BufferSpec]) -> usize {
+    specs
+        .iter()
+        .filter(|spec| spec.cols == BufferCols::Steps)
+        .map(|spec| spec.rows)
+        .sum()
 }
 
 /// The most values a chunk's per-step buffers hold (a chunk has at least one step,
@@ -149,12 +153,7 @@ mod tests {
         let mut rng = Rng::seed(23);
         let cell = C::with_dims(dims, &Init::pytorch_default(dims[1]), &mut rng).unwrap();
         let steps = Steps::from_sorted_lengths(lengths).unwrap();
-        let per_column: usize = cell
-            .tape_buffers()
-            .iter()
-            .filter(|spec| spec.cols == BufferCols::Steps)
-            .map(|spec| spec.rows)
-            .sum();
+        let per_column = per_column(&cell.tape_buffers());
         // Each part of a batch split across threads has as many chunks as the whole
         // batch at least.
         let chunked = chunks(&steps, per_column).len();

@@ -623,9 +623,13 @@ impl<T: Scalar> RecurrentRun<T> {
             }
             // Each direction's share of the gradients, then their backward passes, each
             // on a thread of its own.
+            let layer_into: Vec<Option<&mut C::Grads>> = match into.as_deref_mut() {
+                Some(grads) => grads[l].iter_mut().map(Some).collect(),
+                None => (0..directions).map(|_| None).collect(),
+            };
             let mut row = 0;
             let mut work = Vec::with_capacity(directions);
-            for (d, run) in self.runs[l].iter_mut().enumerate() {
+            for ((d, run), into) in self.runs[l].iter_mut().enumerate().zip(layer_into) {
                 let cell = &model.layers[l][d];
                 let part = l * directions + d;
                 let rows = cell.output_size();
@@ -640,20 +644,15 @@ impl<T: Scalar> RecurrentRun<T> {
                             .map(|s| gather(s, part, batch, &self.order))
                     })
                     .collect();
-                work.push((run, cell, d_out, d_final));
+                work.push((run, cell, d_out, d_final, into));
             }
-            let layer_into: Vec<Option<&mut C::Grads>> = match into.as_deref_mut() {
-                Some(grads) => grads[l].iter_mut().map(Some).collect(),
-                None => (0..directions).map(|_| None).collect(),
-            };
             let wanted = if l == 0 {
                 input_grads
             } else {
                 InputGrads::Compute
             };
-            let work: Vec<_> = work.into_iter().zip(layer_into).collect();
             let results: Vec<Result<SequenceGrads<T, Option<C::Grads>>>> =
-                each_in_parallel(work, |((run, cell, d_out, d_final), into)| {
+                each_in_parallel(work, |(run, cell, d_out, d_final, into)| {
                     let d_final_refs: Vec<Option<&DMatrix<T>>> =
                         d_final.iter().map(Option::as_ref).collect();
                     // The parameters' gradients added into the caller's, or fresh.
