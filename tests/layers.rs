@@ -7,7 +7,7 @@ use rnn_runtime::nalgebra::DMatrix;
 use rnn_runtime::nn::{GruConfig, LstmConfig};
 use rnn_runtime::prelude::*;
 use rnn_runtime::recurrent::{Mode, Recurrent, RecurrentConfig};
-use rnn_runtime::{pack_padded_sequence, save_safetensors, Tensor};
+use rnn_runtime::{pack_padded_sequence, save_safetensors, ParamSet, Tensor};
 
 /// LSTM with peephole connections: a cell no built-in offers.
 #[recurrent]
@@ -416,6 +416,48 @@ fn bad_input_is_an_error_naming_the_sizes() {
         .to_string()
         .contains("not a valid safetensors file"));
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The output belongs to the caller, who may move it out of the run (the layers move
+/// each direction's out of its own run): backward reads only the shape it had, gives
+/// the same gradients, and still names a gradient of the wrong shape.
+#[test]
+fn backward_does_not_need_the_output_left_in_the_run() {
+    let mut rng = Rng::seed(4);
+    let net: Recurrent<Peephole<f64>> = Recurrent::new(
+        &[3, 4],
+        RecurrentConfig {
+            num_layers: 2,
+            bidirectional: true,
+            dropout: 0.0,
+            batch_first: true,
+        },
+        &Init::pytorch_default(4),
+        &mut rng,
+    )
+    .unwrap();
+    let x = random(3, 2 * 5, &mut rng);
+    let mut kept = net.forward(&x, 2, None, Mode::Eval).unwrap();
+    let mut moved = net.forward(&x, 2, None, Mode::Eval).unwrap();
+    let output = std::mem::replace(&mut moved.output, DMatrix::zeros(0, 0));
+    assert_eq!(output, kept.output);
+    let d_output = random(8, 2 * 5, &mut rng);
+
+    let wrong = random(8, 2 * 5 + 1, &mut rng);
+    let m = moved
+        .backward(&net, Some(&wrong), &[])
+        .map(|_| ())
+        .unwrap_err()
+        .to_string();
+    assert!(m.contains("(8, 10)") && m.contains("(8, 11)"), "{m}");
+    let from_kept = kept.backward(&net, Some(&d_output), &[]).unwrap();
+    let from_moved = moved.backward(&net, Some(&d_output), &[]).unwrap();
+    assert_eq!(from_moved.input, from_kept.input);
+    assert_eq!(from_moved.initial_states, from_kept.initial_states);
+    assert_eq!(
+        ParamSet::from_parameters(&from_moved),
+        ParamSet::from_parameters(&from_kept)
+    );
 }
 
 #[test]

@@ -346,11 +346,12 @@ impl<T: Scalar> BuiltinLayers<T> {
         Ok(())
     }
 
-    fn finish(run: RecurrentRun<T>) -> RnnOutput<T> {
+    fn finish(mut run: RecurrentRun<T>) -> RnnOutput<T> {
         let mut states = run.final_states.iter().cloned();
         let h_n = states.next().expect("a cell has a state");
         RnnOutput {
-            output: run.output.clone(),
+            // Moved, not copied: backward does not read it.
+            output: std::mem::replace(&mut run.output, DMatrix::zeros(0, 0)),
             h_n,
             c_n: states.next(),
             run,
@@ -411,9 +412,10 @@ impl<T: Scalar> BuiltinLayers<T> {
         with_layers!(self, net => {
             let grads = out.run.backward_with(net, d_output, &d_final[..states], input_grads)?;
             let torch = net.torch_grads(&grads);
-            let mut initial = grads.initial_states.iter().cloned();
+            let params = ParamSet::from_parameters(&grads);
+            let mut initial = grads.initial_states.into_iter();
             let h_0 = initial.next().expect("a cell has a state");
-            Ok(ModuleGrads { params: ParamSet::from_parameters(&grads), torch, input: grads.input.clone(), h_0, c_0: initial.next() })
+            Ok(ModuleGrads { params, torch, input: grads.input, h_0, c_0: initial.next() })
         })
     }
 

@@ -6,6 +6,8 @@
 //! (state size, L·D·B) whose column `(l·D + d)·B + b` is layer l, direction d, sequence
 //! b; PyTorch's (L·D, B, H) read in our layout.
 
+use std::borrow::Cow;
+
 use nalgebra::DMatrix;
 
 use crate::inference::{infer, Inference};
@@ -74,6 +76,8 @@ pub struct RecurrentRun<T: Scalar> {
     pub output: DMatrix<T>,
     /// Per state of the cell, (state size, L·D·B), in the batch's original order.
     pub final_states: Vec<DMatrix<T>>,
+    /// `output`'s shape, which its gradient must have (whoever moves `output` out).
+    output_shape: (usize, usize),
     layout: Layout,
     steps: Steps,
     order: Vec<usize>,
@@ -234,10 +238,11 @@ impl<C> Recurrent<C> {
             input.ncols()
         );
         let batch_first = self.config.batch_first;
+        // The first layer reads the caller's input where it is already time-major.
         let data = if batch_first {
-            transpose_batch(input, batch, true)?
+            Cow::Owned(transpose_batch(input, batch, true)?)
         } else {
-            input.clone()
+            Cow::Borrowed(input)
         };
         let steps = Steps::full(input.ncols() / batch, batch)?;
         self.run(
@@ -276,7 +281,7 @@ impl<C> Recurrent<C> {
             steps.batch()
         );
         self.run(
-            input.data.clone(),
+            Cow::Borrowed(&input.data),
             steps,
             order,
             Layout::Packed,
@@ -287,7 +292,7 @@ impl<C> Recurrent<C> {
 
     fn run<T: Scalar>(
         &self,
-        data: DMatrix<T>,
+        data: Cow<'_, DMatrix<T>>,
         steps: Steps,
         order: Vec<usize>,
         layout: Layout,
@@ -319,29 +324,30 @@ impl<C> Recurrent<C> {
             .collect();
         for (l, layer) in self.layers.iter().enumerate() {
             // The directions are independent: each runs on a thread of its own.
-            let layer_runs = each_in_parallel(layer.iter().enumerate().collect(), |(d, cell)| {
-                let part = l * directions + d;
-                let init: Option<Vec<DMatrix<T>>> = initial_states.map(|states| {
-                    states
-                        .iter()
-                        .map(|s| gather(s, part, batch, &order))
-                        .collect()
-                });
-                let direction = if d == 0 {
-                    Direction::Forward
-                } else {
-                    Direction::Reverse
-                };
-                if inferring {
-                    infer(cell, &steps, &[&x], init.as_deref(), direction)
-                        .map(DirectionRun::Inferred)
-                } else {
-                    forward(cell, &steps, &[&x], init.as_deref(), direction)
-                        .map(DirectionRun::Taped)
-                }
-            })
-            .into_iter()
-            .collect::<Result<Vec<_>>>()?;
+            let mut layer_runs =
+                each_in_parallel(layer.iter().enumerate().collect(), |(d, cell)| {
+                    let part = l * directions + d;
+                    let init: Option<Vec<DMatrix<T>>> = initial_states.map(|states| {
+                        states
+                            .iter()
+                            .map(|s| gather(s, part, batch, &order))
+                            .collect()
+                    });
+                    let direction = if d == 0 {
+                        Direction::Forward
+                    } else {
+                        Direction::Reverse
+                    };
+                    if inferring {
+                        infer(cell, &steps, &[&x], init.as_deref(), direction)
+                            .map(DirectionRun::Inferred)
+                    } else {
+                        forward(cell, &steps, &[&x], init.as_deref(), direction)
+                            .map(DirectionRun::Taped)
+                    }
+                })
+                .into_iter()
+                .collect::<Result<Vec<_>>>()?;
             for (d, run) in layer_runs.iter().enumerate() {
                 for (k, state) in run.final_states().iter().enumerate() {
                     scatter(
@@ -353,7 +359,12 @@ impl<C> Recurrent<C> {
                     );
                 }
             }
-            let mut out = stack_rows(layer_runs.iter().map(DirectionRun::output));
+            let mut out = stack_rows(
+                layer_runs
+                    .iter_mut()
+                    .map(DirectionRun::take_output)
+                    .collect(),
+            );
             let dropout = self.config.dropout;
             let mask = match &mut mode {
                 Mode::Train(rng) if dropout > 0.0 && l + 1 < n_layers => {
@@ -379,16 +390,17 @@ impl<C> Recurrent<C> {
                         .collect(),
                 );
             }
-            x = out;
+            x = Cow::Owned(out);
         }
         let output = match layout {
             Layout::Padded {
                 batch,
                 batch_first: true,
             } => transpose_batch(&x, batch, false)?,
-            _ => x,
+            _ => x.into_owned(),
         };
         Ok(RecurrentRun {
+            output_shape: output.shape(),
             output,
             final_states,
             layout,
@@ -434,11 +446,14 @@ enum DirectionRun<T: Scalar> {
 }
 
 impl<T: Scalar> DirectionRun<T> {
-    fn output(&self) -> &DMatrix<T> {
-        match self {
-            DirectionRun::Taped(run) => &run.output,
-            DirectionRun::Inferred(run) => &run.output,
-        }
+    /// The output, moved out (backward does not read it): a layer's output is
+    /// megabytes, which a copy would allocate and fault in afresh on every pass.
+    fn take_output(&mut self) -> DMatrix<T> {
+        let output = match self {
+            DirectionRun::Taped(run) => &mut run.output,
+            DirectionRun::Inferred(run) => &mut run.output,
+        };
+        std::mem::replace(output, DMatrix::zeros(0, 0))
     }
 
     fn final_states(&self) -> &[DMatrix<T>] {
@@ -481,16 +496,16 @@ fn scatter<T: Scalar>(
     }
 }
 
-fn stack_rows<'a, T: Scalar>(blocks: impl Iterator<Item = &'a DMatrix<T>>) -> DMatrix<T> {
-    let blocks: Vec<&DMatrix<T>> = blocks.collect();
+/// The directions' outputs one above the other (the one direction's, as it is).
+fn stack_rows<T: Scalar>(mut blocks: Vec<DMatrix<T>>) -> DMatrix<T> {
     if blocks.len() == 1 {
-        return blocks[0].clone();
+        return blocks.pop().expect("one block");
     }
     let rows = blocks.iter().map(|b| b.nrows()).sum();
     let mut out = DMatrix::zeros(rows, blocks[0].ncols());
     let mut row = 0;
     for block in blocks {
-        out.rows_mut(row, block.nrows()).copy_from(block);
+        out.rows_mut(row, block.nrows()).copy_from(&block);
         row += block.nrows();
     }
     out
@@ -592,20 +607,22 @@ impl<T: Scalar> RecurrentRun<T> {
                 );
             }
         }
-        let mut d_x: Option<DMatrix<T>> = match d_output {
+        // The caller's gradient is read where it lies, unless it must be transposed or
+        // masked.
+        let mut d_x: Option<Cow<'_, DMatrix<T>>> = match d_output {
             Some(d) => {
                 ensure!(
-                    d.shape() == self.output.shape(),
+                    d.shape() == self.output_shape,
                     "the output gradient must be {:?} like the output but is {:?}",
-                    self.output.shape(),
+                    self.output_shape,
                     d.shape()
                 );
                 Some(match self.layout {
                     Layout::Padded {
                         batch,
                         batch_first: true,
-                    } => transpose_batch(d, batch, true)?,
-                    _ => d.clone(),
+                    } => Cow::Owned(transpose_batch(d, batch, true)?),
+                    _ => Cow::Borrowed(d),
                 })
             }
             None => None,
@@ -619,7 +636,7 @@ impl<T: Scalar> RecurrentRun<T> {
         let mut layer_grads: Vec<Vec<C::Grads>> = Vec::with_capacity(model.layers.len());
         for l in (0..model.layers.len()).rev() {
             if let (Some(d), Some(mask)) = (d_x.as_mut(), &self.masks[l]) {
-                d.component_mul_assign(mask);
+                d.to_mut().component_mul_assign(mask);
             }
             // Each direction's share of the gradients, then their backward passes, each
             // on a thread of its own.
@@ -633,7 +650,13 @@ impl<T: Scalar> RecurrentRun<T> {
                 let cell = &model.layers[l][d];
                 let part = l * directions + d;
                 let rows = cell.output_size();
-                let d_out = d_x.as_ref().map(|dx| dx.rows(row, rows).into_owned());
+                let d_out = d_x.as_deref().map(|dx| {
+                    if directions == 1 {
+                        Cow::Borrowed(dx)
+                    } else {
+                        Cow::Owned(dx.rows(row, rows).into_owned())
+                    }
+                });
                 row += rows;
                 let d_final: Vec<Option<DMatrix<T>>> = (0..spec.states.len())
                     .map(|k| {
@@ -660,7 +683,7 @@ impl<T: Scalar> RecurrentRun<T> {
                         Some(grads) => {
                             let rest = run.backward_into(
                                 cell,
-                                d_out.as_ref(),
+                                d_out.as_deref(),
                                 &d_final_refs,
                                 wanted,
                                 grads,
@@ -673,7 +696,7 @@ impl<T: Scalar> RecurrentRun<T> {
                         }
                         None => {
                             let all =
-                                run.backward_with(cell, d_out.as_ref(), &d_final_refs, wanted)?;
+                                run.backward_with(cell, d_out.as_deref(), &d_final_refs, wanted)?;
                             SequenceGrads {
                                 params: Some(all.params),
                                 inputs: all.inputs,
@@ -691,23 +714,26 @@ impl<T: Scalar> RecurrentRun<T> {
                 for (k, state) in grads.initial_states.iter().enumerate() {
                     scatter(&mut initial_states[k], state, part, batch, &self.order);
                 }
-                if let Some(input) = grads.inputs.first() {
-                    d_input = Some(match d_input {
-                        None => input.clone(),
-                        Some(acc) => acc + input,
-                    });
+                if let Some(input) = grads.inputs.into_iter().next() {
+                    match &mut d_input {
+                        None => d_input = Some(input),
+                        Some(acc) => *acc += input,
+                    }
                 }
                 grads_l.extend(grads.params);
             }
             layer_grads.push(grads_l);
-            d_x = d_input;
+            d_x = d_input.map(Cow::Owned);
         }
         layer_grads.reverse();
         let rows = match input_grads {
             InputGrads::Compute => first.input_size(0),
             InputGrads::Skip => 0,
         };
-        let d_x = d_x.unwrap_or_else(|| DMatrix::zeros(rows, self.steps.columns()));
+        let d_x = d_x.map_or_else(
+            || DMatrix::zeros(rows, self.steps.columns()),
+            Cow::into_owned,
+        );
         let input = match self.layout {
             Layout::Padded {
                 batch,

@@ -173,6 +173,10 @@ pub struct Trajectory<T: Scalar> {
     pub final_states: Vec<DMatrix<T>>,
 }
 
+/// What the parts of a backward pass give together: the input and state gradients of
+/// all parts, and the parameter gradients of each part that made its own.
+type MergedParts<T, G> = (SequenceGrads<T, ()>, Vec<Option<G>>);
+
 /// The gradients of a loss with respect to everything a forward pass read.
 pub struct SequenceGrads<T: Scalar, G> {
     /// Of the cell's parameters.
@@ -749,7 +753,7 @@ impl<T: Scalar> Trajectory<T> {
         d_final_states: &[Option<&DMatrix<T>>],
         input_grads: InputGrads,
         mut into: Option<&mut C::Grads>,
-    ) -> Result<(SequenceGrads<T, ()>, Vec<Option<C::Grads>>)> {
+    ) -> Result<MergedParts<T, C::Grads>> {
         let spec = C::SPEC;
         let batch = self.steps.batch();
         ensure!(
@@ -768,10 +772,12 @@ impl<T: Scalar> Trajectory<T> {
             d_final_states.len()
         );
         if let Some(d) = d_output {
+            // From the cell and the steps: the layers move `output` out of the runs
+            // they keep.
+            let expected = (cell.output_size(), self.steps.columns());
             ensure!(
-                d.shape() == self.output.shape(),
-                "the output gradient must be {:?} like the output but is {:?}",
-                self.output.shape(),
+                d.shape() == expected,
+                "the output gradient must be {expected:?} like the output but is {:?}",
                 d.shape()
             );
         }
@@ -796,27 +802,26 @@ impl<T: Scalar> Trajectory<T> {
             .enumerate()
             .map(|(k, run)| (run, if k == 0 { into.take() } else { None }))
             .collect();
-        let (mut parts, own): (Vec<SequenceGrads<T, ()>>, Vec<Option<C::Grads>>) =
-            each_in_parallel(runs, |(run, into)| {
-                let mut own = None;
-                let grads = match into {
-                    Some(grads) => grads,
-                    None => own.insert(cell.zero_grads()),
-                };
-                let part = unroll_backward(
-                    cell,
-                    run,
-                    steps,
-                    direction,
-                    d_output,
-                    d_final_states,
-                    input_grads,
-                    grads,
-                );
-                (part, own)
-            })
-            .into_iter()
-            .unzip();
+        let (mut parts, own): (Vec<_>, Vec<_>) = each_in_parallel(runs, |(run, into)| {
+            let mut own = None;
+            let grads = match into {
+                Some(grads) => grads,
+                None => own.insert(cell.zero_grads()),
+            };
+            let part = unroll_backward(
+                cell,
+                run,
+                steps,
+                direction,
+                d_output,
+                d_final_states,
+                input_grads,
+                grads,
+            );
+            (part, own)
+        })
+        .into_iter()
+        .unzip();
         if parts.len() == 1 {
             return Ok((parts.pop().expect("one part"), own));
         }
