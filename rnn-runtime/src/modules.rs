@@ -6,6 +6,7 @@
 use nalgebra::{DMatrix, DVector};
 
 use crate::recurrent::Mode;
+use crate::scalar::{gemm, Strided};
 use crate::{ensure, Error, ParamMut, ParamRef, Parameters, Result, Rng, Scalar};
 
 /// `torch.nn.Linear`: `y = W x + b`, `weight` (out, in).
@@ -49,7 +50,7 @@ impl<T: Scalar> Linear<T> {
             self.weight.ncols(),
             input.shape()
         );
-        let mut out = &self.weight * input;
+        let mut out = product((&self.weight, false), (input, false));
         if let Some(bias) = &self.bias {
             for mut column in out.column_iter_mut() {
                 column += bias;
@@ -70,13 +71,45 @@ impl<T: Scalar> Linear<T> {
             d_output.shape(),
             (self.weight.nrows(), input.ncols())
         );
-        let weight = d_output * input.transpose();
+        let weight = product((d_output, false), (input, true));
         let bias = self.bias.as_ref().map(|_| d_output.column_sum());
         Ok((
             LinearGrads { weight, bias },
-            self.weight.transpose() * d_output,
+            product((&self.weight, true), (d_output, false)),
         ))
     }
+}
+
+/// `a · b`, each read transposed in place where asked, by the crate's strided product.
+/// nalgebra's `transpose()` copies value by value first (in the Shakespeare example's
+/// training step, that copy took as long as the product), its `tr_mul` takes a dot
+/// product per value, and a view with swapped strides would be unsound in its
+/// small-matrix path (nalgebra issue #1616).
+fn product<T: Scalar>(
+    (a, a_transposed): (&DMatrix<T>, bool),
+    (b, b_transposed): (&DMatrix<T>, bool),
+) -> DMatrix<T> {
+    let view = |m: &DMatrix<T>, transposed: bool| {
+        let whole = Strided::column_major(m.nrows(), 0, 0, m.nrows(), m.ncols());
+        if transposed {
+            whole.t()
+        } else {
+            whole
+        }
+    };
+    let (av, bv) = (view(a, a_transposed), view(b, b_transposed));
+    let mut c = DMatrix::zeros(av.rows, bv.cols);
+    let cv = view(&c, false);
+    gemm(
+        a.as_slice(),
+        av,
+        b.as_slice(),
+        bv,
+        T::zero(),
+        c.as_mut_slice(),
+        cv,
+    );
+    c
 }
 
 /// `torch.nn.Embedding`: a column of `weight` per index. PyTorch's weight
@@ -334,6 +367,24 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("4 features but the layer takes 3"));
+    }
+
+    /// Above 5 rows and columns nalgebra hands the products to matrixmultiply, with the
+    /// transposed views' strides: the gradients are still the textbook products.
+    #[test]
+    fn linear_gradients_of_larger_sizes_are_the_transposed_products() {
+        let mut rng = Rng::seed(8);
+        let layer: Linear<f64> = Linear::new(7, 9, false, &mut rng);
+        let x = DMatrix::from_fn(7, 11, |_, _| rng.range(-1.0, 1.0));
+        let d_out = DMatrix::from_fn(9, 11, |_, _| rng.range(-1.0, 1.0));
+        let (grads, dx) = layer.backward(&x, &d_out).unwrap();
+        let close = |a: &DMatrix<f64>, b: &DMatrix<f64>| {
+            assert_eq!(a.shape(), b.shape());
+            assert!((a - b).amax() < 1e-12, "{a} against {b}");
+        };
+        close(&grads.weight, &(&d_out * x.transpose()));
+        close(&dx, &(layer.weight.transpose() * &d_out));
+        assert!(grads.bias.is_none());
     }
 
     #[test]
