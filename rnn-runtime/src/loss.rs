@@ -63,19 +63,40 @@ impl<T: Scalar> Loss<T> {
 /// Log-softmax down each column, stable for large logits (log-sum-exp).
 pub fn log_softmax<T: Scalar>(logits: &DMatrix<T>) -> DMatrix<T> {
     let mut out = logits.clone();
-    if out.nrows() == 0 {
+    let classes = out.nrows();
+    if classes == 0 {
         return out;
     }
-    for mut column in out.column_iter_mut() {
-        let max = column.max();
-        let lse = max
-            + column
-                .iter()
-                .fold(T::zero(), |acc, v| acc + (*v - max).exp())
-                .ln();
-        column.add_scalar_mut(-lse);
+    // On each column's slice, with the exponential that vectorises: over nalgebra's
+    // column iterators with libm's `exp`, cross-entropy took 5% of the Shakespeare
+    // example's training step (65 classes, 6400 samples).
+    for column in out.as_mut_slice().chunks_exact_mut(classes) {
+        let max = column
+            .iter()
+            .fold(column[0], |max, &v| if v > max { v } else { max });
+        let lse = max + sum_of_exp_below(column, max).ln();
+        for v in column.iter_mut() {
+            *v -= lse;
+        }
     }
     out
+}
+
+/// Σ e^(v − max) over a column, in eight partial sums so that the exponentials
+/// vectorise (a single running sum would chain every addition).
+fn sum_of_exp_below<T: Scalar>(column: &[T], max: T) -> T {
+    let mut lanes = [T::zero(); 8];
+    let mut chunks = column.chunks_exact(lanes.len());
+    for chunk in &mut chunks {
+        for (lane, &v) in lanes.iter_mut().zip(chunk) {
+            *lane += (v - max).fast_exp();
+        }
+    }
+    let rest = chunks
+        .remainder()
+        .iter()
+        .fold(T::zero(), |acc, &v| acc + (v - max).fast_exp());
+    lanes.iter().fold(rest, |acc, &lane| acc + lane)
 }
 
 /// The gradient of a loss with respect to the logits, from its gradient with respect to
@@ -95,7 +116,7 @@ pub fn log_softmax_backward<T: Scalar>(
     for (mut column, lp) in d_logits.column_iter_mut().zip(log_probs.column_iter()) {
         let total = column.sum();
         for (d, &l) in column.iter_mut().zip(lp.iter()) {
-            *d -= l.exp() * total;
+            *d -= l.fast_exp() * total;
         }
     }
     Ok(d_logits)
@@ -103,7 +124,7 @@ pub fn log_softmax_backward<T: Scalar>(
 
 /// Softmax down each column.
 pub fn softmax<T: Scalar>(logits: &DMatrix<T>) -> DMatrix<T> {
-    log_softmax(logits).map(|v| v.exp())
+    log_softmax(logits).map(|v| v.fast_exp())
 }
 
 /// Options of [`cross_entropy`] and [`nll_loss`], with PyTorch's defaults.
@@ -226,20 +247,23 @@ fn class_loss<T: Scalar>(
         .map(|i| keep * nll[i] + smooth * smoothing[i])
         .collect();
     let mut grad = DMatrix::zeros(classes, n);
-    for (i, target) in kept.iter().enumerate() {
+    // (With no classes every target was ignored: there is nothing to write.)
+    let columns = grad
+        .as_mut_slice()
+        .chunks_exact_mut(classes.max(1))
+        .zip(log_probs.as_slice().chunks_exact(classes.max(1)));
+    for (target, (column, lp)) in kept.iter().zip(columns) {
         let Some(t) = *target else { continue };
-        let mut column = grad.column_mut(i);
         column[t] -= keep * weight[t] * scale;
         if eps > 0.0 {
-            for c in 0..classes {
-                column[c] -= smooth * weight[c] * scale;
+            for (g, &w) in column.iter_mut().zip(&weight) {
+                *g -= smooth * w * scale;
             }
         }
         if through_softmax {
             let total: T = column.iter().fold(T::zero(), |acc, a| acc + *a);
-            for c in 0..classes {
-                let p = log_probs[(c, i)].exp();
-                column[c] -= p * total;
+            for (g, &l) in column.iter_mut().zip(lp) {
+                *g -= l.fast_exp() * total;
             }
         }
     }
@@ -349,6 +373,58 @@ mod tests {
         assert!((d_logits - ce.grad).amax() < 1e-12);
         let err = log_softmax_backward(&log_probs, &DMatrix::zeros(4, 2)).unwrap_err();
         assert!(err.to_string().contains("(4, 2)"), "{err}");
+    }
+
+    /// Against log-sum-exp and softmax written out in f64 with libm's `exp`, over 21
+    /// classes (two blocks of the eight partial sums and a remainder) and logits from -40
+    /// to 40: f64 to rounding, f32 (whose exponential is the polynomial) to its rounding.
+    #[test]
+    fn cross_entropy_matches_the_formula_in_both_precisions() {
+        let (classes, samples) = (21, 9);
+        // Values that f32 holds exactly, so that both precisions see the same logits.
+        let logit =
+            |i: usize, j: usize| f64::from((((i * 7 + j * 13) as f64 * 0.37).sin() * 40.0) as f32);
+        let targets: Vec<i64> = (0..samples as i64).map(|j| (j * 5) % 21).collect();
+        let (mut loss, mut grad) = (0.0, DMatrix::<f64>::zeros(classes, samples));
+        for j in 0..samples {
+            let column: Vec<f64> = (0..classes).map(|i| logit(i, j)).collect();
+            let max = column.iter().cloned().fold(f64::MIN, f64::max);
+            let lse = max + column.iter().map(|v| (v - max).exp()).sum::<f64>().ln();
+            let t = targets[j] as usize;
+            loss += (lse - column[t]) / samples as f64;
+            for i in 0..classes {
+                let target = if i == t { 1.0 } else { 0.0 };
+                grad[(i, j)] = ((column[i] - lse).exp() - target) / samples as f64;
+            }
+        }
+        let exact = cross_entropy(
+            &DMatrix::from_fn(classes, samples, logit),
+            &targets,
+            &ClassLoss::default(),
+        )
+        .unwrap();
+        assert!((exact.value - loss).abs() < 1e-12 * loss, "{}", exact.value);
+        assert!((&exact.grad - &grad).amax() < 1e-15, "{}", exact.grad);
+        let fast = cross_entropy(
+            &DMatrix::from_fn(classes, samples, |i, j| logit(i, j) as f32),
+            &targets,
+            &ClassLoss::default(),
+        )
+        .unwrap();
+        assert!(
+            (f64::from(fast.value) - loss).abs() < 1e-6 * loss,
+            "{} against {loss}",
+            fast.value
+        );
+        let worst = fast
+            .grad
+            .iter()
+            .zip(grad.iter())
+            .map(|(&f, &e)| (f64::from(f) - e).abs())
+            .fold(0.0, f64::max);
+        // f32 rounds log-sum-exp (about 40 here) to 2.4e-6, which moves every
+        // probability by as much, relatively, and each gradient (at most 1/9) with it.
+        assert!(worst < 1e-6, "{worst:e}");
     }
 
     #[test]
