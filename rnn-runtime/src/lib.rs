@@ -64,6 +64,7 @@
 // makes the same paths work for the built-in cells declared inside this crate.
 extern crate self as rnn_runtime;
 
+mod allocator;
 mod cell;
 pub mod cells;
 pub mod checkpoint;
@@ -93,6 +94,7 @@ pub mod torch;
 pub use nalgebra;
 pub use rnn_macros::{recurrent, Parameters};
 
+pub use crate::allocator::keep_freed_memory;
 pub use crate::cell::{
     BufferCols, BufferSpec, Cell, CellSpec, ParamSpec, SizeSpec, TapeRoles, VarSpec,
 };
