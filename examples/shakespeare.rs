@@ -18,7 +18,7 @@ use rnn_runtime::checkpoint::{checkpoint_metadata, load_checkpoint, save_checkpo
 use rnn_runtime::data::{window_batch, window_starts, WindowOrder};
 use rnn_runtime::modules::{sample, Embedding, EmbeddingGrads, Linear, LinearGrads, Sampling};
 use rnn_runtime::prelude::*;
-use rnn_runtime::recurrent::{Mode, Recurrent, RecurrentConfig, RecurrentGrads};
+use rnn_runtime::recurrent::{LayerGrads, Mode, Recurrent, RecurrentConfig};
 use rnn_runtime::{clip_grad_norm, NormType};
 use rnn_suite::progress::Progress;
 
@@ -153,10 +153,12 @@ struct CharModel<C> {
     head: Linear<f32>,
 }
 
+/// The model's gradients, kept from step to step (as PyTorch keeps each `.grad`) and
+/// cleared before each: named as the model's parameters, for clipping and Adam.
 #[derive(Parameters)]
 struct CharModelGrads<G> {
     embed: EmbeddingGrads<f32>,
-    rnn: RecurrentGrads<f32, G>,
+    rnn: LayerGrads<G>,
     head: LinearGrads<f32>,
 }
 
@@ -239,25 +241,43 @@ impl<C: Cell<f32>> CharModel<C> {
         Ok((self.head.forward(&run.output)?, run.final_states))
     }
 
-    /// One clipped Adam step on a batch of windows; returns its mean loss.
+    /// Zero gradients for `train_step` to fill.
+    fn zero_grads(&self) -> CharModelGrads<C::Grads> {
+        CharModelGrads {
+            embed: self.embed.zero_grads(),
+            rnn: self.rnn.zero_grads(),
+            head: self.head.zero_grads(),
+        }
+    }
+
+    /// One clipped Adam step on a batch of windows, its gradients gathered in `grads`;
+    /// returns its mean loss.
     fn train_step(
         &mut self,
-        ids: &[usize],
-        targets: &[i64],
-        batch: usize,
+        (ids, targets, batch): (&[usize], &[i64], usize),
         clip: f64,
         adam: &mut Adam<f32>,
+        grads: &mut CharModelGrads<C::Grads>,
     ) -> Result<f32, Error> {
         let x = self.embed.forward(ids)?;
         let mut run = self.rnn.forward(&x, batch, None, Mode::Eval)?;
         let logits = self.head.forward(&run.output)?;
         let loss = cross_entropy(&logits, targets, &ClassLoss::default())?;
-        let (head, d_hidden) = self.head.backward(&run.output, &loss.grad)?;
-        let rnn = run.backward(&self.rnn, Some(&d_hidden), &[])?;
-        let embed = self.embed.backward(ids, &rnn.input)?;
-        let mut grads = CharModelGrads { embed, rnn, head };
-        clip_grad_norm(&mut grads, clip, NormType::L2)?;
-        adam.step(self, &grads)?;
+        grads.fill_zero();
+        let d_hidden = self
+            .head
+            .backward_into(&run.output, &loss.grad, &mut grads.head)?;
+        let rest = run.backward_into(
+            &self.rnn,
+            Some(&d_hidden),
+            &[],
+            InputGrads::Compute,
+            &mut grads.rnn,
+        )?;
+        self.embed
+            .backward_into(ids, &rest.input, &mut grads.embed)?;
+        clip_grad_norm(grads, clip, NormType::L2)?;
+        adam.step(self, grads)?;
         Ok(loss.value)
     }
 
@@ -440,6 +460,7 @@ fn train<C: Cell<f32>>(
     let mut curves = Curves::default();
     let progress = Progress::new(steps, "steps");
     let started = Instant::now();
+    let mut grads = model.zero_grads();
     for step in first_step + 1..=first_step + steps {
         let starts = window_starts(
             training.len(),
@@ -448,7 +469,8 @@ fn train<C: Cell<f32>>(
             rng,
         )?;
         let (inputs, targets) = window_batch(training, &starts, args.chunk)?;
-        let loss = model.train_step(&inputs, &targets, args.batch, args.clip, adam)?;
+        let batch = (&inputs[..], &targets[..], args.batch);
+        let loss = model.train_step(batch, args.clip, adam, &mut grads)?;
         curves.train.push((step as f64, f64::from(loss)));
         if step % args.report_every == 0 {
             let estimate_loss = model.held_out_loss(estimate, args.chunk)?;

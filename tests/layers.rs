@@ -176,6 +176,16 @@ fn layer_gradients_are_added_into_kept_ones() {
     };
     let bits = |v: Vec<f64>| -> Vec<u64> { v.into_iter().map(f64::to_bits).collect() };
     assert!(bits(values(&kept)) == bits(values(&fresh[0].layers)));
+    // Named as the layers' parameters, kept gradients drive an optimizer as
+    // `backward`'s do.
+    let names = |p: &dyn Parameters<f64>| -> Vec<String> {
+        p.parameters().into_iter().map(|p| p.name).collect()
+    };
+    assert_eq!(names(&kept), names(&net));
+    let (mut from_kept, mut from_fresh) = (net.clone(), net.clone());
+    Sgd::new(0.1).step(&mut from_kept, &kept).unwrap();
+    Sgd::new(0.1).step(&mut from_fresh, &fresh[0]).unwrap();
+    assert!(from_kept == from_fresh && from_kept != net);
     let mut run = net.forward_packed(&packed, None, Mode::Eval).unwrap();
     run.backward_into(&net, Some(&d_outs[1]), &[], InputGrads::Skip, &mut kept)
         .unwrap();
@@ -197,6 +207,90 @@ fn layer_gradients_are_added_into_kept_ones() {
         };
     assert!(
         message.contains("1 layers") && message.contains("2 × 2"),
+        "{message}"
+    );
+}
+
+/// The `nn` modules keep gradients too: into zeros, `backward_with`'s parameter
+/// gradients to the bit, with the same input and initial-state gradients; a second
+/// pass adds its own; the kept set is named as the module's parameters, so an
+/// optimizer takes it; another cell's gradients are an error that names both.
+#[test]
+fn module_gradients_are_added_into_kept_ones() {
+    let mut rng = Rng::seed(23);
+    let config = LstmConfig {
+        num_layers: 2,
+        bidirectional: true,
+        ..LstmConfig::new(3, 4)
+    };
+    let lstm = config.init::<f64>(&mut rng).unwrap();
+    let x = random(3, 5 * 2, &mut rng);
+    let (h0, c0) = (
+        random(4, 2 * 2 * 2, &mut rng),
+        random(4, 2 * 2 * 2, &mut rng),
+    );
+    let d_outs = [random(8, 10, &mut rng), random(8, 10, &mut rng)];
+    let d_h = random(4, 8, &mut rng);
+    let pass = || {
+        lstm.forward(&x, 2, Some((&h0, Some(&c0))), Mode::Eval)
+            .unwrap()
+    };
+    let fresh: Vec<_> = d_outs
+        .iter()
+        .map(|d| {
+            let mut out = pass();
+            lstm.backward_with(&mut out, Some(d), Some(&d_h), None, InputGrads::Compute)
+                .unwrap()
+        })
+        .collect();
+    let mut kept = lstm.zero_grads();
+    let rest = lstm
+        .backward_into(
+            &mut pass(),
+            (Some(&d_outs[0]), Some(&d_h), None),
+            InputGrads::Compute,
+            &mut kept,
+        )
+        .unwrap();
+    assert_eq!(ParamSet::from_parameters(&kept), fresh[0].params);
+    assert_eq!(rest.input, fresh[0].input);
+    assert_eq!((&rest.h_0, &rest.c_0), (&fresh[0].h_0, &fresh[0].c_0));
+    assert!(rest.params.entries.is_empty() && rest.torch.is_empty());
+    let (mut from_kept, mut from_fresh) = (lstm.clone(), lstm.clone());
+    Sgd::new(0.1).step(&mut from_kept, &kept).unwrap();
+    Sgd::new(0.1)
+        .step(&mut from_fresh, &fresh[0].params)
+        .unwrap();
+    assert!(from_kept == from_fresh && from_kept != lstm);
+    lstm.backward_into(
+        &mut pass(),
+        (Some(&d_outs[1]), Some(&d_h), None),
+        InputGrads::Skip,
+        &mut kept,
+    )
+    .unwrap();
+    let sums = fresh[0].params.entries.iter().zip(&fresh[1].params.entries);
+    for (kept, ((_, _, a), (_, _, b))) in kept.parameters().iter().zip(sums) {
+        for ((t, a), b) in kept.values.iter().zip(a).zip(b) {
+            assert!(
+                (t - (a + b)).abs() <= 1e-12,
+                "{}: {t} is not {a} + {b}",
+                kept.name
+            );
+        }
+    }
+    let gru = GruConfig::new(3, 4).init::<f64>(&mut rng).unwrap();
+    let message = match lstm.backward_into(
+        &mut pass(),
+        (Some(&d_outs[0]), None, None),
+        InputGrads::Skip,
+        &mut gru.zero_grads(),
+    ) {
+        Ok(_) => panic!("a GRU's gradients were taken"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        message.contains("`Gru`") && message.contains("`Lstm`"),
         "{message}"
     );
 }

@@ -108,7 +108,9 @@ pub use crate::pack::{
 pub use crate::params::{
     pair_with_grads, prefixed, prefixed_mut, ParamMut, ParamRef, ParamSet, Parameters,
 };
-pub use crate::recurrent::{Mode, Recurrent, RecurrentConfig, RecurrentGrads, RecurrentRun};
+pub use crate::recurrent::{
+    LayerGrads, Mode, Recurrent, RecurrentConfig, RecurrentGrads, RecurrentRun,
+};
 pub use crate::rng::{Init, Rng};
 pub use crate::scalar::Scalar;
 pub use crate::sequence::{forward, Direction, InputGrads, SequenceGrads, Steps, Trajectory};

@@ -65,18 +65,64 @@ impl<T: Scalar> Linear<T> {
         input: &DMatrix<T>,
         d_output: &DMatrix<T>,
     ) -> Result<(LinearGrads<T>, DMatrix<T>)> {
+        let mut grads = self.zero_grads();
+        let d_input = self.backward_into(input, d_output, &mut grads)?;
+        Ok((grads, d_input))
+    }
+
+    /// Zero gradients shaped as the parameters, for
+    /// [`backward_into`](Self::backward_into) to add into, kept from pass to pass.
+    pub fn zero_grads(&self) -> LinearGrads<T> {
+        LinearGrads {
+            weight: DMatrix::zeros(self.weight.nrows(), self.weight.ncols()),
+            bias: self.bias.as_ref().map(|b| DVector::zeros(b.len())),
+        }
+    }
+
+    /// [`backward`](Self::backward), adding the parameters' gradients into `grads` (as
+    /// PyTorch adds into each `.grad`) instead of returning fresh ones; returns the
+    /// input's gradient.
+    pub fn backward_into(
+        &self,
+        input: &DMatrix<T>,
+        d_output: &DMatrix<T>,
+        grads: &mut LinearGrads<T>,
+    ) -> Result<DMatrix<T>> {
         ensure!(
             d_output.shape() == (self.weight.nrows(), input.ncols()),
             "Linear: the output gradient is {:?} but the output is {:?}",
             d_output.shape(),
             (self.weight.nrows(), input.ncols())
         );
-        let weight = product((d_output, false), (input, true));
-        let bias = self.bias.as_ref().map(|_| d_output.column_sum());
-        Ok((
-            LinearGrads { weight, bias },
-            product((&self.weight, true), (d_output, false)),
-        ))
+        let bias_len = |bias: &Option<DVector<T>>| bias.as_ref().map(DVector::len);
+        ensure!(
+            grads.weight.shape() == self.weight.shape()
+                && bias_len(&grads.bias) == bias_len(&self.bias),
+            "Linear: the gradients given are for a weight of {:?} and a bias of {:?}, but the layer has {:?} and {:?}",
+            grads.weight.shape(),
+            bias_len(&grads.bias),
+            self.weight.shape(),
+            bias_len(&self.bias)
+        );
+        product_into(
+            (d_output, false),
+            (input, true),
+            T::one(),
+            &mut grads.weight,
+        );
+        if let Some(bias) = &mut grads.bias {
+            for column in d_output.column_iter() {
+                *bias += column;
+            }
+        }
+        let mut d_input = DMatrix::zeros(input.nrows(), input.ncols());
+        product_into(
+            (&self.weight, true),
+            (d_output, false),
+            T::zero(),
+            &mut d_input,
+        );
+        Ok(d_input)
     }
 }
 
@@ -85,10 +131,22 @@ impl<T: Scalar> Linear<T> {
 /// training step, that copy took as long as the product), its `tr_mul` takes a dot
 /// product per value, and a view with swapped strides would be unsound in its
 /// small-matrix path (nalgebra issue #1616).
-fn product<T: Scalar>(
+fn product<T: Scalar>(a: (&DMatrix<T>, bool), b: (&DMatrix<T>, bool)) -> DMatrix<T> {
+    let rows = if a.1 { a.0.ncols() } else { a.0.nrows() };
+    let cols = if b.1 { b.0.nrows() } else { b.0.ncols() };
+    let mut c = DMatrix::zeros(rows, cols);
+    product_into(a, b, T::zero(), &mut c);
+    c
+}
+
+/// `c = a · b + beta · c`, as [`product`] reads `a` and `b`; `c` is already the
+/// product's shape (the callers' checks make it so, and `gemm` asserts it).
+fn product_into<T: Scalar>(
     (a, a_transposed): (&DMatrix<T>, bool),
     (b, b_transposed): (&DMatrix<T>, bool),
-) -> DMatrix<T> {
+    beta: T,
+    c: &mut DMatrix<T>,
+) {
     let view = |m: &DMatrix<T>, transposed: bool| {
         let whole = Strided::column_major(m.nrows(), 0, 0, m.nrows(), m.ncols());
         if transposed {
@@ -97,19 +155,16 @@ fn product<T: Scalar>(
             whole
         }
     };
-    let (av, bv) = (view(a, a_transposed), view(b, b_transposed));
-    let mut c = DMatrix::zeros(av.rows, bv.cols);
-    let cv = view(&c, false);
+    let (av, bv, cv) = (view(a, a_transposed), view(b, b_transposed), view(c, false));
     gemm(
         a.as_slice(),
         av,
         b.as_slice(),
         bv,
-        T::zero(),
+        beta,
         c.as_mut_slice(),
         cv,
     );
-    c
 }
 
 /// `torch.nn.Embedding`: a column of `weight` per index. PyTorch's weight
@@ -156,33 +211,66 @@ impl<T: Scalar> Embedding<T> {
 
     /// (dim, ids.len()): the embedding of each index.
     pub fn forward(&self, ids: &[usize]) -> Result<DMatrix<T>> {
-        let n = self.weight.ncols();
-        if let Some((at, id)) = ids.iter().enumerate().find(|(_, &id)| id >= n) {
-            return Err(Error::new(format!(
-                "Embedding: index {id} at position {at} is not below num_embeddings {n}"
-            )));
-        }
+        self.check_ids(ids)?;
         Ok(DMatrix::from_fn(self.weight.nrows(), ids.len(), |i, j| {
             self.weight[(i, ids[j])]
         }))
     }
 
+    /// An error naming the first index past the table.
+    fn check_ids(&self, ids: &[usize]) -> Result<()> {
+        let n = self.weight.ncols();
+        match ids.iter().enumerate().find(|(_, &id)| id >= n) {
+            Some((at, id)) => Err(Error::new(format!(
+                "Embedding: index {id} at position {at} is not below num_embeddings {n}"
+            ))),
+            None => Ok(()),
+        }
+    }
+
     /// The weight's gradient from the output's; the padding index gets none.
     pub fn backward(&self, ids: &[usize], d_output: &DMatrix<T>) -> Result<EmbeddingGrads<T>> {
+        let mut grads = self.zero_grads();
+        self.backward_into(ids, d_output, &mut grads)?;
+        Ok(grads)
+    }
+
+    /// A zero gradient shaped as the weight, for
+    /// [`backward_into`](Self::backward_into) to add into, kept from pass to pass.
+    pub fn zero_grads(&self) -> EmbeddingGrads<T> {
+        EmbeddingGrads {
+            weight: DMatrix::zeros(self.weight.nrows(), self.weight.ncols()),
+        }
+    }
+
+    /// [`backward`](Self::backward), adding the weight's gradient into `grads` (as
+    /// PyTorch adds into `.grad`) instead of returning a fresh one.
+    pub fn backward_into(
+        &self,
+        ids: &[usize],
+        d_output: &DMatrix<T>,
+        grads: &mut EmbeddingGrads<T>,
+    ) -> Result<()> {
         ensure!(
             d_output.shape() == (self.weight.nrows(), ids.len()),
             "Embedding: the output gradient is {:?} but the output is {:?}",
             d_output.shape(),
             (self.weight.nrows(), ids.len())
         );
-        let mut weight = DMatrix::zeros(self.weight.nrows(), self.weight.ncols());
+        ensure!(
+            grads.weight.shape() == self.weight.shape(),
+            "Embedding: the gradient given is {:?} but the weight is {:?}",
+            grads.weight.shape(),
+            self.weight.shape()
+        );
+        self.check_ids(ids)?;
         for (j, &id) in ids.iter().enumerate() {
             if Some(id) != self.padding_idx {
-                let mut column = weight.column_mut(id);
+                let mut column = grads.weight.column_mut(id);
                 column += d_output.column(j);
             }
         }
-        Ok(EmbeddingGrads { weight })
+        Ok(())
     }
 }
 
@@ -385,6 +473,57 @@ mod tests {
         close(&grads.weight, &(&d_out * x.transpose()));
         close(&dx, &(layer.weight.transpose() * &d_out));
         assert!(grads.bias.is_none());
+    }
+
+    /// Kept gradients: into zeros, `backward`'s to the bit (and the same input
+    /// gradient); a second pass adds its own; gradients of another shape, and an index
+    /// past the table, are errors that name them.
+    #[test]
+    fn linear_and_embedding_gradients_add_into_kept_ones() {
+        let mut rng = Rng::seed(12);
+        let layer: Linear<f64> = Linear::new(7, 9, true, &mut rng);
+        let x = DMatrix::from_fn(7, 11, |_, _| rng.range(-1.0, 1.0));
+        let d = [0, 1].map(|_| DMatrix::from_fn(9, 11, |_, _| rng.range(-1.0, 1.0)));
+        let fresh = d.clone().map(|d| layer.backward(&x, &d).unwrap());
+        let mut kept = layer.zero_grads();
+        let d_input = layer.backward_into(&x, &d[0], &mut kept).unwrap();
+        assert_eq!(kept, fresh[0].0);
+        assert_eq!(d_input, fresh[0].1);
+        layer.backward_into(&x, &d[1], &mut kept).unwrap();
+        let sum = &fresh[0].0.weight + &fresh[1].0.weight;
+        assert!((&kept.weight - sum).amax() < 1e-12);
+        let sum = fresh[0].0.bias.as_ref().unwrap() + fresh[1].0.bias.as_ref().unwrap();
+        assert!((kept.bias.as_ref().unwrap() - sum).amax() < 1e-12);
+        let no_bias: Linear<f64> = Linear::new(7, 9, false, &mut rng);
+        let m = no_bias
+            .backward_into(&x, &d[0], &mut kept)
+            .unwrap_err()
+            .to_string();
+        assert!(m.contains("Some(9)") && m.contains("None"), "{m}");
+
+        let emb: Embedding<f64> = Embedding::new(5, 3, Some(4), &mut rng).unwrap();
+        let ids = [0, 2, 2, 4];
+        let d = [0, 1].map(|_| DMatrix::from_fn(3, 4, |_, _| rng.range(-1.0, 1.0)));
+        let fresh = d.clone().map(|d| emb.backward(&ids, &d).unwrap());
+        let mut kept = emb.zero_grads();
+        emb.backward_into(&ids, &d[0], &mut kept).unwrap();
+        assert_eq!(kept, fresh[0]);
+        emb.backward_into(&ids, &d[1], &mut kept).unwrap();
+        assert!((&kept.weight - (&fresh[0].weight + &fresh[1].weight)).amax() < 1e-12);
+        assert!(kept.weight.column(4).iter().all(|&g| g == 0.0));
+        let m = emb
+            .backward_into(
+                &ids,
+                &d[0],
+                &mut EmbeddingGrads {
+                    weight: DMatrix::zeros(3, 4),
+                },
+            )
+            .unwrap_err()
+            .to_string();
+        assert!(m.contains("(3, 4)") && m.contains("(3, 5)"), "{m}");
+        let m = emb.backward(&[0, 1, 5, 2], &d[0]).unwrap_err().to_string();
+        assert!(m.contains("index 5 at position 2"), "{m}");
     }
 
     #[test]

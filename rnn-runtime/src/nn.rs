@@ -36,10 +36,11 @@ use crate::cells::{
     RnnReluCell, RnnReluCellNoBias, RnnTanhCell, RnnTanhCellNoBias,
 };
 use crate::pack::PackedSequence;
-use crate::recurrent::{Mode, Recurrent, RecurrentConfig, RecurrentRun};
+use crate::recurrent::{LayerGrads, Mode, Recurrent, RecurrentConfig, RecurrentRun};
 use crate::tensor_io::{load_safetensors, save_safetensors, Tensor};
 use crate::{
-    ensure, Init, InputGrads, ParamMut, ParamRef, ParamSet, Parameters, Result, Rng, Scalar,
+    ensure, Cell, Error, Init, InputGrads, ParamMut, ParamRef, ParamSet, Parameters, Result, Rng,
+    Scalar,
 };
 
 /// The nonlinearity of an Elman RNN.
@@ -276,22 +277,95 @@ pub enum BuiltinLayers<T> {
     GruNoBias(Recurrent<GruCellNoBias<T>>),
 }
 
+/// The gradients of a module's parameters, kept from pass to pass: what a module's
+/// `zero_grads` makes and its `backward_into` adds into, one variant per cell as in
+/// [`BuiltinLayers`]. They are named as the module's parameters (`l0.W_ii`), so
+/// clipping and the optimizers take them.
+#[derive(Clone, Debug, PartialEq)]
+#[allow(missing_docs)]
+pub enum BuiltinGrads<T: Scalar> {
+    RnnTanh(LayerGrads<<RnnTanhCell<T> as Cell<T>>::Grads>),
+    RnnTanhNoBias(LayerGrads<<RnnTanhCellNoBias<T> as Cell<T>>::Grads>),
+    RnnRelu(LayerGrads<<RnnReluCell<T> as Cell<T>>::Grads>),
+    RnnReluNoBias(LayerGrads<<RnnReluCellNoBias<T> as Cell<T>>::Grads>),
+    Lstm(LayerGrads<<LstmCell<T> as Cell<T>>::Grads>),
+    LstmNoBias(LayerGrads<<LstmCellNoBias<T> as Cell<T>>::Grads>),
+    LstmProj(LayerGrads<<LstmProjCell<T> as Cell<T>>::Grads>),
+    LstmProjNoBias(LayerGrads<<LstmProjCellNoBias<T> as Cell<T>>::Grads>),
+    Gru(LayerGrads<<GruCell<T> as Cell<T>>::Grads>),
+    GruNoBias(LayerGrads<<GruCellNoBias<T> as Cell<T>>::Grads>),
+}
+
+/// Hands `$then` the variants of [`BuiltinLayers`] and [`BuiltinGrads`], which share
+/// their names, with `$args`: the one list the matches below are made from.
+macro_rules! each_builtin {
+    ($then:ident! $args:tt) => {
+        $then! {
+            [RnnTanh RnnTanhNoBias RnnRelu RnnReluNoBias Lstm LstmNoBias LstmProj
+             LstmProjNoBias Gru GruNoBias] $args
+        }
+    };
+}
+
+/// `match $value { $enum::V($x) => $body, ... }` over every variant.
+macro_rules! match_each {
+    ([$($v:ident)*] ($enum:ident, $value:expr, $x:ident, $body:expr)) => {
+        match $value {
+            $($enum::$v($x) => $body,)*
+        }
+    };
+}
+
+/// Layers and gradients of the same variant, else `$other`.
+macro_rules! match_pairs {
+    ([$($v:ident)*] ($layers:expr, $grads:expr, $net:ident, $g:ident, $body:expr, $other:expr)) => {
+        match ($layers, $grads) {
+            $((BuiltinLayers::$v($net), BuiltinGrads::$v($g)) => $body,)*
+            _ => $other,
+        }
+    };
+}
+
+/// The gradients' variant of the layers' variant, from `$net` bound to the layers.
+macro_rules! match_zero_grads {
+    ([$($v:ident)*] ($layers:expr, $net:ident, $body:expr)) => {
+        match $layers {
+            $(BuiltinLayers::$v($net) => BuiltinGrads::$v($body),)*
+        }
+    };
+}
+
+/// The variant's name.
+macro_rules! match_name {
+    ([$($v:ident)*] ($enum:ident, $value:expr)) => {
+        match $value {
+            $($enum::$v(_) => stringify!($v),)*
+        }
+    };
+}
+
 /// Runs `$body` with `$net` bound to the layers, whatever their cell.
 macro_rules! with_layers {
     ($layers:expr, $net:ident => $body:expr) => {
-        match $layers {
-            BuiltinLayers::RnnTanh($net) => $body,
-            BuiltinLayers::RnnTanhNoBias($net) => $body,
-            BuiltinLayers::RnnRelu($net) => $body,
-            BuiltinLayers::RnnReluNoBias($net) => $body,
-            BuiltinLayers::Lstm($net) => $body,
-            BuiltinLayers::LstmNoBias($net) => $body,
-            BuiltinLayers::LstmProj($net) => $body,
-            BuiltinLayers::LstmProjNoBias($net) => $body,
-            BuiltinLayers::Gru($net) => $body,
-            BuiltinLayers::GruNoBias($net) => $body,
-        }
+        each_builtin!(match_each!(BuiltinLayers, $layers, $net, $body))
     };
+}
+
+/// Runs `$body` with `$g` bound to the kept gradients, whatever their cell.
+macro_rules! with_grads {
+    ($grads:expr, $g:ident => $body:expr) => {
+        each_builtin!(match_each!(BuiltinGrads, $grads, $g, $body))
+    };
+}
+
+impl<T: Scalar> Parameters<T> for BuiltinGrads<T> {
+    fn parameters(&self) -> Vec<ParamRef<'_, T>> {
+        with_grads!(self, g => g.parameters())
+    }
+
+    fn parameters_mut(&mut self) -> Vec<ParamMut<'_, T>> {
+        with_grads!(self, g => g.parameters_mut())
+    }
 }
 
 /// A module's results, shaped as PyTorch's: (output, h_n, c_n).
@@ -304,6 +378,14 @@ pub struct RnnOutput<T: Scalar> {
     pub c_n: Option<DMatrix<T>>,
     run: RecurrentRun<T>,
 }
+
+/// The gradients of a loss with respect to a module's (output, h_n, c_n); `None` where
+/// the loss does not read it.
+pub type OutputGrads<'a, T> = (
+    Option<&'a DMatrix<T>>,
+    Option<&'a DMatrix<T>>,
+    Option<&'a DMatrix<T>>,
+);
 
 /// Gradients of a loss with respect to a module's parameters, input and initial states.
 pub struct ModuleGrads<T: Scalar> {
@@ -419,6 +501,56 @@ impl<T: Scalar> BuiltinLayers<T> {
         })
     }
 
+    /// Zero gradients of every parameter, for [`backward_into`](Self::backward_into) to
+    /// add into, kept from pass to pass.
+    pub fn zero_grads(&self) -> BuiltinGrads<T> {
+        each_builtin!(match_zero_grads!(self, net, net.zero_grads()))
+    }
+
+    /// [`backward_with`](Self::backward_with), adding the parameters' gradients into
+    /// `grads` (made by [`zero_grads`](Self::zero_grads)) instead of returning fresh
+    /// ones, as PyTorch adds into each `.grad`. The gradients returned are the input's
+    /// and the initial states'; their `params` and `torch` are empty.
+    pub fn backward_into(
+        &self,
+        out: &mut RnnOutput<T>,
+        (d_output, d_h_n, d_c_n): OutputGrads<'_, T>,
+        input_grads: InputGrads,
+        grads: &mut BuiltinGrads<T>,
+    ) -> Result<ModuleGrads<T>> {
+        let d_final = [d_h_n, d_c_n];
+        let states = out.run.final_states.len();
+        let (ours, theirs) = (
+            each_builtin!(match_name!(BuiltinLayers, self)),
+            each_builtin!(match_name!(BuiltinGrads, &*grads)),
+        );
+        each_builtin!(match_pairs!(
+            self,
+            grads,
+            net,
+            kept,
+            {
+                let rest =
+                    out.run
+                        .backward_into(net, d_output, &d_final[..states], input_grads, kept)?;
+                let mut initial = rest.initial_states.into_iter();
+                let h_0 = initial.next().expect("a cell has a state");
+                Ok(ModuleGrads {
+                    params: ParamSet {
+                        entries: Vec::new(),
+                    },
+                    torch: Vec::new(),
+                    input: rest.input,
+                    h_0,
+                    c_0: initial.next(),
+                })
+            },
+            Err(Error::new(format!(
+            "the gradients given are for `{theirs}` layers, but the module's layers are `{ours}`"
+        )))
+        ))
+    }
+
     /// Every parameter as PyTorch names and shapes it.
     pub fn torch_tensors(&self) -> Vec<(String, Tensor<T>)> {
         with_layers!(self, net => net.torch_tensors())
@@ -474,6 +606,20 @@ macro_rules! module {
             /// without `requires_grad` in PyTorch).
             pub fn backward_with(&self, out: &mut RnnOutput<T>, d_output: Option<&DMatrix<T>>, d_h_n: Option<&DMatrix<T>>, d_c_n: Option<&DMatrix<T>>, input_grads: InputGrads) -> Result<ModuleGrads<T>> {
                 self.layers.backward_with(out, d_output, d_h_n, d_c_n, input_grads)
+            }
+
+            /// Zero gradients of every parameter, for
+            /// [`backward_into`](Self::backward_into) to add into, kept from pass to pass.
+            pub fn zero_grads(&self) -> BuiltinGrads<T> {
+                self.layers.zero_grads()
+            }
+
+            /// [`backward_with`](Self::backward_with), adding the parameters' gradients
+            /// into `grads` instead of returning fresh ones (see
+            /// [`BuiltinLayers::backward_into`]); the gradients of
+            /// (output, h_n, c_n) come as one triple.
+            pub fn backward_into(&self, out: &mut RnnOutput<T>, d_outputs: OutputGrads<'_, T>, input_grads: InputGrads, grads: &mut BuiltinGrads<T>) -> Result<ModuleGrads<T>> {
+                self.layers.backward_into(out, d_outputs, input_grads, grads)
             }
 
             /// Every parameter under PyTorch's name and shape.

@@ -51,7 +51,7 @@ pub enum Mode<'a> {
     /// Training: dropout between layers, drawn from the generator.
     Train(&'a mut Rng),
     /// Inference, as under PyTorch's `torch.no_grad()`: no dropout, and nothing kept
-    /// for backward ([`infer`](crate::infer)), so the run takes less time and memory;
+    /// for backward ([`infer`]), so the run takes less time and memory;
     /// its `backward` is an error.
     Infer,
 }
@@ -196,15 +196,18 @@ impl<C> Recurrent<C> {
     }
 
     /// Zero gradients of every cell, `[l][d]`: for [`RecurrentRun::backward_into`] to
-    /// add into, kept from pass to pass.
-    pub fn zero_grads<T: Scalar>(&self) -> Vec<Vec<C::Grads>>
+    /// add into, kept from pass to pass, and for an optimizer to read (they are named
+    /// as the layers' parameters).
+    pub fn zero_grads<T: Scalar>(&self) -> LayerGrads<C::Grads>
     where
         C: Cell<T>,
     {
-        self.layers
-            .iter()
-            .map(|layer| layer.iter().map(Cell::zero_grads).collect())
-            .collect()
+        LayerGrads(
+            self.layers
+                .iter()
+                .map(|layer| layer.iter().map(Cell::zero_grads).collect())
+                .collect(),
+        )
     }
 
     /// `l0`, `l0_reverse`, ... as PyTorch suffixes its parameter names.
@@ -751,53 +754,81 @@ impl<T: Scalar> RecurrentRun<T> {
 
 impl<T: Scalar, C: Cell<T>> Parameters<T> for Recurrent<C> {
     fn parameters(&self) -> Vec<ParamRef<'_, T>> {
-        let mut all = Vec::new();
-        for (l, layer) in self.layers.iter().enumerate() {
-            for (d, cell) in layer.iter().enumerate() {
-                all.extend(prefixed(&Self::part_name(l, d), cell.parameters()));
-            }
-        }
-        all
+        layer_parameters(&self.layers)
     }
 
     fn parameters_mut(&mut self) -> Vec<ParamMut<'_, T>> {
-        let mut all = Vec::new();
-        for (l, layer) in self.layers.iter_mut().enumerate() {
-            for (d, cell) in layer.iter_mut().enumerate() {
-                all.extend(prefixed_mut(
-                    &Recurrent::<C>::part_name(l, d),
-                    cell.parameters_mut(),
-                ));
-            }
-        }
-        all
+        layer_parameters_mut(&mut self.layers)
     }
 }
 
 impl<T: Scalar, G: Parameters<T>> Parameters<T> for RecurrentGrads<T, G> {
     fn parameters(&self) -> Vec<ParamRef<'_, T>> {
-        let mut all = Vec::new();
-        for (l, layer) in self.layers.iter().enumerate() {
-            for (d, grads) in layer.iter().enumerate() {
-                all.extend(prefixed(
-                    &Recurrent::<()>::part_name(l, d),
-                    grads.parameters(),
-                ));
-            }
-        }
-        all
+        layer_parameters(&self.layers)
     }
 
     fn parameters_mut(&mut self) -> Vec<ParamMut<'_, T>> {
-        let mut all = Vec::new();
-        for (l, layer) in self.layers.iter_mut().enumerate() {
-            for (d, grads) in layer.iter_mut().enumerate() {
-                all.extend(prefixed_mut(
-                    &Recurrent::<()>::part_name(l, d),
-                    grads.parameters_mut(),
-                ));
-            }
-        }
-        all
+        layer_parameters_mut(&mut self.layers)
     }
+}
+
+/// The gradients of every cell's parameters, `[l][d]`, kept from pass to pass: what
+/// [`Recurrent::zero_grads`] makes and [`RecurrentRun::backward_into`] adds into. They
+/// are named as the layers name their parameters (`l0.W_ii`, `l0_reverse.W_ii`), so an
+/// optimizer or `clip_grad_norm` takes them as it takes [`RecurrentGrads`]; as a list
+/// of lists they would be named `0.0.W_ii`, which no parameter is.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LayerGrads<G>(pub Vec<Vec<G>>);
+
+impl<G> std::ops::Deref for LayerGrads<G> {
+    type Target = Vec<Vec<G>>;
+
+    fn deref(&self) -> &Vec<Vec<G>> {
+        &self.0
+    }
+}
+
+impl<G> std::ops::DerefMut for LayerGrads<G> {
+    fn deref_mut(&mut self) -> &mut Vec<Vec<G>> {
+        &mut self.0
+    }
+}
+
+impl<T, G: Parameters<T>> Parameters<T> for LayerGrads<G> {
+    fn parameters(&self) -> Vec<ParamRef<'_, T>> {
+        layer_parameters(&self.0)
+    }
+
+    fn parameters_mut(&mut self) -> Vec<ParamMut<'_, T>> {
+        layer_parameters_mut(&mut self.0)
+    }
+}
+
+/// Every part's parameters, `[l][d]`, prefixed as PyTorch suffixes them (`l0`,
+/// `l0_reverse`, ...): the cells', and their gradients' alike.
+fn layer_parameters<T, P: Parameters<T>>(parts: &[Vec<P>]) -> Vec<ParamRef<'_, T>> {
+    let mut all = Vec::new();
+    for (l, layer) in parts.iter().enumerate() {
+        for (d, part) in layer.iter().enumerate() {
+            all.extend(prefixed(
+                &Recurrent::<()>::part_name(l, d),
+                part.parameters(),
+            ));
+        }
+    }
+    all
+}
+
+/// `layer_parameters`, to be changed.
+fn layer_parameters_mut<T, P: Parameters<T>>(parts: &mut [Vec<P>]) -> Vec<ParamMut<'_, T>> {
+    let mut all = Vec::new();
+    for (l, layer) in parts.iter_mut().enumerate() {
+        for (d, part) in layer.iter_mut().enumerate() {
+            all.extend(prefixed_mut(
+                &Recurrent::<()>::part_name(l, d),
+                part.parameters_mut(),
+            ));
+        }
+    }
+    all
 }
