@@ -4,7 +4,7 @@
 //! threshold has gathered there, and serves allocations above another threshold from
 //! fresh mappings; either way the next pass's matrices are faulted in page by page. In
 //! the Shakespeare example's training step (two GRU layers of 128, 32 × 200
-//! characters) that was 5000 page faults a step and a sixth of its time.
+//! characters) that was 5000 page faults a step and 13-17% of its time.
 //!
 //! [`keep_freed_memory`] raises both thresholds, as an application may (the same as
 //! setting `MALLOC_MMAP_THRESHOLD_` and `MALLOC_TRIM_THRESHOLD_`). The library never
