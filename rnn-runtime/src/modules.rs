@@ -115,14 +115,7 @@ impl<T: Scalar> Linear<T> {
                 *bias += column;
             }
         }
-        let mut d_input = DMatrix::zeros(input.nrows(), input.ncols());
-        product_into(
-            (&self.weight, true),
-            (d_output, false),
-            T::zero(),
-            &mut d_input,
-        );
-        Ok(d_input)
+        Ok(product((&self.weight, true), (d_output, false)))
     }
 }
 

@@ -401,6 +401,26 @@ pub struct ModuleGrads<T: Scalar> {
     pub c_0: Option<DMatrix<T>>,
 }
 
+impl<T: Scalar> ModuleGrads<T> {
+    /// The gradients, with the initial states' split into `h_0` and `c_0`.
+    fn new(
+        params: ParamSet<T>,
+        torch: Vec<(String, Tensor<T>)>,
+        input: DMatrix<T>,
+        initial_states: Vec<DMatrix<T>>,
+    ) -> ModuleGrads<T> {
+        let mut initial = initial_states.into_iter();
+        let h_0 = initial.next().expect("a cell has a state");
+        ModuleGrads {
+            params,
+            torch,
+            input,
+            h_0,
+            c_0: initial.next(),
+        }
+    }
+}
+
 impl<T: Scalar> BuiltinLayers<T> {
     fn states(initial: Option<(&DMatrix<T>, Option<&DMatrix<T>>)>) -> Option<Vec<DMatrix<T>>> {
         initial.map(|(h, c)| std::iter::once(h.clone()).chain(c.cloned()).collect())
@@ -495,9 +515,7 @@ impl<T: Scalar> BuiltinLayers<T> {
             let grads = out.run.backward_with(net, d_output, &d_final[..states], input_grads)?;
             let torch = net.torch_grads(&grads);
             let params = ParamSet::from_parameters(&grads);
-            let mut initial = grads.initial_states.into_iter();
-            let h_0 = initial.next().expect("a cell has a state");
-            Ok(ModuleGrads { params, torch, input: grads.input, h_0, c_0: initial.next() })
+            Ok(ModuleGrads::new(params, torch, grads.input, grads.initial_states))
         })
     }
 
@@ -533,17 +551,15 @@ impl<T: Scalar> BuiltinLayers<T> {
                 let rest =
                     out.run
                         .backward_into(net, d_output, &d_final[..states], input_grads, kept)?;
-                let mut initial = rest.initial_states.into_iter();
-                let h_0 = initial.next().expect("a cell has a state");
-                Ok(ModuleGrads {
-                    params: ParamSet {
-                        entries: Vec::new(),
-                    },
-                    torch: Vec::new(),
-                    input: rest.input,
-                    h_0,
-                    c_0: initial.next(),
-                })
+                let no_params = ParamSet {
+                    entries: Vec::new(),
+                };
+                Ok(ModuleGrads::new(
+                    no_params,
+                    Vec::new(),
+                    rest.input,
+                    rest.initial_states,
+                ))
             },
             Err(Error::new(format!(
             "the gradients given are for `{theirs}` layers, but the module's layers are `{ours}`"
