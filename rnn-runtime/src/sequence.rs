@@ -14,7 +14,7 @@ use nalgebra::DMatrix;
 use crate::copies::copy_run;
 use crate::tape::WeightPacks;
 use crate::threads::each_in_parallel;
-use crate::{ensure, Cell, Parameters, Result, Scalar, Tape};
+use crate::{ensure, BufferSpec, Cell, Parameters, Result, Scalar, Tape};
 
 /// How many sequences run at each step, and where each step's columns start.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -203,12 +203,13 @@ pub fn forward<T: Scalar, C: Cell<T>>(
     // Each part of the batch unrolls on a thread of its own (one part for a small
     // batch), reading its columns of the inputs straight into its tape and writing its
     // outputs straight into the batch's.
-    let packs = WeightPacks::new(&cell.tape_buffers());
+    let specs = cell.tape_buffers();
+    let packs = WeightPacks::new(&specs);
     let mut output = DMatrix::zeros(cell.output_size(), steps.columns());
     let shards = shards(steps);
     let outputs = split_by_shard(steps, &shards, output.as_mut_slice(), cell.output_size());
     let results = each_in_parallel(shards.into_iter().zip(outputs).collect(), |(shard, out)| {
-        let packs = Arc::clone(&packs);
+        let tape = (&specs[..], Arc::clone(&packs));
         let (tape, finals) = unroll(
             cell,
             steps,
@@ -216,7 +217,7 @@ pub fn forward<T: Scalar, C: Cell<T>>(
             inputs,
             initial_states,
             direction,
-            packs,
+            tape,
             out,
         );
         (ShardRun { shard, tape }, finals)
@@ -442,8 +443,9 @@ pub(crate) fn split_by_shard<'a, T>(
 type Unrolled<T> = (Tape<T>, Vec<DMatrix<T>>);
 
 /// Runs `cell` over one shard of checked inputs and states (of the whole batch, laid
-/// out by `all_steps`) on a fresh tape, writing the output of its step t into
-/// `output[t]`: the tape and the shard's final states.
+/// out by `all_steps`) on a fresh tape of the cell's buffers (`specs`, sharing
+/// `packs`), writing the output of its step t into `output[t]`: the tape and the
+/// shard's final states.
 #[allow(clippy::too_many_arguments)]
 fn unroll<T: Scalar, C: Cell<T>>(
     cell: &C,
@@ -452,13 +454,13 @@ fn unroll<T: Scalar, C: Cell<T>>(
     inputs: &[&DMatrix<T>],
     initial_states: Option<&[DMatrix<T>]>,
     direction: Direction,
-    packs: Arc<WeightPacks>,
+    (specs, packs): (&[BufferSpec], Arc<WeightPacks>),
     mut output: Vec<&mut [T]>,
 ) -> Unrolled<T> {
     let steps = &shard.steps;
     // Input gradients: a cell that never reads an input never writes its gradient.
     let mut tape = Tape::sharing_packs(
-        &cell.tape_buffers(),
+        specs,
         steps.columns(),
         steps.batch(),
         packs,
