@@ -445,7 +445,7 @@ fn train<C: Cell<f32>>(
     let ids = vocabulary.encode(CORPUS)?;
     // The last tenth is held out; a quick estimate reads its first 20,000 characters.
     let split = ids.len() - ids.len() / 10;
-    let (training, held_out) = (&ids[..split], &ids[split..]);
+    let (training_ids, held_out) = (&ids[..split], &ids[split..]);
     let estimate = &held_out[..held_out.len().min(20_000)];
     println!(
         "{} × {} layers, hidden {}, embedding {}; {} characters ({} distinct), {} held out",
@@ -460,17 +460,21 @@ fn train<C: Cell<f32>>(
     let mut curves = Curves::default();
     let progress = Progress::new(steps, "steps");
     let started = Instant::now();
+    // The training steps' own time, without the reports and the final evaluation.
+    let mut training = std::time::Duration::ZERO;
     let mut grads = model.zero_grads();
     for step in first_step + 1..=first_step + steps {
         let starts = window_starts(
-            training.len(),
+            training_ids.len(),
             args.chunk,
             WindowOrder::Random { count: args.batch },
             rng,
         )?;
-        let (inputs, targets) = window_batch(training, &starts, args.chunk)?;
+        let (inputs, targets) = window_batch(training_ids, &starts, args.chunk)?;
         let batch = (&inputs[..], &targets[..], args.batch);
+        let step_began = Instant::now();
         let loss = model.train_step(batch, args.clip, adam, &mut grads)?;
+        training += step_began.elapsed();
         curves.train.push((step as f64, f64::from(loss)));
         if step % args.report_every == 0 {
             let estimate_loss = model.held_out_loss(estimate, args.chunk)?;
@@ -492,8 +496,8 @@ fn train<C: Cell<f32>>(
         .push(((first_step + steps) as f64, final_loss));
     let seconds = started.elapsed().as_secs_f64();
     println!(
-        "held-out loss {final_loss:.3} nats per character after {steps} steps ({seconds:.0} s, {:.0} ms per step)",
-        seconds * 1e3 / steps as f64
+        "held-out loss {final_loss:.3} nats per character after {steps} steps ({seconds:.0} s, {:.0} ms per training step)",
+        training.as_secs_f64() * 1e3 / steps.max(1) as f64
     );
     if let Some(path) = &args.plot {
         plot(
