@@ -71,9 +71,7 @@ pub fn log_softmax<T: Scalar>(logits: &DMatrix<T>) -> DMatrix<T> {
     // column iterators with libm's `exp`, cross-entropy took 5% of the Shakespeare
     // example's training step (65 classes, 6400 samples).
     for column in out.as_mut_slice().chunks_exact_mut(classes) {
-        let max = column
-            .iter()
-            .fold(column[0], |max, &v| if v > max { v } else { max });
+        let max = max_in_lanes(column);
         let lse = max + sum_of_exp_below(column, max).ln();
         for v in column.iter_mut() {
             *v -= lse;
@@ -82,21 +80,50 @@ pub fn log_softmax<T: Scalar>(logits: &DMatrix<T>) -> DMatrix<T> {
     out
 }
 
-/// Σ e^(v − max) over a column, in eight partial sums so that the exponentials
-/// vectorise (a single running sum would chain every addition).
+/// Σ e^(v − max) over a column (see `fold_in_lanes`).
 fn sum_of_exp_below<T: Scalar>(column: &[T], max: T) -> T {
-    let mut lanes = [T::zero(); 8];
+    let add = |acc: T, v: T| acc + v;
+    fold_in_lanes(column, T::zero(), |acc, v| acc + (v - max).fast_exp(), add)
+}
+
+/// Σ v over a column (see `fold_in_lanes`).
+fn sum_in_lanes<T: Scalar>(column: &[T]) -> T {
+    let add = |acc: T, v: T| acc + v;
+    fold_in_lanes(column, T::zero(), add, add)
+}
+
+/// The largest value of a non-empty column (see `fold_in_lanes`); a NaN first value
+/// makes it NaN, as a running maximum from the first value would.
+fn max_in_lanes<T: Scalar>(column: &[T]) -> T {
+    let larger = |max: T, v: T| if v > max { v } else { max };
+    fold_in_lanes(column, column[0], larger, larger)
+}
+
+/// `step` folded over a column in eight partial results, one per lane of eight
+/// values, and the last values into a ninth; `combine` then folds the partial results
+/// into one. So the loop vectorises: a single running result would chain every step
+/// on the one before (65 dependent additions or comparisons for a column of 65
+/// classes). With one running result each, the maximum and the gradient's column sum
+/// made cross-entropy over 65 × 6400 logits take 2.1-2.3 ms (session 25).
+#[inline(always)]
+fn fold_in_lanes<T: Scalar>(
+    column: &[T],
+    start: T,
+    step: impl Fn(T, T) -> T,
+    combine: impl Fn(T, T) -> T,
+) -> T {
+    let mut lanes = [start; 8];
     let mut chunks = column.chunks_exact(lanes.len());
     for chunk in &mut chunks {
         for (lane, &v) in lanes.iter_mut().zip(chunk) {
-            *lane += (v - max).fast_exp();
+            *lane = step(*lane, v);
         }
     }
     let rest = chunks
         .remainder()
         .iter()
-        .fold(T::zero(), |acc, &v| acc + (v - max).fast_exp());
-    lanes.iter().fold(rest, |acc, &lane| acc + lane)
+        .fold(start, |acc, &v| step(acc, v));
+    lanes.iter().fold(rest, |acc, &lane| combine(acc, lane))
 }
 
 /// The gradient of a loss with respect to the logits, from its gradient with respect to
@@ -113,9 +140,14 @@ pub fn log_softmax_backward<T: Scalar>(
         log_probs.shape()
     );
     let mut d_logits = d_log_probs.clone();
-    for (mut column, lp) in d_logits.column_iter_mut().zip(log_probs.column_iter()) {
-        let total = column.sum();
-        for (d, &l) in column.iter_mut().zip(lp.iter()) {
+    let classes = d_logits.nrows().max(1);
+    let columns = d_logits
+        .as_mut_slice()
+        .chunks_exact_mut(classes)
+        .zip(log_probs.as_slice().chunks_exact(classes));
+    for (column, lp) in columns {
+        let total = sum_in_lanes(column);
+        for (d, &l) in column.iter_mut().zip(lp) {
             *d -= l.fast_exp() * total;
         }
     }
@@ -261,7 +293,7 @@ fn class_loss<T: Scalar>(
             }
         }
         if through_softmax {
-            let total: T = column.iter().fold(T::zero(), |acc, a| acc + *a);
+            let total = sum_in_lanes(column);
             for (g, &l) in column.iter_mut().zip(lp) {
                 *g -= l.fast_exp() * total;
             }
@@ -363,16 +395,17 @@ mod tests {
 
     #[test]
     fn log_softmax_then_nll_is_cross_entropy() {
-        let logits = DMatrix::from_fn(4, 3, |i, j| ((i * 3 + j) as f64 * 0.7).sin() * 2.0);
-        let targets = [1, 3, 0];
+        // 21 classes: two lanes' worth of eight and a remainder in every column's sums.
+        let logits = DMatrix::from_fn(21, 3, |i, j| ((i * 3 + j) as f64 * 0.7).sin() * 2.0);
+        let targets = [1, 13, 20];
         let log_probs = log_softmax(&logits);
         let nll = nll_loss(&log_probs, &targets, &ClassLoss::default()).unwrap();
         let d_logits = log_softmax_backward(&log_probs, &nll.grad).unwrap();
         let ce = cross_entropy(&logits, &targets, &ClassLoss::default()).unwrap();
         assert!((nll.value - ce.value).abs() < 1e-12);
         assert!((d_logits - ce.grad).amax() < 1e-12);
-        let err = log_softmax_backward(&log_probs, &DMatrix::zeros(4, 2)).unwrap_err();
-        assert!(err.to_string().contains("(4, 2)"), "{err}");
+        let err = log_softmax_backward(&log_probs, &DMatrix::zeros(21, 2)).unwrap_err();
+        assert!(err.to_string().contains("(21, 2)"), "{err}");
     }
 
     /// Against log-sum-exp and softmax written out in f64 with libm's `exp`, over 21
