@@ -82,14 +82,16 @@ pub fn log_softmax<T: Scalar>(logits: &DMatrix<T>) -> DMatrix<T> {
 
 /// Σ e^(v − max) over a column (see `fold_in_lanes`).
 fn sum_of_exp_below<T: Scalar>(column: &[T], max: T) -> T {
-    let add = |acc: T, v: T| acc + v;
-    fold_in_lanes(column, T::zero(), |acc, v| acc + (v - max).fast_exp(), add)
+    fold_in_lanes(column, T::zero(), |acc, v| acc + (v - max).fast_exp(), plus)
 }
 
 /// Σ v over a column (see `fold_in_lanes`).
 fn sum_in_lanes<T: Scalar>(column: &[T]) -> T {
-    let add = |acc: T, v: T| acc + v;
-    fold_in_lanes(column, T::zero(), add, add)
+    fold_in_lanes(column, T::zero(), plus, plus)
+}
+
+fn plus<T: Scalar>(a: T, b: T) -> T {
+    a + b
 }
 
 /// The largest value of a non-empty column (see `fold_in_lanes`); a NaN first value

@@ -209,7 +209,7 @@ pub fn forward<T: Scalar, C: Cell<T>>(
     let shards = shards(steps);
     let outputs = split_by_shard(steps, &shards, output.as_mut_slice(), cell.output_size());
     let results = each_in_parallel(shards.into_iter().zip(outputs).collect(), |(shard, out)| {
-        let tape = (&specs[..], Arc::clone(&packs));
+        let buffers = (&specs[..], Arc::clone(&packs));
         let (tape, finals) = unroll(
             cell,
             steps,
@@ -217,7 +217,7 @@ pub fn forward<T: Scalar, C: Cell<T>>(
             inputs,
             initial_states,
             direction,
-            tape,
+            buffers,
             out,
         );
         (ShardRun { shard, tape }, finals)
