@@ -209,7 +209,6 @@ pub fn forward<T: Scalar, C: Cell<T>>(
     let shards = shards(steps);
     let outputs = split_by_shard(steps, &shards, output.as_mut_slice(), cell.output_size());
     let results = each_in_parallel(shards.into_iter().zip(outputs).collect(), |(shard, out)| {
-        let buffers = (&specs[..], Arc::clone(&packs));
         let (tape, finals) = unroll(
             cell,
             steps,
@@ -217,7 +216,8 @@ pub fn forward<T: Scalar, C: Cell<T>>(
             inputs,
             initial_states,
             direction,
-            buffers,
+            &specs,
+            Arc::clone(&packs),
             out,
         );
         (ShardRun { shard, tape }, finals)
@@ -454,7 +454,8 @@ fn unroll<T: Scalar, C: Cell<T>>(
     inputs: &[&DMatrix<T>],
     initial_states: Option<&[DMatrix<T>]>,
     direction: Direction,
-    (specs, packs): (&[BufferSpec], Arc<WeightPacks>),
+    specs: &[BufferSpec],
+    packs: Arc<WeightPacks>,
     mut output: Vec<&mut [T]>,
 ) -> Unrolled<T> {
     let steps = &shard.steps;
