@@ -306,6 +306,17 @@ fn f32_matches_f64_with_whole_panels_and_with_a_batch_of_one() {
     f32_matches_f64(32, &[6]);
 }
 
+/// A batch of 64 sequences (32 a part on two threads) with recurrent weights of 590 K
+/// values (the LSTM) and 529 K (the GRU): where the processor has AMX, their products
+/// forward and backward run on the tiles, whose split into bf16 parts must keep f32's
+/// precision (`packed::amx`).
+#[test]
+fn a_batch_on_amx_tiles_matches_f64() {
+    let lengths: Vec<usize> = (0..64).map(|s| 6 - s / 11).collect();
+    f32_matches_f64(384, &lengths);
+    f32_matches_f64_for::<GruCell<f32>, GruCell<f64>>(420, &lengths);
+}
+
 fn f32_matches_f64(hidden: usize, lengths: &[usize]) {
     f32_matches_f64_for::<LstmCell<f32>, LstmCell<f64>>(hidden, lengths);
 }

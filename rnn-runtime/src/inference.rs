@@ -217,6 +217,11 @@ mod tests {
         infer_matches_forward::<f64, LstmCell<f64>>(&[6, 100], &LENGTHS, 3);
         // One sequence: the notebooks' sizes, long enough for two chunks.
         infer_matches_forward::<f32, LstmCell<f32>>(&[35, 35], &[300], 2);
+        // 64 sequences (32 a part on two threads) and weights of 590 K values: where
+        // the processor has AMX, every product with them runs on the tiles, the
+        // chunks' too, though a chunk is a step of fewer than 32 columns.
+        let lengths: Vec<usize> = (0..64).map(|s| 12 - s / 6).collect();
+        infer_matches_forward::<f32, LstmCell<f32>>(&[384, 384], &lengths, 3);
     }
 
     #[test]

@@ -13,11 +13,54 @@ use std::any::TypeId;
 use crate::copies::copy_run;
 use std::ops::Range;
 
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+mod amx;
 #[cfg(target_arch = "x86_64")]
 mod inner_loop;
 #[cfg(target_arch = "x86_64")]
 mod last_rows;
 mod stacking;
+
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+pub(crate) use amx::{TileWeight, MIN_BATCH as TILE_MIN_BATCH, MIN_VALUES as TILE_MIN_VALUES};
+
+/// Where AMX cannot run, no weight is split for it (`from_packed` gives `None`), so
+/// there are no products to call.
+#[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
+pub(crate) enum TileWeight {}
+
+#[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
+pub(crate) const TILE_MIN_BATCH: usize = usize::MAX;
+
+#[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
+pub(crate) const TILE_MIN_VALUES: usize = usize::MAX;
+
+#[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
+impl TileWeight {
+    pub(crate) fn stored_len(_rows: usize, _cols: usize) -> usize {
+        0
+    }
+
+    pub(crate) fn from_packed(_storage: Vec<f32>, _matrix: &PackedMatrix) -> Option<TileWeight> {
+        None
+    }
+
+    pub(crate) fn into_storage(self) -> Vec<f32> {
+        match self {}
+    }
+
+    pub(crate) fn multiply(
+        &self,
+        _b: &[f32],
+        _b_at: (usize, usize),
+        _c: &mut [f32],
+        _c_at: (usize, usize),
+        _n: usize,
+        _start: Start<'_>,
+    ) {
+        match *self {}
+    }
+}
 
 /// The instruction set a weight was packed for; its panel height follows from it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -722,6 +765,20 @@ impl PackedMatrix {
         &self.panels[p * mr * self.cols..][..panel_stride(self.isa, self.rows, p) * self.cols]
     }
 
+    /// Column `k`'s values in the 16 rows from `top` (a multiple of 16): fewer past
+    /// the matrix's rows, none past its columns. A tile's column of its rows (see
+    /// `amx`).
+    #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+    fn tile_column(&self, top: usize, k: usize) -> &[f32] {
+        if top >= self.rows || k >= self.cols {
+            return &[];
+        }
+        let p = top / self.isa.panel_rows();
+        let stride = panel_stride(self.isa, self.rows, p);
+        let within = top - p * self.isa.panel_rows();
+        &self.panel(p)[k * stride + within..][..16.min(self.rows - top)]
+    }
+
     /// Each panel's first row, rows, stride and values, in order.
     fn panels_with_rows(&self) -> impl Iterator<Item = (usize, usize, usize, &[f32])> {
         let mr = self.isa.panel_rows();
@@ -779,19 +836,11 @@ impl PackedMatrix {
         b: &[f32],
         b_at: Operand,
         c: &[f32],
-        (c_offset, ldc): (usize, usize),
+        c_at: (usize, usize),
         n: usize,
         c_rows: usize,
     ) {
-        // One past B's last element read (none without an inner dimension).
-        let b_end = match self.cols {
-            0 => 0,
-            k => b_at.offset + n.saturating_sub(1) * b_at.ld + (k - 1) * b_at.step + 1,
-        };
-        assert!(
-            n == 0 || (b_end <= b.len() && c_offset + (n - 1) * ldc + c_rows <= c.len()),
-            "packed product: operands out of bounds"
-        );
+        check_product_bounds(self.cols, b, b_at, c, c_at, n, c_rows);
     }
 
     /// Every panel of `rows` (which starts on a panel, within P) times every block of
@@ -899,6 +948,33 @@ impl PackedMatrix {
             std::ptr::null()
         }
     }
+}
+
+/// The bounds that a product with `depth` columns of the left operand relies on: B's
+/// `n` columns of `depth` values where `b_at` says, C's `n` columns of `c_rows`
+/// values from `c_offset`, `ldc` apart.
+///
+/// # Panics
+/// When either reaches past its slice: the tape computes these extents from its own
+/// buffers, so that is a bug, not a user's mistake.
+fn check_product_bounds(
+    depth: usize,
+    b: &[f32],
+    b_at: Operand,
+    c: &[f32],
+    (c_offset, ldc): (usize, usize),
+    n: usize,
+    c_rows: usize,
+) {
+    // One past B's last element read (none without an inner dimension).
+    let b_end = match depth {
+        0 => 0,
+        k => b_at.offset + n.saturating_sub(1) * b_at.ld + (k - 1) * b_at.step + 1,
+    };
+    assert!(
+        n == 0 || (b_end <= b.len() && c_offset + (n - 1) * ldc + c_rows <= c.len()),
+        "packed product: operands out of bounds"
+    );
 }
 
 /// The narrowest block of B's columns that prefetches the next group of panels (see

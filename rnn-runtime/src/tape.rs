@@ -8,7 +8,7 @@ use std::sync::{Arc, OnceLock};
 use crate::cell::{BufferCols, BufferSpec};
 use crate::copies::copy_run;
 use crate::helper;
-use crate::packed::{self, AlignedColumns, Operand, PackedMatrix, RowBlock, Start};
+use crate::packed::{self, AlignedColumns, Operand, PackedMatrix, RowBlock, Start, TileWeight};
 use crate::scalar::{gemm, Strided};
 use crate::Scalar;
 
@@ -79,6 +79,12 @@ pub struct Tape<T: Scalar> {
     /// weights that multiply different vectors in one gate share its dz. Kept for one
     /// backward pass (see `release_gradient_operands`).
     packed_dz: Vec<((usize, usize, usize), PackedMatrix)>,
+    /// Whether the batch has enough sequences for its large weights' products to run
+    /// on AMX tiles (see `packed::TILE_MIN_BATCH`). Decided by the batch, not by a
+    /// product's columns, so that every product with a weight in a pass goes one way,
+    /// however `infer` cuts the pass into chunks: the tiles' sums are not the f32
+    /// kernels' to the bit.
+    tiles: bool,
 }
 
 /// Per buffer, the stacked weight packed as it is and transposed, each made at its
@@ -97,6 +103,9 @@ struct WeightCopies {
     /// For the transposed product with one column (`None` where no kernel reads it, or
     /// where the packed transpose serves that shape better).
     aligned_columns: OnceLock<Option<AlignedColumns>>,
+    /// The packed copies split for AMX tiles, for products with many columns (`None`
+    /// where the tiles do not run).
+    tiles: [OnceLock<Option<TileWeight>>; 2],
 }
 
 impl WeightPacks {
@@ -118,6 +127,11 @@ impl Drop for WeightPacks {
             }
             if let Some(Some(copy)) = copies.aligned_columns.take() {
                 pool.give(copy.into_storage());
+            }
+            for slot in &mut copies.tiles {
+                if let Some(Some(tiles)) = slot.take() {
+                    pool.give(tiles.into_storage());
+                }
             }
         }
     }
@@ -158,6 +172,23 @@ fn pack_stack<'a, T: 'static>(
         } else {
             pack_pooled(values, rows, cols, (1, rows))
         }
+    })
+}
+
+/// A stack's packed copy (`rows` × `cols` as packed) split for AMX tiles, into its
+/// slot the first time a product with many columns reads it in a sequence (`None`
+/// where the tiles do not run).
+#[cold]
+#[inline(never)]
+fn split_for_tiles<'a>(
+    slot: &'a WeightCopies,
+    matrix: &PackedMatrix,
+    (rows, cols): (usize, usize),
+    transpose: bool,
+) -> &'a Option<TileWeight> {
+    slot.tiles[usize::from(transpose)].get_or_init(|| {
+        let storage = pack_pool().take(TileWeight::stored_len(rows, cols), false);
+        TileWeight::from_packed(storage, matrix)
     })
 }
 
@@ -379,6 +410,7 @@ impl<T: Scalar> Tape<T> {
             loaded: vec![false; specs.len()],
             room: columns,
             packed_dz: Vec::new(),
+            tiles: batch >= packed::TILE_MIN_BATCH,
         }
     }
 
@@ -709,7 +741,25 @@ impl<T: Scalar> Tape<T> {
                 || matrix.one_column_panels(b, c_theirs, add, theirs),
             );
         }
-        let multiply = |b_at, c: &mut [f32], c_at, n| matrix.multiply(b, b_at, c, c_at, n, start);
+        // A large weight in a large batch: the tiles, where the processor has them.
+        let values = self.rows[stack] * self.cols[stack];
+        let tiles = if self.tiles && values >= packed::TILE_MIN_VALUES {
+            let slot = &self.packed.slots[stack];
+            match slot.tiles[usize::from(transpose)].get() {
+                Some(tiles) => tiles.as_ref(),
+                None => {
+                    let shape = (self.rows[stack], self.cols[stack]);
+                    let shape = if transpose { (shape.1, shape.0) } else { shape };
+                    split_for_tiles(slot, matrix, shape, transpose).as_ref()
+                }
+            }
+        } else {
+            None
+        };
+        let multiply = |b_at, c: &mut [f32], c_at, n| match tiles {
+            Some(tiles) => tiles.multiply(b, b_at, c, c_at, n, start),
+            None => matrix.multiply(b, b_at, c, c_at, n, start),
+        };
         let fmas = self.rows[stack] * self.cols[stack] * n;
         let Some(first) = share_point(n, fmas, n < self.columns) else {
             return multiply((b_at, src_ld), c, (c_at, dst_ld), n);

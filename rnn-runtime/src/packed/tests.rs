@@ -644,3 +644,114 @@ fn only_f32_is_viewed_as_f32() {
     assert!(as_f32_mut(&mut [1.0f64]).is_none());
     assert!(!available::<f64>());
 }
+
+/// The AMX products (`TileWeight`): every edge of the 32 × 32 blocks (rows and
+/// columns short of a tile, of a pair, of a block of rows or of columns), inner
+/// dimensions short of a chunk and past a depth block, B and C strided, stored, added
+/// to C and onto biases. Exact with quarters, as above: their high parts are the
+/// whole values. (On a processor without AMX there is nothing to run.)
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+#[test]
+fn tile_products_match_the_naive_product() {
+    if !amx::available() {
+        eprintln!("no AMX here: the tile products are not tested");
+        return;
+    }
+    for &(m, k, n) in &[
+        (1, 1, 32),
+        (16, 32, 32),
+        (17, 31, 33),
+        (45, 70, 47),
+        (64, 33, 64),
+        (140, 35, 100),
+        (300, 40, 40),
+        (33, 600, 35),
+        (48, 20, 300),
+    ] {
+        for transposed in [false, true] {
+            let a = values(m * k, 1);
+            let strides = if transposed { (k, 1) } else { (1, m) };
+            let packed = PackedMatrix::pack_for(Isa::Avx512, &a, m, k, strides);
+            // Storage a finished weight left full of NaN bits.
+            let used = vec![f32::NAN; TileWeight::stored_len(m, k)];
+            let tiles = TileWeight::from_packed(used, &packed).expect("AMX runs here");
+            let (ldb, ldc) = (k + 3, m + 2);
+            let b = values(ldb * n + 5, 2);
+            let want = reference(&a, (m, k), strides, &b[2..], ldb, n);
+            for start_from in ["zero", "C", "bias"] {
+                let before: Vec<f32> = values(1 + ldc * n, 6)
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &v)| if (i + ldc - 1) % ldc < m { v } else { f32::NAN })
+                    .collect();
+                let bias = values(m, 7);
+                let start = match start_from {
+                    "zero" => Start::Zero,
+                    "C" => Start::C,
+                    _ => Start::Bias(&bias),
+                };
+                let mut c = before.clone();
+                tiles.multiply(&b, (2, ldb), &mut c, (1, ldc), n, start);
+                for j in 0..n {
+                    for i in 0..m {
+                        let at = 1 + i + j * ldc;
+                        let from = match start_from {
+                            "zero" => 0.0,
+                            "C" => f64::from(before[at]),
+                            _ => f64::from(bias[i]),
+                        };
+                        let (got, want) = (f64::from(c[at]), from + want[i + j * m]);
+                        assert!(
+                            got == want,
+                            "({m},{k},{n}) from {start_from} at ({i},{j}): {got} against {want}"
+                        );
+                    }
+                    for pad in m..ldc {
+                        assert!(c[1 + pad + j * ldc].is_nan(), "wrote padding at {pad}");
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// With values of 24 significant bits, the tile products stay as close to the exact
+/// product as f32 multiply-adds: within 2⁻²² of the sum of the terms' magnitudes. A
+/// product that left out any of the six pairs of parts would be off by 2⁻¹⁸ of it or
+/// more.
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+#[test]
+fn tile_products_keep_f32_precision() {
+    if !amx::available() {
+        eprintln!("no AMX here: the tile products are not tested");
+        return;
+    }
+    let (m, k, n) = (70, 300, 40);
+    let mut state = 0x9e37_79b9u32;
+    let mut random = |len: usize| -> Vec<f32> {
+        (0..len)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 17;
+                state ^= state << 5;
+                state as f32 / u32::MAX as f32 * 2.0 - 1.0
+            })
+            .collect()
+    };
+    let (a, b) = (random(m * k), random(k * n));
+    let packed = PackedMatrix::pack_for(Isa::Avx512, &a, m, k, (1, m));
+    let tiles = TileWeight::from_packed(Vec::new(), &packed).expect("AMX runs here");
+    let mut c = vec![0.0f32; m * n];
+    tiles.multiply(&b, (0, k), &mut c, (0, m), n, Start::Zero);
+    let want = reference(&a, (m, k), (1, m), &b, k, n);
+    let mut worst = 0.0f64;
+    for j in 0..n {
+        for i in 0..m {
+            let magnitude: f64 = (0..k)
+                .map(|p| f64::from(a[i + p * m] * b[p + j * k]).abs())
+                .sum();
+            worst = worst.max((f64::from(c[i + j * m]) - want[i + j * m]).abs() / magnitude);
+        }
+    }
+    assert!(worst < 2f64.powi(-22), "relative error {worst:.2e}");
+}
