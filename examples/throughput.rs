@@ -15,6 +15,10 @@
 //! backward, as the team's PyTorch benchmark (`bench/torch_bench.py`) does. Backward
 //! computes the gradients of the parameters, not of the input, which is data (in the
 //! PyTorch benchmark a tensor without `requires_grad`); `--input-grads` adds them.
+//!
+//! On a processor with AMX, the large sizes' products run on its tiles (see the
+//! README's Speed section); `RNN_AMX=0` in the environment keeps them on the f32
+//! kernels, to compare the two on one machine.
 
 use std::time::{Duration, Instant};
 

@@ -646,7 +646,8 @@ fn only_f32_is_viewed_as_f32() {
 }
 
 /// The AMX products (`TileWeight`): every edge of the 32 × 32 blocks (rows and
-/// columns short of a tile, of a pair, of a block of rows or of columns), inner
+/// columns short of a tile, of a pair, of a block of rows or of columns, and fewer
+/// columns than a block), inner
 /// dimensions short of a chunk and past a depth block, B and C strided, stored, added
 /// to C and onto biases. Exact with quarters, as above: their high parts are the
 /// whole values. (On a processor without AMX there is nothing to run.)
@@ -659,6 +660,11 @@ fn tile_products_match_the_naive_product() {
     }
     for &(m, k, n) in &[
         (1, 1, 32),
+        // Fewer columns than a pair of tiles: a pass on the tiles multiplies every
+        // step there, however few sequences a step has left.
+        (40, 20, 1),
+        (70, 33, 5),
+        (32, 64, 17),
         (16, 32, 32),
         (17, 31, 33),
         (45, 70, 47),
@@ -717,8 +723,8 @@ fn tile_products_match_the_naive_product() {
 
 /// With values of 24 significant bits, the tile products stay as close to the exact
 /// product as f32 multiply-adds: within 2⁻²² of the sum of the terms' magnitudes. A
-/// product that left out any of the six pairs of parts would be off by 2⁻¹⁸ of it or
-/// more.
+/// product that left out any of the six pairs of parts would be off by more (the
+/// smallest, low·high, by 6·10⁻⁷, about 2⁻²¹).
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
 #[test]
 fn tile_products_keep_f32_precision() {
