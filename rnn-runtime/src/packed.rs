@@ -6,7 +6,9 @@
 //! own reads. Here the weight is copied once, into panels of `MR` rows stored k-major
 //! (each panel one sequential stream), and every step's product runs a register-blocked
 //! AVX-512 or AVX2 kernel over them. Where neither instruction set is present, or for
-//! f64, the tape keeps the general GEMM: this module only speeds up f32.
+//! f64, the tape keeps the general GEMM: this module only speeds up f32. On a
+//! processor with AMX, a large weight's products in a large batch run on its tiles
+//! instead (`amx`), from a copy split out of the panels.
 
 use std::any::TypeId;
 

@@ -103,8 +103,8 @@ struct WeightCopies {
     /// For the transposed product with one column (`None` where no kernel reads it, or
     /// where the packed transpose serves that shape better).
     aligned_columns: OnceLock<Option<AlignedColumns>>,
-    /// The packed copies split for AMX tiles, for products with many columns (`None`
-    /// where the tiles do not run).
+    /// The packed copies split for AMX tiles, for the passes of large batches (see
+    /// `Tape::tiles`; `None` where the tiles do not run).
     tiles: [OnceLock<Option<TileWeight>>; 2],
 }
 
@@ -176,8 +176,8 @@ fn pack_stack<'a, T: 'static>(
 }
 
 /// A stack's packed copy (`rows` × `cols` as packed) split for AMX tiles, into its
-/// slot the first time a product with many columns reads it in a sequence (`None`
-/// where the tiles do not run).
+/// slot the first time a pass on the tiles (see `Tape::tiles`) multiplies it in a
+/// sequence (`None` where the tiles do not run).
 #[cold]
 #[inline(never)]
 fn split_for_tiles<'a>(
@@ -686,7 +686,8 @@ impl<T: Scalar> Tape<T> {
         }
     }
 
-    /// `product` through the packed kernel (f32 on a processor with AVX2 or AVX-512).
+    /// `product` through the packed kernel (f32 on a processor with AVX2 or AVX-512),
+    /// or for a large weight in a large batch the AMX tiles (`packed::amx`).
     #[allow(clippy::too_many_arguments)]
     fn packed_gemm(
         &mut self,
