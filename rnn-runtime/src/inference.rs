@@ -222,6 +222,27 @@ mod tests {
         // chunks' too, though a chunk is a step of fewer than 32 columns.
         let lengths: Vec<usize> = (0..64).map(|s| 12 - s / 6).collect();
         infer_matches_forward::<f32, LstmCell<f32>>(&[384, 384], &lengths, 3);
+        // The same weights, a part whose one long sequence leaves a last chunk of one
+        // column: its input terms, which `forward` multiplied on the tiles with the
+        // rest, go to the tiles too.
+        let per_column = per_column(
+            &LstmCell::<f32>::with_dims(
+                &[384, 384],
+                &Init::pytorch_default(384),
+                &mut Rng::seed(1),
+            )
+            .unwrap()
+            .tape_buffers(),
+        );
+        let one_column_at_the_end = |long: usize| {
+            let part = Steps::from_sorted_lengths(&[vec![long], vec![1; 31]].concat()).unwrap();
+            chunks(&part, per_column)
+                .last()
+                .is_some_and(|c| c.len() == 1)
+        };
+        let long = (33..400).find(|&long| one_column_at_the_end(long)).unwrap();
+        let lengths = [vec![long], vec![1; 63]].concat();
+        infer_matches_forward::<f32, LstmCell<f32>>(&[384, 384], &lengths, 3);
     }
 
     #[test]

@@ -717,10 +717,27 @@ impl<T: Scalar> Tape<T> {
                 transpose,
             ),
         };
+        // A large weight in a large batch: the tiles, where the processor has them,
+        // for a product of any number of columns (one too: `infer`'s last chunk may
+        // be a column whose input terms `forward` multiplied on the tiles).
+        let values = self.rows[stack] * self.cols[stack];
+        let tiles = if self.tiles && values >= packed::TILE_MIN_VALUES {
+            let slot = &self.packed.slots[stack];
+            match slot.tiles[usize::from(transpose)].get() {
+                Some(tiles) => tiles.as_ref(),
+                None => {
+                    let shape = (self.rows[stack], self.cols[stack]);
+                    let shape = if transpose { (shape.1, shape.0) } else { shape };
+                    split_for_tiles(slot, matrix, shape, transpose).as_ref()
+                }
+            }
+        } else {
+            None
+        };
         let (src_ld, dst_ld) = (self.rows[src.0], self.rows[dst.0]);
         let (b_at, c_at) = (self.offset(src), self.offset(dst));
         let (b, c) = f32_operands(&mut self.bufs, src.0, dst.0);
-        if n == 1 {
+        if n == 1 && tiles.is_none() {
             // A batch of one, every step of the notebooks' models: the shortest path.
             let (b, c) = (&b[b_at..], &mut c[c_at..]);
             if let Start::Bias(bias) = start {
@@ -742,21 +759,6 @@ impl<T: Scalar> Tape<T> {
                 || matrix.one_column_panels(b, c_theirs, add, theirs),
             );
         }
-        // A large weight in a large batch: the tiles, where the processor has them.
-        let values = self.rows[stack] * self.cols[stack];
-        let tiles = if self.tiles && values >= packed::TILE_MIN_VALUES {
-            let slot = &self.packed.slots[stack];
-            match slot.tiles[usize::from(transpose)].get() {
-                Some(tiles) => tiles.as_ref(),
-                None => {
-                    let shape = (self.rows[stack], self.cols[stack]);
-                    let shape = if transpose { (shape.1, shape.0) } else { shape };
-                    split_for_tiles(slot, matrix, shape, transpose).as_ref()
-                }
-            }
-        } else {
-            None
-        };
         let multiply = |b_at, c: &mut [f32], c_at, n| match tiles {
             Some(tiles) => tiles.multiply(b, b_at, c, c_at, n, start),
             None => matrix.multiply(b, b_at, c, c_at, n, start),
