@@ -24,7 +24,16 @@ mod last_rows;
 mod stacking;
 
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
-pub(crate) use amx::{TileWeight, MIN_BATCH as TILE_MIN_BATCH, MIN_VALUES as TILE_MIN_VALUES};
+pub(crate) use amx::{
+    available as tiles_available, TileWeight, MIN_BATCH as TILE_MIN_BATCH,
+    MIN_VALUES as TILE_MIN_VALUES,
+};
+
+/// Whether this process runs AMX tiles: never, off x86-64 Linux.
+#[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
+pub(crate) fn tiles_available() -> bool {
+    false
+}
 
 /// Where AMX cannot run, no weight is split for it (`from_packed` gives `None`), so
 /// there are no products to call.
@@ -464,14 +473,7 @@ impl PackedMatrix {
         let (k, (b_offset, ldb), (c_offset, ldc)) = (self.cols, b_at, c_at);
         let b_at = Operand::columns(b_offset, ldb);
         self.check_bounds(b, b_at, c, c_at, n, self.rows);
-        if let Start::Bias(bias) = start {
-            assert!(
-                bias.len() >= self.rows,
-                "packed product: a bias of {} for {} rows",
-                bias.len(),
-                self.rows
-            );
-        }
+        check_bias(start, self.rows);
         if n == 0 || self.rows == 0 {
             return;
         }
@@ -977,6 +979,20 @@ fn check_product_bounds(
         n == 0 || (b_end <= b.len() && c_offset + (n - 1) * ldc + c_rows <= c.len()),
         "packed product: operands out of bounds"
     );
+}
+
+/// The bias a product starts from, if any, covers its `rows`.
+///
+/// # Panics
+/// When it is shorter: as `check_product_bounds`, a bug of the caller's.
+fn check_bias(start: Start<'_>, rows: usize) {
+    if let Start::Bias(bias) = start {
+        assert!(
+            bias.len() >= rows,
+            "packed product: a bias of {} for {rows} rows",
+            bias.len()
+        );
+    }
 }
 
 /// The narrowest block of B's columns that prefetches the next group of panels (see

@@ -79,11 +79,11 @@ pub struct Tape<T: Scalar> {
     /// weights that multiply different vectors in one gate share its dz. Kept for one
     /// backward pass (see `release_gradient_operands`).
     packed_dz: Vec<((usize, usize, usize), PackedMatrix)>,
-    /// Whether the batch has enough sequences for its large weights' products to run
-    /// on AMX tiles (see `packed::TILE_MIN_BATCH`). Decided by the batch, not by a
-    /// product's columns, so that every product with a weight in a pass goes one way,
-    /// however `infer` cuts the pass into chunks: the tiles' sums are not the f32
-    /// kernels' to the bit.
+    /// Whether the processor has AMX tiles and the batch enough sequences for its
+    /// large weights' products to run there (see `packed::TILE_MIN_BATCH`). Decided
+    /// by the batch, not by a product's columns, so that every product with a weight
+    /// in a pass goes one way, however `infer` cuts the pass into chunks: the tiles'
+    /// sums are not the f32 kernels' to the bit.
     tiles: bool,
 }
 
@@ -410,7 +410,7 @@ impl<T: Scalar> Tape<T> {
             loaded: vec![false; specs.len()],
             room: columns,
             packed_dz: Vec::new(),
-            tiles: batch >= packed::TILE_MIN_BATCH,
+            tiles: batch >= packed::TILE_MIN_BATCH && packed::tiles_available(),
         }
     }
 

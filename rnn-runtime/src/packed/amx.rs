@@ -35,7 +35,7 @@ use std::arch::asm;
 use std::arch::x86_64::*;
 use std::sync::OnceLock;
 
-use super::{check_product_bounds, LineAligned, Operand, PackedMatrix, Start};
+use super::{check_bias, check_product_bounds, LineAligned, Operand, PackedMatrix, Start};
 
 /// Rows of a tile, and f32 values per row of C's tiles.
 const TILE_ROWS: usize = 16;
@@ -178,8 +178,6 @@ unsafe fn load16(values: &[f32]) -> __m512 {
 pub(crate) struct TileWeight {
     rows: usize,
     cols: usize,
-    /// Tiles of rows, rounded up to pairs (the kernel's block is two).
-    row_tiles: usize,
     chunks: usize,
     /// bf16 values (two per f32 of the storage), 64-byte aligned.
     parts: LineAligned,
@@ -192,7 +190,12 @@ impl TileWeight {
     }
 
     fn parts_len(rows: usize, cols: usize) -> usize {
-        rows.div_ceil(BLOCK) * 2 * cols.div_ceil(CHUNK) * PARTS * TILE
+        Self::row_tiles(rows) * cols.div_ceil(CHUNK) * PARTS * TILE
+    }
+
+    /// Tiles of `rows` rows, rounded up to pairs (the kernel's block is two).
+    fn row_tiles(rows: usize) -> usize {
+        rows.div_ceil(BLOCK) * 2
     }
 
     /// The parts of `matrix` (f32 panels, packed for AVX-512) in `storage` (another
@@ -204,11 +207,10 @@ impl TileWeight {
         }
         let (rows, cols) = (matrix.rows, matrix.cols);
         let chunks = cols.div_ceil(CHUNK);
-        let row_tiles = rows.div_ceil(BLOCK) * 2;
+        let row_tiles = Self::row_tiles(rows);
         let mut weight = TileWeight {
             rows,
             cols,
-            row_tiles,
             chunks,
             parts: LineAligned::new(storage, Self::parts_len(rows, cols) / 2),
         };
@@ -270,19 +272,13 @@ impl TileWeight {
     ) {
         let b_at = Operand::columns(b_offset, ldb);
         check_product_bounds(self.cols, b, b_at, c, (c_offset, ldc), n, self.rows);
-        if let Start::Bias(bias) = start {
-            assert!(
-                bias.len() >= self.rows,
-                "tile product: a bias of {} for {} rows",
-                bias.len(),
-                self.rows
-            );
-        }
+        check_bias(start, self.rows);
         if n == 0 || self.rows == 0 {
             return;
         }
         let _tiles = TileState::configure();
         let mut columns = ColumnParts::new(self.chunks);
+        let row_tiles = Self::row_tiles(self.rows);
         for first in (0..n).step_by(COLUMN_BLOCK) {
             let width = COLUMN_BLOCK.min(n - first);
             columns.split(&b[b_offset + first * ldb..], ldb, width, self.cols);
@@ -290,8 +286,8 @@ impl TileWeight {
             for depth in (0..self.chunks).step_by(DEPTH_BLOCK) {
                 let start = if depth == 0 { start } else { Start::C };
                 let chunks = DEPTH_BLOCK.min(self.chunks - depth);
-                for row_block in (0..self.row_tiles).step_by(ROW_BLOCK) {
-                    let row_end = (row_block + ROW_BLOCK).min(self.row_tiles);
+                for row_block in (0..row_tiles).step_by(ROW_BLOCK) {
+                    let row_end = (row_block + ROW_BLOCK).min(row_tiles);
                     for pair in (0..width).step_by(BLOCK) {
                         for tile in (row_block..row_end).step_by(2) {
                             let at = Corner {
