@@ -109,21 +109,29 @@ fn per_column(specs: &[BufferSpec]) -> usize {
 const CHUNK_VALUES: usize = 1 << 17;
 
 /// The steps in consecutive chunks, each as many steps as fit in `CHUNK_VALUES` at
-/// `per_column` values a column (at least one).
+/// `per_column` values a column (at least one), and at least two columns unless the
+/// whole sequence has one: a product of one column runs the one-column kernel, whose
+/// sums differ in the last bits from the many-column kernel's that `forward` runs
+/// over those columns' input terms. (A last step of one sequence, alone in its chunk,
+/// made `infer` differ from `forward` so.) A chunk of one column joins the one before.
 fn chunks(steps: &Steps, per_column: usize) -> Vec<Range<usize>> {
     let mut chunks = Vec::new();
     let mut start = 0;
-    let mut values = 0;
+    let (mut values, mut columns) = (0, 0);
     for (t, &n) in steps.batch_sizes().iter().enumerate() {
         let step_values = n * per_column;
-        if t > start && values + step_values > CHUNK_VALUES {
+        if t > start && columns > 1 && values + step_values > CHUNK_VALUES {
             chunks.push(start..t);
             start = t;
-            values = 0;
+            (values, columns) = (0, 0);
         }
         values += step_values;
+        columns += n;
     }
-    chunks.push(start..steps.len());
+    match chunks.last_mut() {
+        Some(before) if columns == 1 => before.end = steps.len(),
+        _ => chunks.push(start..steps.len()),
+    }
     chunks
 }
 
@@ -222,27 +230,13 @@ mod tests {
         // chunks' too, though a chunk is a step of fewer than 32 columns.
         let lengths: Vec<usize> = (0..64).map(|s| 12 - s / 6).collect();
         infer_matches_forward::<f32, LstmCell<f32>>(&[384, 384], &lengths, 3);
-        // The same weights, a part whose one long sequence leaves a last chunk of one
-        // column: its input terms, which `forward` multiplied on the tiles with the
-        // rest, go to the tiles too.
-        let per_column = per_column(
-            &LstmCell::<f32>::with_dims(
-                &[384, 384],
-                &Init::pytorch_default(384),
-                &mut Rng::seed(1),
-            )
-            .unwrap()
-            .tape_buffers(),
-        );
-        let one_column_at_the_end = |long: usize| {
-            let part = Steps::from_sorted_lengths(&[vec![long], vec![1; 31]].concat()).unwrap();
-            chunks(&part, per_column)
-                .last()
-                .is_some_and(|c| c.len() == 1)
-        };
-        let long = (33..400).find(|&long| one_column_at_the_end(long)).unwrap();
-        let lengths = [vec![long], vec![1; 63]].concat();
-        infer_matches_forward::<f32, LstmCell<f32>>(&[384, 384], &lengths, 3);
+        // The same weights, a part whose one long sequence ends in steps of one
+        // column, whose last step would fill a chunk alone at some of these lengths
+        // (at 42 before chunks held two columns at least).
+        for long in 40..=44 {
+            let lengths = [vec![long], vec![1; 63]].concat();
+            infer_matches_forward::<f32, LstmCell<f32>>(&[384, 384], &lengths, 3);
+        }
     }
 
     #[test]
@@ -267,6 +261,26 @@ mod tests {
         }
         assert_eq!(chunks(&steps, 1).len(), 1);
         assert_eq!(chunks(&steps, 10 * CHUNK_VALUES).len(), steps.len());
+    }
+
+    /// No chunk is one column where the sequence has more: a step of one sequence
+    /// joins the step before it, at the end and wherever a step alone fills a chunk.
+    #[test]
+    fn chunks_hold_two_columns_at_least() {
+        let steps = Steps::from_sorted_lengths(&[40, 3, 2, 1, 1]).unwrap();
+        for per_column in [1, 1000, 10_000, CHUNK_VALUES, 10 * CHUNK_VALUES] {
+            let chunks = chunks(&steps, per_column);
+            assert_eq!(chunks.last().unwrap().end, steps.len());
+            for chunk in &chunks {
+                let columns = columns_of(&steps, chunk);
+                assert!(
+                    columns > 1,
+                    "{per_column} a column: {chunk:?} holds {columns}"
+                );
+            }
+        }
+        let one = Steps::from_sorted_lengths(&[1]).unwrap();
+        assert_eq!(chunks(&one, 10 * CHUNK_VALUES), vec![0..1]);
     }
 
     #[test]

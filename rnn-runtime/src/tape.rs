@@ -718,8 +718,8 @@ impl<T: Scalar> Tape<T> {
             ),
         };
         // A large weight in a large batch: the tiles, where the processor has them,
-        // for a product of any number of columns (one too: `infer`'s last chunk may
-        // be a column whose input terms `forward` multiplied on the tiles).
+        // for a product of any number of columns (one too), so that no cut of a
+        // pass's columns (`infer`'s chunks, the helper's halves) changes its kernel.
         let values = self.rows[stack] * self.cols[stack];
         let tiles = if self.tiles && values >= packed::TILE_MIN_VALUES {
             let slot = &self.packed.slots[stack];
