@@ -25,9 +25,20 @@ mod stacking;
 
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
 pub(crate) use amx::{
-    available as tiles_available, TileWeight, MIN_BATCH as TILE_MIN_BATCH,
+    available as tiles_available, TileWeight, TransposedParts, MIN_BATCH as TILE_MIN_BATCH,
     MIN_VALUES as TILE_MIN_VALUES,
 };
+
+/// The rows of a column-major matrix, as the weight gradients' product on the tiles
+/// reads dz and v (`TransposedParts`): `rows` values from `offset`, then each next
+/// column `ld` on.
+#[derive(Clone, Copy)]
+pub(crate) struct GradientRows<'a> {
+    pub(crate) values: &'a [f32],
+    pub(crate) offset: usize,
+    pub(crate) ld: usize,
+    pub(crate) rows: usize,
+}
 
 /// Whether this process runs AMX tiles: never, off x86-64 Linux.
 #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
@@ -39,6 +50,33 @@ pub(crate) fn tiles_available() -> bool {
 /// there are no products to call.
 #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
 pub(crate) enum TileWeight {}
+
+/// As `TileWeight`: no split of v for the tiles, so no gradient products to call.
+#[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
+pub(crate) enum TransposedParts {}
+
+#[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
+impl TransposedParts {
+    pub(crate) fn stored_len(_rows: usize, _depth: usize) -> usize {
+        0
+    }
+
+    pub(crate) fn split(
+        _storage: Vec<f32>,
+        _v: GradientRows<'_>,
+        _depth: usize,
+    ) -> Option<TransposedParts> {
+        None
+    }
+
+    pub(crate) fn into_storage(self) -> Vec<f32> {
+        match self {}
+    }
+
+    pub(crate) fn add_product(&self, _a: GradientRows<'_>, _c: &mut [f32], _c_at: (usize, usize)) {
+        match *self {}
+    }
+}
 
 #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
 pub(crate) const TILE_MIN_BATCH: usize = usize::MAX;

@@ -8,7 +8,10 @@ use std::sync::{Arc, OnceLock};
 use crate::cell::{BufferCols, BufferSpec};
 use crate::copies::copy_run;
 use crate::helper;
-use crate::packed::{self, AlignedColumns, Operand, PackedMatrix, RowBlock, Start, TileWeight};
+use crate::packed::{
+    self, AlignedColumns, GradientRows, Operand, PackedMatrix, RowBlock, Start, TileWeight,
+    TransposedParts,
+};
 use crate::scalar::{gemm, Strided};
 use crate::Scalar;
 
@@ -980,6 +983,9 @@ impl<T: Scalar> Tape<T> {
         blocks: &mut [GradBlock<'_, T>],
         sums: &mut [GradSum<'_, T>],
     ) {
+        if self.tile_weight_grads(dz, v, cols, blocks, sums) {
+            return;
+        }
         if let Some(ats) = self.packed_blocks(dz, blocks) {
             // Each block's rows of dz are packed already (their own weight gradients
             // packed them): each block from its packing, none packed again.
@@ -992,6 +998,57 @@ impl<T: Scalar> Tape<T> {
         let stacked: usize = blocks.iter().map(|b| b.rows).sum();
         let dz_at = self.packed_dz_rows(dz, stacked, sums);
         self.grads_from_packed(&self.packed_dz[dz_at].1, v, cols, blocks);
+    }
+
+    /// `packed_weight_grads` on AMX tiles, where this pass's large products run
+    /// there (see `tiles`): v's rows split into parts once, for every block, and dz's
+    /// rows split a block at a time inside the product (see `TransposedParts`). False,
+    /// having done nothing, elsewhere. (Unlike the f32 path, it never shares the
+    /// product with the helper thread: a pass on the tiles is a part of a batch on
+    /// one of rayon's workers, or the only part on one thread, and the helper takes
+    /// neither.)
+    fn tile_weight_grads(
+        &self,
+        dz: (usize, usize),
+        v: (usize, usize),
+        cols: usize,
+        blocks: &mut [GradBlock<'_, T>],
+        sums: &mut [GradSum<'_, T>],
+    ) -> bool {
+        let stacked: usize = blocks.iter().map(|b| b.rows).sum();
+        if !self.tiles || stacked * cols < packed::TILE_MIN_VALUES {
+            return false;
+        }
+        let storage = pack_pool().take(TransposedParts::stored_len(cols, self.columns), false);
+        let v_rows = GradientRows {
+            values: packed::as_f32(&self.bufs[v.0]).expect("tiles run on f32"),
+            offset: v.1,
+            ld: self.rows[v.0],
+            rows: cols,
+        };
+        let Some(vt) = TransposedParts::split(storage, v_rows, self.columns) else {
+            return false;
+        };
+        self.add_row_sums(dz, sums);
+        let values = packed::as_f32(&self.bufs[dz.0]).expect("tiles run on f32");
+        let mut row = dz.1;
+        for block in blocks {
+            let dz_rows = GradientRows {
+                values,
+                offset: row,
+                ld: self.rows[dz.0],
+                rows: block.rows,
+            };
+            let grad = packed::as_f32_mut(block.grad).expect("tiles run on f32");
+            vt.add_product(
+                dz_rows,
+                grad,
+                (block.col_start * block.grad_rows, block.grad_rows),
+            );
+            row += block.rows;
+        }
+        pack_pool().give(vt.into_storage());
+        true
     }
 
     /// Where in `packed_dz` each block's rows of dz are (the blocks' rows following

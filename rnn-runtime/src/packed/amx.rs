@@ -35,7 +35,13 @@ use std::arch::asm;
 use std::arch::x86_64::*;
 use std::sync::OnceLock;
 
-use super::{check_bias, check_product_bounds, LineAligned, Operand, PackedMatrix, Start};
+use super::{
+    check_bias, check_product_bounds, GradientRows, LineAligned, Operand, PackedMatrix, Start,
+};
+
+mod gradients;
+
+pub(crate) use gradients::TransposedParts;
 
 /// Rows of a tile, and f32 values per row of C's tiles.
 const TILE_ROWS: usize = 16;
@@ -303,7 +309,7 @@ impl TileWeight {
                                 right_next: self.tile_stride(),
                                 chunks,
                             };
-                            self.block(&operands, c, (c_first, ldc), at, start);
+                            block(&operands, c, (c_first, ldc), at, start);
                         }
                     }
                 }
@@ -321,53 +327,52 @@ impl TileWeight {
     fn tile_stride(&self) -> usize {
         self.chunks * PARTS * TILE * size_of::<u16>()
     }
+}
 
-    /// One 32 × 32 block of C (B's columns `at.column..`, the weight's rows
-    /// `at.row..`, within the column block from `c_first`), from `start`: straight
-    /// into C where the block lies wholly within it, else through a copy that keeps
-    /// the kernel's stores off C's neighbours.
-    fn block(
-        &self,
-        operands: &Operands,
-        c: &mut [f32],
-        (c_first, ldc): (usize, usize),
-        at: Corner,
-        start: Start<'_>,
-    ) {
-        let corner = c_first + at.column * ldc + at.row;
-        if at.columns == BLOCK && at.rows == BLOCK {
-            let into = c[corner..][..(BLOCK - 1) * ldc + BLOCK].as_mut_ptr();
-            let from = match start {
-                Start::Zero => Initial::Zero,
-                Start::C => Initial::Values(into.cast_const(), ldc),
-                Start::Bias(bias) => Initial::Values(bias[at.row..][..BLOCK].as_ptr(), 0),
-            };
-            // SAFETY: the operands hold `chunks` chunks of two tiles each (their
-            // storage is padded to whole pairs of tiles), `into` holds the block's
-            // 32 columns of 32 values `ldc` apart, and so does `from`'s source (C's
-            // block, or the bias's 32 values read for every column); `_tiles` in
-            // `multiply` configured the tiles.
-            unsafe { kernel(operands, from, into, ldc) };
-            return;
-        }
-        let mut copy = [0.0f32; BLOCK * BLOCK];
-        for j in 0..at.columns {
-            let column = &mut copy[j * BLOCK..][..at.rows];
-            match start {
-                Start::Zero => {}
-                Start::C => column.copy_from_slice(&c[corner + j * ldc..][..at.rows]),
-                Start::Bias(bias) => column.copy_from_slice(&bias[at.row..][..at.rows]),
-            }
-        }
+/// One 32 × 32 block of C (B's columns `at.column..`, the weight's rows
+/// `at.row..`, within the column block from `c_first`), from `start`: straight
+/// into C where the block lies wholly within it, else through a copy that keeps
+/// the kernel's stores off C's neighbours.
+fn block(
+    operands: &Operands,
+    c: &mut [f32],
+    (c_first, ldc): (usize, usize),
+    at: Corner,
+    start: Start<'_>,
+) {
+    let corner = c_first + at.column * ldc + at.row;
+    if at.columns == BLOCK && at.rows == BLOCK {
+        let into = c[corner..][..(BLOCK - 1) * ldc + BLOCK].as_mut_ptr();
         let from = match start {
             Start::Zero => Initial::Zero,
-            Start::C | Start::Bias(_) => Initial::Values(copy.as_ptr(), BLOCK),
+            Start::C => Initial::Values(into.cast_const(), ldc),
+            Start::Bias(bias) => Initial::Values(bias[at.row..][..BLOCK].as_ptr(), 0),
         };
-        // SAFETY: as above, with the copy as C (32 columns of 32).
-        unsafe { kernel(operands, from, copy.as_mut_ptr(), BLOCK) };
-        for j in 0..at.columns {
-            c[corner + j * ldc..][..at.rows].copy_from_slice(&copy[j * BLOCK..][..at.rows]);
+        // SAFETY: the operands hold `chunks` chunks of two tiles each (their
+        // storage is padded to whole pairs of tiles), `into` holds the block's
+        // 32 columns of 32 values `ldc` apart, and so does `from`'s source (C's
+        // block, or the bias's 32 values read for every column); `_tiles` in
+        // `multiply` configured the tiles.
+        unsafe { kernel(operands, from, into, ldc) };
+        return;
+    }
+    let mut copy = [0.0f32; BLOCK * BLOCK];
+    for j in 0..at.columns {
+        let column = &mut copy[j * BLOCK..][..at.rows];
+        match start {
+            Start::Zero => {}
+            Start::C => column.copy_from_slice(&c[corner + j * ldc..][..at.rows]),
+            Start::Bias(bias) => column.copy_from_slice(&bias[at.row..][..at.rows]),
         }
+    }
+    let from = match start {
+        Start::Zero => Initial::Zero,
+        Start::C | Start::Bias(_) => Initial::Values(copy.as_ptr(), BLOCK),
+    };
+    // SAFETY: as above, with the copy as C (32 columns of 32).
+    unsafe { kernel(operands, from, copy.as_mut_ptr(), BLOCK) };
+    for j in 0..at.columns {
+        c[corner + j * ldc..][..at.rows].copy_from_slice(&copy[j * BLOCK..][..at.rows]);
     }
 }
 

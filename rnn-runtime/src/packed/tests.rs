@@ -733,23 +733,36 @@ fn tile_products_keep_f32_precision() {
         return;
     }
     let (m, k, n) = (70, 300, 40);
-    let mut state = 0x9e37_79b9u32;
-    let mut random = |len: usize| -> Vec<f32> {
-        (0..len)
-            .map(|_| {
-                state ^= state << 13;
-                state ^= state >> 17;
-                state ^= state << 5;
-                state as f32 / u32::MAX as f32 * 2.0 - 1.0
-            })
-            .collect()
-    };
-    let (a, b) = (random(m * k), random(k * n));
+    let (a, b) = (
+        random_unit_values(m * k, 0x9e37_79b9),
+        random_unit_values(k * n, 7),
+    );
     let packed = PackedMatrix::pack_for(Isa::Avx512, &a, m, k, (1, m));
     let tiles = TileWeight::from_packed(Vec::new(), &packed).expect("AMX runs here");
     let mut c = vec![0.0f32; m * n];
     tiles.multiply(&b, (0, k), &mut c, (0, m), n, Start::Zero);
-    let want = reference(&a, (m, k), (1, m), &b, k, n);
+    assert_within_f32_precision(&c, &a, &b, (m, k, n));
+}
+
+/// `len` values spread over [-1, 1), with 24 significant bits (most of them).
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+fn random_unit_values(len: usize, seed: u32) -> Vec<f32> {
+    let mut state = seed;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 17;
+            state ^= state << 5;
+            state as f32 / u32::MAX as f32 * 2.0 - 1.0
+        })
+        .collect()
+}
+
+/// C (m × n) is A (m × k) times B (k × n), all column-major, within 2⁻²² of the sum
+/// of the terms' magnitudes.
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+fn assert_within_f32_precision(c: &[f32], a: &[f32], b: &[f32], (m, k, n): (usize, usize, usize)) {
+    let want = reference(a, (m, k), (1, m), b, k, n);
     let mut worst = 0.0f64;
     for j in 0..n {
         for i in 0..m {
@@ -760,4 +773,96 @@ fn tile_products_keep_f32_precision() {
         }
     }
     assert!(worst < 2f64.powi(-22), "relative error {worst:.2e}");
+}
+
+/// The weight gradients' tile product (`TransposedParts`), `C += A · Vᵀ` with A and V
+/// column-major and strided: rows of A past a block of rows, rows of V past a block
+/// of columns, depths short of a chunk and past slices, one row or one column, and
+/// C's padding untouched. Exact with quarters, as above.
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+#[test]
+fn tile_gradient_products_match_the_naive_product() {
+    if !amx::available() {
+        eprintln!("no AMX here: the tile products are not tested");
+        return;
+    }
+    for &(m, n, depth) in &[
+        (1, 1, 1),
+        (40, 1, 20),
+        (1, 45, 33),
+        (70, 33, 5),
+        (32, 64, 128),
+        (17, 31, 129),
+        (530, 40, 70),
+        (45, 520, 300),
+        (33, 1060, 280),
+        (600, 530, 64),
+    ] {
+        let (lda, ldv, ldc) = (m + 3, n + 5, m + 2);
+        let a = values(lda * depth + 1, 1);
+        let v = values(ldv * depth + 2, 2);
+        // B of the naive product: vᵀ, depth × n column-major.
+        let vt: Vec<f32> = (0..n * depth)
+            .map(|i| v[2 + i / depth + (i % depth) * ldv])
+            .collect();
+        let want = reference(&a[1..], (m, depth), (1, lda), &vt, depth, n);
+        let used = vec![f32::NAN; TransposedParts::stored_len(n, depth)];
+        let rows = |values, offset, ld, rows| GradientRows {
+            values,
+            offset,
+            ld,
+            rows,
+        };
+        let parts =
+            TransposedParts::split(used, rows(&v, 2, ldv, n), depth).expect("AMX runs here");
+        let before: Vec<f32> = values(3 + ldc * n, 6)
+            .iter()
+            .enumerate()
+            .map(|(i, &x)| if (i + ldc - 3) % ldc < m { x } else { f32::NAN })
+            .collect();
+        let mut c = before.clone();
+        parts.add_product(rows(&a, 1, lda, m), &mut c, (3, ldc));
+        for j in 0..n {
+            for i in 0..m {
+                let at = 3 + i + j * ldc;
+                let (got, want) = (f64::from(c[at]), f64::from(before[at]) + want[i + j * m]);
+                assert!(
+                    got == want,
+                    "({m},{n},{depth}) at ({i},{j}): {got} against {want}"
+                );
+            }
+            for pad in m..ldc {
+                assert!(c[3 + pad + j * ldc].is_nan(), "wrote padding at {pad}");
+            }
+        }
+    }
+}
+
+/// The weight gradients' tile product keeps f32's precision, as the weight's does
+/// (see `tile_products_keep_f32_precision`): both of its splits give every part.
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+#[test]
+fn tile_gradient_products_keep_f32_precision() {
+    if !amx::available() {
+        eprintln!("no AMX here: the tile products are not tested");
+        return;
+    }
+    let (m, n, depth) = (70, 40, 300);
+    let (a, v) = (
+        random_unit_values(m * depth, 0x2545_f491),
+        random_unit_values(n * depth, 3),
+    );
+    let rows = |values, rows| GradientRows {
+        values,
+        offset: 0,
+        ld: rows,
+        rows,
+    };
+    let parts = TransposedParts::split(Vec::new(), rows(&v, n), depth).expect("AMX runs here");
+    let mut c = vec![0.0f32; m * n];
+    parts.add_product(rows(&a, m), &mut c, (0, m));
+    let vt: Vec<f32> = (0..n * depth)
+        .map(|i| v[i / depth + (i % depth) * n])
+        .collect();
+    assert_within_f32_precision(&c, &a, &vt, (m, depth, n));
 }
