@@ -237,6 +237,10 @@ mod tests {
             let lengths = [vec![long], vec![1; 63]].concat();
             infer_matches_forward::<f32, LstmCell<f32>>(&[384, 384], &lengths, 3);
         }
+        // One sequence whose input terms, 2048 × 1400 by a chunk's columns, are
+        // shared with the helper thread: chunks of 12 steps, the last of 3 columns
+        // (1 and 2 before products over all steps kept halves of two columns).
+        infer_matches_forward::<f32, LstmCell<f32>>(&[1400, 512], &[27], 3);
     }
 
     #[test]

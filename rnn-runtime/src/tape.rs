@@ -1308,8 +1308,15 @@ fn shares(fmas: usize, per_step: bool) -> bool {
 /// one over all steps) splits its columns between this thread and the helper, if it is
 /// large enough to share and a helper may take it: about half, rounded to a
 /// multiple of 8 columns.
+///
+/// A product over all steps keeps two columns at least in each half: a half of one
+/// column runs the one-column kernel, whose sums differ in the last bits from the
+/// many-column kernel's, and `infer`'s chunk of three columns, cut 1 + 2, then
+/// differed from `forward`'s one cut over all the steps. (A step's product is cut
+/// alike in both, so a batch of two may share its halves of one column.)
 fn share_point(n: usize, fmas: usize, per_step: bool) -> Option<usize> {
-    if n < 2 || !shares(fmas, per_step) {
+    let fewest = if per_step { 2 } else { 4 };
+    if n < fewest || !shares(fmas, per_step) {
         return None;
     }
     Some(if n >= 16 { (n / 2 + 4) / 8 * 8 } else { n / 2 })
