@@ -8,7 +8,8 @@
 //! AVX-512 or AVX2 kernel over them. Where neither instruction set is present, or for
 //! f64, the tape keeps the general GEMM: this module only speeds up f32. On a
 //! processor with AMX, a large weight's products in a large batch run on its tiles
-//! instead (`amx`), from a copy split out of the panels.
+//! instead (`amx`), from a copy split out of the panels, and so do its gradient's
+//! (`amx::gradients`, from dz and v split as the product goes).
 
 use std::any::TypeId;
 

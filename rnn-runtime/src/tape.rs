@@ -83,7 +83,8 @@ pub struct Tape<T: Scalar> {
     /// backward pass (see `release_gradient_operands`).
     packed_dz: Vec<((usize, usize, usize), PackedMatrix)>,
     /// Whether the processor has AMX tiles and the batch enough sequences for its
-    /// large weights' products to run there (see `packed::TILE_MIN_BATCH`). Decided
+    /// large weights' products, and their gradients', to run there (see
+    /// `packed::TILE_MIN_BATCH`). Decided
     /// by the batch, not by a product's columns, so that every product with a weight
     /// in a pass goes one way, however `infer` cuts the pass into chunks: the tiles'
     /// sums are not the f32 kernels' to the bit.
