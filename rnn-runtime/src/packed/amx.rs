@@ -35,9 +35,7 @@ use std::arch::asm;
 use std::arch::x86_64::*;
 use std::sync::OnceLock;
 
-use super::{
-    check_bias, check_product_bounds, GradientRows, LineAligned, Operand, PackedMatrix, Start,
-};
+use super::{check_bias, check_product_bounds, LineAligned, Operand, PackedMatrix, Start};
 
 mod gradients;
 
@@ -329,10 +327,11 @@ impl TileWeight {
     }
 }
 
-/// One 32 × 32 block of C (B's columns `at.column..`, the weight's rows
-/// `at.row..`, within the column block from `c_first`), from `start`: straight
-/// into C where the block lies wholly within it, else through a copy that keeps
-/// the kernel's stores off C's neighbours.
+/// One 32 × 32 block of C (the left operand's columns `at.column..`, the right
+/// operand's rows `at.row..`, from C's corner `c_first`), from `start`: straight into
+/// C where the block lies wholly within it, else through a copy that keeps the
+/// kernel's stores off C's neighbours. The caller has configured the tiles
+/// (`TileState`).
 fn block(
     operands: &Operands,
     c: &mut [f32],
@@ -351,8 +350,8 @@ fn block(
         // SAFETY: the operands hold `chunks` chunks of two tiles each (their
         // storage is padded to whole pairs of tiles), `into` holds the block's
         // 32 columns of 32 values `ldc` apart, and so does `from`'s source (C's
-        // block, or the bias's 32 values read for every column); `_tiles` in
-        // `multiply` configured the tiles.
+        // block, or the bias's 32 values read for every column); the caller
+        // configured the tiles.
         unsafe { kernel(operands, from, into, ldc) };
         return;
     }
@@ -387,7 +386,9 @@ struct Corner {
 
 /// The two operands of a kernel call: the first of two tiles of B's columns' parts
 /// (the second `left_next` bytes on), the first of two of the weight's
-/// (`right_next` on), each from its first chunk on, over `chunks` chunks.
+/// (`right_next` on), each from its first chunk on, over `chunks` chunks. (In the
+/// weight gradients' products, v's rows take B's columns' place and dz's rows the
+/// weight's: `gradients`.)
 struct Operands {
     left: *const u16,
     left_next: usize,

@@ -18,9 +18,10 @@
 use std::arch::x86_64::*;
 
 use super::{
-    available, block, load16, split16, Corner, GradientRows, LineAligned, Operands, Start,
-    TileState, BLOCK, CHUNK, PARTS, TILE, TILE_ROWS,
+    available, block, load16, split16, Corner, Operands, TileState, BLOCK, CHUNK, PARTS, TILE,
+    TILE_ROWS,
 };
+use crate::packed::{GradientRows, LineAligned, Start};
 
 /// dz's rows split at a time (a multiple of `BLOCK`): with `SLICE` chunks, 768 KiB of
 /// parts, which stay in L2 while every column of C's block meets them.
