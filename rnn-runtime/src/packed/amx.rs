@@ -449,7 +449,8 @@ impl Drop for TileState {
 
 /// B's columns split into parts, laid out for the tiles' left operand: per tile of
 /// 16 columns, per chunk, per part, a tile whose row `r` holds the chunk's 32 values
-/// of column `r`. Its storage comes from, and goes back to, a pool per thread.
+/// of column `r`. Its storage comes from, and goes back to, a buffer per thread
+/// (`take_lines`).
 struct ColumnParts {
     chunks: usize,
     parts: Vec<Line>,
@@ -461,21 +462,34 @@ struct ColumnParts {
 struct Line([u16; CHUNK]);
 
 thread_local! {
-    static COLUMN_PARTS: std::cell::Cell<Vec<Line>> = const { std::cell::Cell::new(Vec::new()) };
+    /// The lines of the operand split per product (`ColumnParts`, or dz's block in
+    /// `gradients`), kept for the thread's next product: one buffer, since no
+    /// product splits both.
+    static SPLIT_LINES: std::cell::Cell<Vec<Line>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// This thread's split buffer, `len` lines at least (a new one if it is taken).
+fn take_lines(len: usize) -> Vec<Line> {
+    let mut lines = SPLIT_LINES.take();
+    if lines.len() < len {
+        lines.resize(len, Line([0; CHUNK]));
+    }
+    lines
+}
+
+/// Keeps `lines` as this thread's split buffer.
+fn give_lines(lines: Vec<Line>) {
+    SPLIT_LINES.set(lines);
 }
 
 impl ColumnParts {
     fn new(chunks: usize) -> ColumnParts {
-        let mut parts = COLUMN_PARTS.take();
-        let lines = COLUMN_BLOCK * chunks * PARTS;
-        if parts.len() < lines {
-            parts.resize(lines, Line([0; CHUNK]));
-        }
+        let parts = take_lines(COLUMN_BLOCK * chunks * PARTS);
         ColumnParts { chunks, parts }
     }
 
     fn give_back(self) {
-        COLUMN_PARTS.set(self.parts);
+        give_lines(self.parts);
     }
 
     /// Splits `width` columns of `depth` values each (the first at `b[0]`, the next

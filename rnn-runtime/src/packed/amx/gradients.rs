@@ -18,8 +18,8 @@
 use std::arch::x86_64::*;
 
 use super::{
-    available, block, load16, split16, Corner, Operands, TileState, BLOCK, CHUNK, PARTS, TILE,
-    TILE_ROWS,
+    available, block, give_lines, load16, split16, take_lines, Corner, Line, Operands, TileState,
+    BLOCK, CHUNK, PARTS, TILE, TILE_ROWS,
 };
 use crate::packed::{GradientRows, LineAligned, Start};
 
@@ -223,32 +223,20 @@ impl TransposedParts {
 /// A block of dz's rows split into parts, laid out as the tiles' right operand (as
 /// `TileWeight`): per tile of 16 rows, per chunk, per part, a tile whose row `q`
 /// holds samples `2q` and `2q + 1` of the chunk for each of the 16 rows, interleaved.
-/// Its storage comes from, and goes back to, a buffer per thread.
+/// Its storage comes from, and goes back to, a buffer per thread (`take_lines`).
 struct RowParts {
     lines: Vec<Line>,
 }
 
-/// 64 bytes on a 64-byte boundary: a tile row of 16 words, two bf16 each.
-#[derive(Clone, Copy)]
-#[repr(C, align(64))]
-struct Line([u32; TILE_ROWS]);
-
-thread_local! {
-    static ROW_PARTS: std::cell::Cell<Vec<Line>> = const { std::cell::Cell::new(Vec::new()) };
-}
-
 impl RowParts {
     fn take() -> RowParts {
-        let mut lines = ROW_PARTS.take();
-        lines.resize(
-            ROWS / TILE_ROWS * SLICE * PARTS * TILE_ROWS,
-            Line([0; TILE_ROWS]),
-        );
-        RowParts { lines }
+        RowParts {
+            lines: take_lines(ROWS / TILE_ROWS * SLICE * PARTS * TILE_ROWS),
+        }
     }
 
     fn give_back(self) {
-        ROW_PARTS.set(self.lines);
+        give_lines(self.lines);
     }
 
     /// Splits A's rows `top..top + height` over chunks `slice..slice + chunks` (a
